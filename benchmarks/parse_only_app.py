@@ -1,0 +1,47 @@
+"""The ingestion ceiling: the same HTTP stack as ``yunying serve``, doing nothing but parsing.
+
+``POST /v1/events`` reads the body, ``orjson.loads`` it and answers the number of events, as
+JSON, through the same FastAPI/Starlette, uvicorn (httptools + uvloop when installed) and process
+model (one process, one event loop) that ``yunying serve`` uses. No auth, validation, writer or
+storage: whatever the real endpoint does on top of this is the cost of ingestion.
+
+Run: ``python benchmarks/parse_only_app.py --port 8100``
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import orjson
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+app = FastAPI(title="parse-only ceiling")
+
+
+@app.get("/health")
+async def health() -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+@app.post("/v1/events")
+async def events(request: Request) -> Response:
+    payload = orjson.loads(await request.body())
+    batch = payload["batch"] if isinstance(payload, dict) and "batch" in payload else [payload]
+    body = orjson.dumps({"accepted": len(batch), "duplicates": 0, "rejected": 0})
+    return Response(body, media_type="application/json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8100)
+    args = parser.parse_args()
+    # the same uvicorn configuration as yunying.cli.main.run_server
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from yunying.cli.main import app
+
+app()

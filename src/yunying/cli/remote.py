@@ -1,0 +1,115 @@
+"""Reaching a running server from the CLI.
+
+DuckDB lets one process write a database file, so while ``yunying serve`` runs, commands that
+read or write events (``sql``, ``import``) go through its HTTP API instead: the server
+advertises its address in ``server.json`` in the data dir, and the local admin token there lets
+this machine's user ask it for any project.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from yunying.config import Settings
+from yunying.errors import YunyingError
+
+
+class ServerError(YunyingError):
+    """The running server refused a request; the message is the server's own."""
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """Address of a live server for this data dir, with the local admin token."""
+
+    url: str
+    pid: int
+    admin_token: str
+
+    def sql(self, project: str | None, sql: str) -> dict[str, Any]:
+        resp = httpx.post(
+            f"{self.url}/api/v1/sql",
+            json={"project": project, "sql": sql},
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+            timeout=600,
+        )
+        if resp.status_code != 200:
+            raise ServerError(_message(resp))
+        return resp.json()
+
+    def send_events(
+        self, client: httpx.Client, write_key: str, events: list[Any]
+    ) -> dict[str, Any]:
+        body = gzip.compress(orjson.dumps({"batch": events}), compresslevel=1)
+        resp = client.post(
+            f"{self.url}/v1/events",
+            content=body,
+            headers={
+                "Authorization": f"Bearer {write_key}",
+                "Content-Encoding": "gzip",
+                "Content-Type": "application/json",
+            },
+            timeout=600,
+        )
+        if resp.status_code not in (200, 400) or "accepted" not in resp.json():
+            raise ServerError(_message(resp))
+        return resp.json()
+
+
+def _message(resp: httpx.Response) -> str:
+    try:
+        return f"server answered {resp.status_code}: {resp.json().get('error', resp.text)}"
+    except ValueError:
+        return f"server answered {resp.status_code}: {resp.text[:200]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_server(settings: Settings) -> RunningServer | None:
+    """The server serving this data dir, if one is running and answers."""
+    path = settings.server_file
+    if not path.exists():
+        return None
+    try:
+        info = orjson.loads(path.read_bytes())
+        url, pid = str(info["url"]), int(info["pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not _alive(pid):
+        return None
+    try:
+        if httpx.get(f"{url}/health", timeout=5).status_code not in (200, 503):
+            return None
+    except httpx.HTTPError:
+        return None
+    token = settings.admin_token_file.read_text().strip()
+    return RunningServer(url, pid, token)
+
+
+def advertise(settings: Settings, url: str) -> None:
+    """Write ``server.json`` so CLI commands find this server."""
+    settings.server_file.write_bytes(orjson.dumps({"url": url, "pid": os.getpid()}))
+
+
+def withdraw(settings: Settings) -> None:
+    """Remove ``server.json`` if it is this process's."""
+    try:
+        info = orjson.loads(settings.server_file.read_bytes())
+        if info.get("pid") == os.getpid():
+            settings.server_file.unlink()
+    except (OSError, ValueError):
+        pass

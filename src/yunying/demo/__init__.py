@@ -1,0 +1,6 @@
+"""Demo data: the seeds' short-video editing app, generated deterministically for a seed."""
+
+from yunying.demo.catalog import CHANNELS, Channel
+from yunying.demo.generator import InvalidDemo, generate_demo
+
+__all__ = ["CHANNELS", "Channel", "InvalidDemo", "generate_demo"]

@@ -1,0 +1,113 @@
+"""Interfaces the rest of the system uses to reach an events engine.
+
+Ingestion talks to an :class:`EventStore` through one :class:`EventTransaction` per batch, so
+events and identity changes become durable together; readers get project-scoped relations as
+SQLGlot expressions and run them through :meth:`EventStore.query`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sqlglot import exp
+
+if TYPE_CHECKING:
+    from yunying.ingest.model import Event
+
+
+#: The relations ``yunying sql`` and the analytics see, each scoped to one project.
+RELATIONS = ("events", "persons", "person_distinct_ids")
+
+
+@dataclass(slots=True)
+class PersonRecord:
+    """A person as identity resolution reads and writes it."""
+
+    id: str
+    created_at: datetime
+    properties: dict[str, Any] = field(default_factory=dict)
+    is_identified: bool = False
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Column names and rows of a read query, values already JSON-friendly."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+class EventTransaction(Protocol):
+    """Writes of one batch; all become durable at commit, or none do."""
+
+    def lookup_distinct_ids(self, project_id: int, distinct_ids: Sequence[str]) -> dict[str, str]:
+        """Person id of each known distinct id."""
+        ...
+
+    def load_persons(self, project_id: int, person_ids: Sequence[str]) -> dict[str, PersonRecord]:
+        """Stored persons by id (missing ids absent)."""
+        ...
+
+    def insert_events(
+        self, project_id: int, events: Sequence[Event], received_at: datetime
+    ) -> set[str]:
+        """Insert events, skipping uuids already stored; returns the uuids actually inserted."""
+        ...
+
+    def map_distinct_ids(self, project_id: int, mapping: dict[str, str]) -> None:
+        """Insert or update ``distinct_id → person_id`` rows."""
+        ...
+
+    def repoint_person(self, project_id: int, old_person: str, new_person: str) -> None:
+        """Move every distinct id of ``old_person`` to ``new_person`` (a merge)."""
+        ...
+
+    def upsert_persons(self, project_id: int, persons: Sequence[PersonRecord]) -> None:
+        """Insert or replace persons."""
+        ...
+
+    def delete_persons(self, project_id: int, person_ids: Sequence[str]) -> None:
+        """Delete persons merged into others."""
+        ...
+
+    def lower_created_at(self, project_id: int, first_seen: dict[str, datetime]) -> None:
+        """Move each person's ``created_at`` back to the given time if that is earlier."""
+        ...
+
+
+class EventStore(Protocol):
+    """An events engine: DuckDB now, ClickHouse with the analytics engine."""
+
+    dialect: str
+
+    def transaction(self) -> AbstractContextManager[EventTransaction]:
+        """A write transaction (only the ingestion writer thread calls this)."""
+        ...
+
+    def scoped(self, relation: str, project_id: int) -> exp.Query:
+        """The SELECT that exposes ``relation`` (one of :data:`RELATIONS`) for one project."""
+        ...
+
+    def query(self, sql: str) -> QueryResult:
+        """Run a read query rendered in this engine's dialect."""
+        ...
+
+    def iter_query(self, sql: str, batch_rows: int = 10_000) -> Iterator[list[Any]]:
+        """Stream rows of a read query."""
+        ...
+
+    def bulk_insert_arrow(self, table: str, data: Any) -> None:
+        """Append rows to a raw table in one go (demo data, bulk loads); bypasses identity."""
+        ...
+
+    def delete_project_data(self, project_id: int) -> None:
+        """Remove every event, person and distinct id of a project."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release the engine."""
+        ...

@@ -1,0 +1,411 @@
+"""The embedded events engine: one DuckDB file holding events, persons and distinct ids.
+
+Events carry the person id resolved at ingestion; the ``events`` relation re-resolves it through
+``person_distinct_ids`` so a person's events from before a merge (login, alias) belong to the
+merged person without rewriting stored events.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime, time
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+from sqlglot import exp
+
+from yunying.store.base import PersonRecord, QueryResult
+
+if TYPE_CHECKING:
+    from yunying.ingest.model import Event
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS raw_events (
+    project_id   INTEGER   NOT NULL,
+    uuid         UUID      NOT NULL,
+    event        VARCHAR   NOT NULL,
+    distinct_id  VARCHAR   NOT NULL,
+    person_id    UUID      NOT NULL,
+    timestamp    TIMESTAMP NOT NULL,
+    received_at  TIMESTAMP NOT NULL,
+    properties   JSON,
+    channel      VARCHAR,
+    utm_source   VARCHAR,
+    os           VARCHAR,
+    app_version  VARCHAR,
+    device_id    VARCHAR,
+    ip           VARCHAR,
+    amount       DOUBLE,
+    PRIMARY KEY (project_id, uuid)
+);
+CREATE TABLE IF NOT EXISTS raw_persons (
+    project_id    INTEGER   NOT NULL,
+    id            UUID      NOT NULL,
+    created_at    TIMESTAMP NOT NULL,
+    properties    JSON      NOT NULL,
+    is_identified BOOLEAN   NOT NULL,
+    PRIMARY KEY (project_id, id)
+);
+CREATE TABLE IF NOT EXISTS raw_person_distinct_ids (
+    project_id  INTEGER NOT NULL,
+    distinct_id VARCHAR NOT NULL,
+    person_id   UUID    NOT NULL,
+    PRIMARY KEY (project_id, distinct_id)
+);
+"""
+
+EVENT_COLUMNS = (
+    "uuid", "event", "distinct_id", "person_id", "timestamp", "received_at", "properties",
+    "channel", "utm_source", "os", "app_version", "device_id", "ip", "amount",
+)  # fmt: skip
+
+ARROW_EVENTS = pa.schema(
+    [
+        ("project_id", pa.int32()),
+        ("uuid", pa.string()),
+        ("event", pa.string()),
+        ("distinct_id", pa.string()),
+        ("person_id", pa.string()),
+        ("timestamp", pa.timestamp("us")),
+        ("received_at", pa.timestamp("us")),
+        ("properties", pa.string()),
+        ("channel", pa.string()),
+        ("utm_source", pa.string()),
+        ("os", pa.string()),
+        ("app_version", pa.string()),
+        ("device_id", pa.string()),
+        ("ip", pa.string()),
+        ("amount", pa.float64()),
+    ]
+)
+
+INSERT_EVENTS = """
+INSERT INTO raw_events
+SELECT project_id, uuid::UUID, event, distinct_id, person_id::UUID, timestamp, received_at,
+       properties::JSON, channel, utm_source, os, app_version, device_id, ip, amount
+FROM _batch
+ON CONFLICT DO NOTHING
+RETURNING uuid
+"""
+
+
+def jsonable(value: Any) -> Any:
+    """Turn an engine value into something ``orjson``/JSON output can carry as-is."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return value
+
+
+def events_arrow(project_id: int, events: Sequence[Event], received_at: datetime) -> pa.Table:
+    """Column-wise Arrow table of events (the fast path into DuckDB)."""
+    n = len(events)
+    dumps = orjson.dumps
+    return pa.Table.from_pydict(
+        {
+            "project_id": [project_id] * n,
+            "uuid": [e.uuid for e in events],
+            "event": [e.event for e in events],
+            "distinct_id": [e.distinct_id for e in events],
+            "person_id": [e.person_id for e in events],
+            "timestamp": [e.timestamp for e in events],
+            "received_at": [received_at] * n,
+            "properties": [dumps(e.properties).decode() for e in events],
+            "channel": [e.channel for e in events],
+            "utm_source": [e.utm_source for e in events],
+            "os": [e.os for e in events],
+            "app_version": [e.app_version for e in events],
+            "device_id": [e.device_id for e in events],
+            "ip": [e.ip for e in events],
+            "amount": [e.amount for e in events],
+        },
+        schema=ARROW_EVENTS,
+    )
+
+
+class DuckDBTransaction:
+    """The writer's view of one open DuckDB transaction."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def lookup_distinct_ids(self, project_id: int, distinct_ids: Sequence[str]) -> dict[str, str]:
+        if not distinct_ids:
+            return {}
+        ids = pa.table({"distinct_id": pa.array(list(distinct_ids), pa.string())})
+        self.con.register("_ids", ids)
+        try:
+            rows = self.con.execute(
+                "SELECT d.distinct_id, d.person_id::VARCHAR FROM raw_person_distinct_ids d "
+                "JOIN _ids USING (distinct_id) WHERE d.project_id = ?",
+                [project_id],
+            ).fetchall()
+        finally:
+            self.con.unregister("_ids")
+        return dict(rows)
+
+    def load_persons(self, project_id: int, person_ids: Sequence[str]) -> dict[str, PersonRecord]:
+        if not person_ids:
+            return {}
+        ids = pa.table({"id": pa.array(list(person_ids), pa.string())})
+        self.con.register("_pids", ids)
+        try:
+            rows = self.con.execute(
+                "SELECT p.id::VARCHAR, p.created_at, p.properties, p.is_identified "
+                "FROM raw_persons p JOIN _pids ON p.id = _pids.id::UUID WHERE p.project_id = ?",
+                [project_id],
+            ).fetchall()
+        finally:
+            self.con.unregister("_pids")
+        return {r[0]: PersonRecord(r[0], r[1], orjson.loads(r[2]), r[3]) for r in rows}
+
+    def insert_events(
+        self, project_id: int, events: Sequence[Event], received_at: datetime
+    ) -> set[str]:
+        if not events:
+            return set()
+        self.con.register("_batch", events_arrow(project_id, events, received_at))
+        try:
+            rows = self.con.execute(INSERT_EVENTS).fetchall()
+        finally:
+            self.con.unregister("_batch")
+        return {str(r[0]) for r in rows}
+
+    def map_distinct_ids(self, project_id: int, mapping: dict[str, str]) -> None:
+        if not mapping:
+            return
+        tbl = pa.table(
+            {
+                "distinct_id": pa.array(list(mapping.keys()), pa.string()),
+                "person_id": pa.array(list(mapping.values()), pa.string()),
+            }
+        )
+        self.con.register("_map", tbl)
+        try:
+            self.con.execute(
+                "INSERT INTO raw_person_distinct_ids "
+                "SELECT ?, distinct_id, person_id::UUID FROM _map "
+                "ON CONFLICT DO UPDATE SET person_id = excluded.person_id",
+                [project_id],
+            )
+        finally:
+            self.con.unregister("_map")
+
+    def repoint_person(self, project_id: int, old_person: str, new_person: str) -> None:
+        self.con.execute(
+            "UPDATE raw_person_distinct_ids SET person_id = ?::UUID "
+            "WHERE project_id = ? AND person_id = ?::UUID",
+            [new_person, project_id, old_person],
+        )
+
+    def upsert_persons(self, project_id: int, persons: Sequence[PersonRecord]) -> None:
+        if not persons:
+            return
+        tbl = pa.table(
+            {
+                "id": pa.array([p.id for p in persons], pa.string()),
+                "created_at": pa.array([p.created_at for p in persons], pa.timestamp("us")),
+                "properties": pa.array(
+                    [orjson.dumps(p.properties).decode() for p in persons], pa.string()
+                ),
+                "is_identified": pa.array([p.is_identified for p in persons], pa.bool_()),
+            }
+        )
+        self.con.register("_persons", tbl)
+        try:
+            self.con.execute(
+                "INSERT INTO raw_persons SELECT ?, id::UUID, created_at, properties::JSON, "
+                "is_identified FROM _persons ON CONFLICT DO UPDATE SET "
+                "created_at = excluded.created_at, properties = excluded.properties, "
+                "is_identified = excluded.is_identified",
+                [project_id],
+            )
+        finally:
+            self.con.unregister("_persons")
+
+    def lower_created_at(self, project_id: int, first_seen: dict[str, datetime]) -> None:
+        if not first_seen:
+            return
+        tbl = pa.table(
+            {
+                "id": pa.array(list(first_seen.keys()), pa.string()),
+                "seen": pa.array(list(first_seen.values()), pa.timestamp("us")),
+            }
+        )
+        self.con.register("_seen", tbl)
+        try:
+            self.con.execute(
+                "UPDATE raw_persons SET created_at = _seen.seen FROM _seen "
+                "WHERE raw_persons.project_id = ? AND raw_persons.id = _seen.id::UUID "
+                "AND _seen.seen < raw_persons.created_at",
+                [project_id],
+            )
+        finally:
+            self.con.unregister("_seen")
+
+    def delete_persons(self, project_id: int, person_ids: Sequence[str]) -> None:
+        for pid in person_ids:
+            self.con.execute(
+                "DELETE FROM raw_persons WHERE project_id = ? AND id = ?::UUID", [project_id, pid]
+            )
+
+
+def _project_filter(project_id: int, table: str | None = None) -> exp.Expression:
+    return exp.column("project_id", table=table).eq(exp.Literal.number(project_id))
+
+
+class DuckDBEventStore:
+    """:class:`~yunying.store.base.EventStore` on an embedded DuckDB file."""
+
+    dialect = "duckdb"
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        config: dict[str, Any] = {}
+        if threads:
+            config["threads"] = threads
+        self._con = duckdb.connect(self.path, config=config)
+        self._con.execute(SCHEMA)
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+
+    # -- writes -------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[DuckDBTransaction]:
+        """One write transaction; a lock keeps writers single-file even if misused."""
+        with self._write_lock:
+            con = self._con.cursor()
+            try:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    yield DuckDBTransaction(con)
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+            finally:
+                con.close()
+
+    def bulk_insert_arrow(self, table: str, data: pa.Table) -> None:
+        """Append an Arrow table whose columns match ``table`` (demo data, bulk loads)."""
+        if table not in ("raw_events", "raw_persons", "raw_person_distinct_ids"):
+            raise ValueError(f"unknown table {table}")
+        with self._write_lock:
+            con = self._con.cursor()
+            try:
+                con.register("_bulk", data)
+                cols = ", ".join(data.column_names)
+                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _bulk")
+                con.unregister("_bulk")
+            finally:
+                con.close()
+
+    def delete_project_data(self, project_id: int) -> None:
+        """Remove every event, person and distinct id of a project (demo reset)."""
+        with self._write_lock:
+            con = self._con.cursor()
+            try:
+                con.execute("BEGIN TRANSACTION")
+                for table in ("raw_events", "raw_persons", "raw_person_distinct_ids"):
+                    con.execute(f"DELETE FROM {table} WHERE project_id = ?", [project_id])
+                con.execute("COMMIT")
+            finally:
+                con.close()
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def _reader(self) -> duckdb.DuckDBPyConnection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._con.cursor()
+            self._local.con = con
+        return con
+
+    def scoped(self, relation: str, project_id: int) -> exp.Query:
+        if relation == "events":
+            resolved = exp.func(
+                "COALESCE", exp.column("person_id", "d"), exp.column("person_id", "e")
+            )
+            columns: list[exp.Expr] = [
+                exp.column(c, "e") for c in EVENT_COLUMNS if c != "person_id"
+            ]
+            columns.insert(3, exp.alias_(resolved, "person_id"))
+            ids = (
+                exp.select("distinct_id", "person_id")
+                .from_("raw_person_distinct_ids")
+                .where(_project_filter(project_id))
+                .subquery("d")
+            )
+            return (
+                exp.select(*columns)
+                .from_(exp.to_table("raw_events").as_("e"))
+                .join(
+                    ids,
+                    on=exp.column("distinct_id", "d").eq(exp.column("distinct_id", "e")),
+                    join_type="left",
+                )
+                .where(_project_filter(project_id, "e"))
+            )
+        if relation == "persons":
+            return (
+                exp.select("id", "created_at", "properties", "is_identified")
+                .from_("raw_persons")
+                .where(_project_filter(project_id))
+            )
+        if relation == "person_distinct_ids":
+            return (
+                exp.select("distinct_id", "person_id")
+                .from_("raw_person_distinct_ids")
+                .where(_project_filter(project_id))
+            )
+        raise KeyError(relation)
+
+    def query(self, sql: str) -> QueryResult:
+        con = self._reader()
+        cur = con.execute(sql)
+        columns = [d[0] for d in cur.description or []]
+        rows = [[jsonable(v) for v in row] for row in cur.fetchall()]
+        return QueryResult(columns, rows)
+
+    def iter_query(self, sql: str, batch_rows: int = 10_000) -> Iterator[list[Any]]:
+        con = self._con.cursor()
+        try:
+            cur = con.execute(sql)
+            while chunk := cur.fetchmany(batch_rows):
+                for row in chunk:
+                    yield [jsonable(v) for v in row]
+        finally:
+            con.close()
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the database file."""
+        with self._write_lock:
+            self._con.execute("CHECKPOINT")
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._con.close()
+
+
+def render(query: exp.Expression, dialect: str = "duckdb") -> str:
+    """SQL text of an expression tree in ``dialect``."""
+    return query.sql(dialect=dialect)

@@ -1,0 +1,181 @@
+"""The HTTP application: ingestion API, management API, health.
+
+Handlers stay thin: they authenticate, read the body within limits, and call plain functions
+(:mod:`yunying.ingest`, :mod:`yunying.store`) that tests call directly too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from yunying import __version__
+from yunying.errors import NotFound, ReadOnlyViolation
+from yunying.runtime import Runtime, ensure_admin_token
+from yunying.state import Project, get_project, project_by_secret_key
+from yunying.store import run_readonly_sql
+from yunying.web.http import (
+    HTTPProblem,
+    bearer,
+    client_ip,
+    json_response,
+    read_body,
+    store_events,
+)
+from yunying.web.sdk import include_sdk_routes
+
+log = logging.getLogger("yunying.web")
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    """Build the ASGI app serving one installation."""
+    admin_token = ensure_admin_token(runtime.settings.admin_token_file)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime.writer  # start the writer before the first request  # noqa: B018
+        yield
+        runtime.writer.close()
+
+    app = FastAPI(
+        title="Yunying",
+        version=__version__,
+        description="Growth operations platform: ingestion and management API.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+
+    @app.exception_handler(HTTPProblem)
+    async def _problem(_request: Request, exc: HTTPProblem) -> Response:
+        return json_response(exc.body, exc.status)
+
+    @app.middleware("http")
+    async def _access_log(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.url.path,
+                "status": response.status_code,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+        return response
+
+    @app.get("/health")
+    async def health() -> Response:
+        """Liveness and readiness: the engines answer."""
+        checks = {"state": "ok", "events": "ok"}
+        try:
+            with runtime.state.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            checks["state"] = f"error: {exc}"
+        try:
+            runtime.store.query("SELECT 1")
+        except Exception as exc:  # noqa: BLE001
+            checks["events"] = f"error: {exc}"
+        ok = all(v == "ok" for v in checks.values())
+        return json_response(
+            {"status": "ok" if ok else "degraded", "version": __version__, "checks": checks},
+            200 if ok else 503,
+        )
+
+    @app.post("/v1/events")
+    async def ingest_events(request: Request) -> Response:
+        """Native ingestion: one event or ``{"batch": [...]}``; answers after commit.
+
+        A batch with some bad events stores the good ones and answers 400 listing each bad
+        event's index and field, so a client sees its bug while nothing valid is lost.
+        """
+        key = bearer(request)
+        if key is None:
+            raise HTTPProblem(401, "missing write key: send 'Authorization: Bearer <write_key>'")
+        project = runtime.project_for_write_key(key)
+        if project is None:
+            raise HTTPProblem(401, "unknown write key")
+        body = await read_body(request, runtime.settings.max_body_bytes)
+        raws = parse_events_body(body)
+        batch, result = await store_events(runtime, project.id, raws, client_ip(request))
+        body_out: dict[str, Any] = {
+            "accepted": len(batch.events),
+            "duplicates": result.duplicates,
+            "rejected": batch.rejected,
+        }
+        if batch.errors:
+            body_out["errors"] = [e.as_dict() for e in batch.errors]
+            return json_response(body_out, 400)
+        return json_response(body_out)
+
+    def management_project(request: Request, name: str | None) -> Project:
+        token = bearer(request)
+        if token is None:
+            raise HTTPProblem(401, "missing secret key: send 'Authorization: Bearer <secret_key>'")
+        if hmac.compare_digest(token, admin_token):
+            try:
+                return get_project(runtime.state, name)
+            except NotFound as exc:
+                raise HTTPProblem(404, str(exc)) from None
+        project = project_by_secret_key(runtime.state, token)
+        if project is None:
+            raise HTTPProblem(401, "unknown secret key")
+        if name is not None and name != project.name:
+            raise HTTPProblem(403, f"this secret key belongs to project {project.name!r}")
+        return project
+
+    @app.post("/api/v1/sql")
+    async def sql(request: Request) -> Response:
+        """Read-only SQL over the project's events, persons and person_distinct_ids."""
+        try:
+            payload = orjson.loads(await read_body(request, 1_000_000))
+        except orjson.JSONDecodeError as exc:
+            raise HTTPProblem(400, f"body is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("sql"), str):
+            raise HTTPProblem(400, "field 'sql' is required: the query text")
+        name = payload.get("project")
+        if name is not None and not isinstance(name, str):
+            raise HTTPProblem(400, "field 'project' must be a project name")
+        project = management_project(request, name)
+        try:
+            result = await asyncio.to_thread(
+                run_readonly_sql, runtime.store, project.id, payload["sql"]
+            )
+        except ReadOnlyViolation as exc:
+            raise HTTPProblem(400, str(exc)) from None
+        except Exception as exc:  # engine errors (bad column...) are the user's to fix
+            raise HTTPProblem(400, f"query failed: {exc}") from None
+        return json_response({"columns": result.columns, "rows": result.rows})
+
+    include_sdk_routes(app, runtime)
+    return app
+
+
+def parse_events_body(body: bytes) -> list[Any]:
+    """The list of raw events in a native body: one object or ``{"batch": [...]}``."""
+    if not body.strip():
+        raise HTTPProblem(400, 'empty body: send one event object or {"batch": [...]}')
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise HTTPProblem(400, f"body is not valid JSON: {exc}") from None
+    if isinstance(payload, dict) and "batch" in payload:
+        batch = payload["batch"]
+        if not isinstance(batch, list):
+            raise HTTPProblem(400, "field 'batch' must be a list of events", field="batch")
+        if not batch:
+            raise HTTPProblem(400, "field 'batch' is empty", field="batch")
+        return batch
+    if isinstance(payload, dict):
+        return [payload]
+    raise HTTPProblem(400, 'body must be one event object or {"batch": [...]}')

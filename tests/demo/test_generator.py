@@ -1,0 +1,462 @@
+"""The demo generator: reproducible, shaped like the seeds' app, and identical in identity to
+what the real ingestion pipeline builds from the same events."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from rich.console import Console
+
+from yunying.config import load_settings
+from yunying.demo import CHANNELS, InvalidDemo, generate_demo
+from yunying.demo.generator import local_today
+from yunying.ingest.model import validate_batch
+from yunying.runtime import Runtime
+from yunying.state import create_project
+from yunying.store import run_readonly_sql
+
+END = date(2026, 10, 31)
+PRICES = {30.0, 78.0, 198.0}
+
+
+def open_runtime(path: Path) -> Runtime:
+    return Runtime.open(load_settings(data_dir=path))
+
+
+def q(rt: Runtime, project_id: int, sql: str) -> list[list[Any]]:
+    """Rows of a project-scoped read (the path `yunying sql` takes)."""
+    return run_readonly_sql(rt.store, project_id, sql).rows
+
+
+def raw(rt: Runtime, sql: str) -> list[list[Any]]:
+    """Rows of a query straight on the engine's raw tables."""
+    return rt.store.query(sql).rows
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runtime, dict[str, Any]]]:
+    """200 users over 30 days."""
+    rt = open_runtime(tmp_path_factory.mktemp("small"))
+    summary = generate_demo(rt, "demo", users=200, days=30, seed=11, end=END)
+    yield rt, summary
+    rt.close()
+
+
+@pytest.fixture(scope="module")
+def medium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runtime, dict[str, Any]]]:
+    """6,000 users over 63 days: enough to measure rates per channel and per weekday."""
+    rt = open_runtime(tmp_path_factory.mktemp("medium"))
+    summary = generate_demo(rt, "demo", users=6000, days=63, seed=3, end=END)
+    yield rt, summary
+    rt.close()
+
+
+# -- reproducibility ----------------------------------------------------------------------------
+
+DUMP_EVENTS = "SELECT * EXCLUDE (project_id) FROM raw_events ORDER BY uuid"
+DUMP_PERSONS = "SELECT * EXCLUDE (project_id) FROM raw_persons ORDER BY id"
+DUMP_IDS = "SELECT * EXCLUDE (project_id) FROM raw_person_distinct_ids ORDER BY distinct_id"
+
+
+def dump(path: Path, seed: int) -> tuple[list[list[Any]], ...]:
+    rt = open_runtime(path)
+    try:
+        generate_demo(rt, "demo", users=150, days=20, seed=seed, end=END)
+        return tuple(raw(rt, sql) for sql in (DUMP_EVENTS, DUMP_PERSONS, DUMP_IDS))
+    finally:
+        rt.close()
+
+
+def test_same_seed_gives_identical_rows_and_another_seed_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("yunying.demo.generator.CHUNK_USERS", 40)  # 4 chunks, the last short
+    first, again, other = dump(tmp_path / "a", 5), dump(tmp_path / "b", 5), dump(tmp_path / "c", 6)
+    assert len(first[1]) == 150
+    distinct_ids = [r[0] for r in first[2]]
+    assert len(set(distinct_ids)) == len(distinct_ids)
+    assert {int(d[2:]) for d in distinct_ids if d.startswith("u-")} <= set(range(1, 151))
+    assert first == again
+    assert first[0] != other[0]
+    assert {r[0] for r in first[0]}.isdisjoint({r[0] for r in other[0]})  # uuids differ
+    assert first[1] != other[1]
+
+
+def test_rerun_replaces_the_projects_data(tmp_path: Path) -> None:
+    rt = open_runtime(tmp_path)
+    try:
+        one = generate_demo(rt, "demo", users=120, days=15, seed=1, end=END)
+        two = generate_demo(rt, "demo", users=120, days=15, seed=1, end=END)
+        assert one["secret_key"] and one["secret_key"].startswith("ysk_")
+        assert two["secret_key"] is None
+        assert two["project_id"] == one["project_id"] and two["write_key"] == one["write_key"]
+        for table, key in [("raw_events", "events"), ("raw_persons", "persons")]:
+            assert raw(rt, f"SELECT count(*) FROM {table}") == [[one[key]]]
+        smaller = generate_demo(rt, "demo", users=50, days=15, seed=2, end=END)
+        assert raw(rt, "SELECT count(*) FROM raw_events") == [[smaller["events"]]]
+        assert raw(rt, "SELECT count(*) FROM raw_person_distinct_ids") == [
+            [smaller["distinct_ids"]]
+        ]
+    finally:
+        rt.close()
+
+
+def test_summary_matches_the_tables(small: tuple[Runtime, dict[str, Any]]) -> None:
+    rt, s = small
+    pid = s["project_id"]
+    assert q(rt, pid, "SELECT count(*) FROM events") == [[s["events"]]]
+    assert q(rt, pid, "SELECT count(*) FROM persons") == [[s["persons"]]]
+    assert q(rt, pid, "SELECT count(*) FROM person_distinct_ids") == [[s["distinct_ids"]]]
+    assert s["persons"] == s["users"] == 200 == sum(s["channels"].values())
+    assert s["first_day"] == "2026-10-02" and s["last_day"] == END.isoformat()
+    identified = q(rt, pid, "SELECT count(*) FROM persons WHERE is_identified")[0][0]
+    assert s["signed_up"] == identified and s["distinct_ids"] == s["persons"] + identified
+    assert 60 <= identified <= 170  # most but not all users sign up
+
+
+def test_progress_bar_and_default_period_end_now(tmp_path: Path) -> None:
+    rt = open_runtime(tmp_path)
+    out = io.StringIO()
+    before = local_today().isoformat()
+    try:
+        s = generate_demo(rt, "p", users=60, days=5, seed=2, console=Console(file=out, width=120))
+        latest = raw(rt, "SELECT max(timestamp) FROM raw_events")[0][0]
+    finally:
+        rt.close()
+    assert "generating demo data" in out.getvalue()
+    assert s["last_day"] in {before, local_today().isoformat()}
+    assert datetime.fromisoformat(latest) <= datetime.now(UTC).replace(tzinfo=None)
+
+
+def test_invalid_sizes_are_refused(runtime: Runtime) -> None:
+    with pytest.raises(InvalidDemo):
+        generate_demo(runtime, "demo", users=0, days=10, seed=1)
+    with pytest.raises(InvalidDemo):
+        generate_demo(runtime, "demo", users=10, days=0, seed=1)
+
+
+# -- the app's shape ----------------------------------------------------------------------------
+
+
+def conversion(rt: Runtime, pid: int) -> dict[str, tuple[int, int]]:
+    """Per channel: (installs, persons who bought a membership)."""
+    rows = q(
+        rt,
+        pid,
+        "SELECT channel, count(DISTINCT person_id), "
+        "count(DISTINCT CASE WHEN event = 'purchase_membership' THEN person_id END) "
+        "FROM events GROUP BY channel",
+    )
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def z_two_proportions(a: tuple[int, int], b: tuple[int, int]) -> float:
+    """z statistic of the difference of two conversion rates (pooled variance)."""
+    (n1, x1), (n2, x2) = a, b
+    pooled = (x1 + x2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    return (x1 / n1 - x2 / n2) / se
+
+
+def test_channels_differ_in_install_to_purchase_conversion(
+    medium: tuple[Runtime, dict[str, Any]],
+) -> None:
+    rt, s = medium
+    conv = conversion(rt, s["project_id"])
+    acquired = [c.name for c in CHANNELS if c.name != "invite"]
+    assert len(acquired) >= 9 and set(acquired) <= set(conv)
+    assert all(conv[name][0] >= 150 for name in acquired)
+    rate = {name: conv[name][1] / conv[name][0] for name in acquired}
+    assert max(rate.values()) > 4 * min(rate.values())
+    assert z_two_proportions(conv["zhihu"], conv["feed_ads"]) > 4
+    assert z_two_proportions(conv["bilibili"], conv["kuaishou"]) > 3
+    # the observed ranking follows the channel table's quality (activation² × paying)
+    quality = {c.name: c.activation**2 * c.paying for c in CHANNELS}
+    by_quality = sorted(acquired, key=quality.__getitem__)
+    by_rate = sorted(acquired, key=rate.__getitem__)
+    assert set(by_quality[:3]) & set(by_rate[:3]) and set(by_quality[-3:]) & set(by_rate[-3:])
+
+
+def test_journey_order_holds_per_person(medium: tuple[Runtime, dict[str, Any]]) -> None:
+    rt, s = medium
+    firsts = q(
+        rt,
+        s["project_id"],
+        "SELECT person_id, min(timestamp), "
+        + ", ".join(
+            f"min(CASE WHEN event = '{e}' THEN timestamp END)"
+            for e in (
+                "app_install",
+                "sign_up",
+                "$identify",
+                "edit_video",
+                "export_video",
+                "purchase_membership",
+                "check_in",
+                "join_community",
+                "invite_sent",
+                "invite_accepted",
+            )
+        )  # fmt: skip
+        + ", count(*) FILTER (WHERE event = 'app_install'), "
+        "count(*) FILTER (WHERE event = 'sign_up') FROM events GROUP BY person_id",
+    )
+    assert len(firsts) == s["persons"]
+    counts = {"signed": 0, "edited": 0, "exported": 0, "paid": 0}
+    for row in firsts:
+        (_, first, install, sign_up, identify, edit, export, purchase) = row[:8]
+        check_in, join, invite, accepted, n_installs, n_sign_ups = row[8:]
+        assert n_installs == 1 and install == first  # the install comes first
+        assert n_sign_ups <= 1
+        if sign_up is None:  # anonymous users only open the app and browse
+            assert identify is edit is export is purchase is check_in is join is invite is None
+            continue
+        counts["signed"] += 1
+        assert install <= sign_up < identify
+        for later in (edit, check_in, join, invite, accepted):
+            assert later is None or later > identify
+        if export is not None:
+            counts["exported"] += 1
+            assert edit is not None and export > edit
+        if edit is not None:
+            counts["edited"] += 1
+        if purchase is not None:
+            counts["paid"] += 1
+            assert export is not None and purchase > export
+    assert counts["signed"] > counts["edited"] > counts["exported"] > counts["paid"] > 50
+
+
+def test_events_use_the_device_id_until_identify_then_the_user_id(
+    small: tuple[Runtime, dict[str, Any]],
+) -> None:
+    rt, s = small
+    rows = raw(
+        rt,
+        "SELECT e.distinct_id, e.device_id, e.event, e.timestamp, i.timestamp, i.distinct_id "
+        "FROM raw_events e LEFT JOIN raw_events i ON i.event = '$identify' "
+        "AND i.device_id = e.device_id",
+    )
+    assert len(rows) == s["events"]
+    for distinct_id, device, event, ts, identify_ts, user_id in rows:
+        assert device.startswith("d-") and len(device) == 18
+        if identify_ts is None or ts < identify_ts:
+            assert distinct_id == device, event
+        else:
+            assert distinct_id == user_id and user_id.startswith("u-"), event
+
+
+def test_every_distinct_id_is_mapped_to_its_events_person(
+    small: tuple[Runtime, dict[str, Any]],
+) -> None:
+    rt, _ = small
+    unmapped = raw(
+        rt,
+        "SELECT count(*) FROM raw_events e LEFT JOIN raw_person_distinct_ids d "
+        "USING (project_id, distinct_id) WHERE d.person_id IS NULL OR d.person_id <> e.person_id",
+    )
+    assert unmapped == [[0]]
+    orphans = raw(
+        rt,
+        "SELECT count(*) FROM raw_person_distinct_ids d LEFT JOIN raw_persons p "
+        "ON p.project_id = d.project_id AND p.id = d.person_id WHERE p.id IS NULL",
+    )
+    assert orphans == [[0]]
+
+
+def test_weekends_are_busier_than_weekdays(medium: tuple[Runtime, dict[str, Any]]) -> None:
+    rt, s = medium
+    rows = q(
+        rt,
+        s["project_id"],
+        "SELECT isodow(timestamp + INTERVAL 8 HOUR) >= 6, "
+        "count(DISTINCT (person_id, CAST(timestamp + INTERVAL 8 HOUR AS DATE))) "
+        "/ count(DISTINCT CAST(timestamp + INTERVAL 8 HOUR AS DATE)) "
+        "FROM events WHERE timestamp >= TIMESTAMP '2026-10-01' GROUP BY 1",
+    )
+    dau = {weekend: value for weekend, value in rows}
+    assert dau[True] > 1.2 * dau[False]
+
+
+def test_purchases_carry_amounts_from_the_price_list(
+    medium: tuple[Runtime, dict[str, Any]],
+) -> None:
+    rt, s = medium
+    pid = s["project_id"]
+    rows = q(
+        rt,
+        pid,
+        "SELECT amount, properties->>'plan', CAST(properties->>'amount' AS DOUBLE), "
+        "CAST(properties->>'is_renewal' AS BOOLEAN) FROM events "
+        "WHERE event = 'purchase_membership'",
+    )
+    assert {r[0] for r in rows} == PRICES
+    assert all(r[0] == r[2] for r in rows)
+    assert {r[1] for r in rows} == {"monthly", "quarterly", "yearly"}
+    assert any(r[3] for r in rows) and not all(r[3] for r in rows)  # some renewals
+    others = q(rt, pid, "SELECT count(amount) FROM events WHERE event <> 'purchase_membership'")
+    assert others == [[0]]
+    revenue = q(rt, pid, "SELECT sum(amount) FROM events")[0][0]
+    assert revenue == pytest.approx(s["revenue_cny"])
+
+
+def test_users_drift_between_active_silent_and_churned(
+    medium: tuple[Runtime, dict[str, Any]],
+) -> None:
+    rt, s = medium
+    end = datetime.combine(END + timedelta(days=1), datetime.min.time()) - timedelta(hours=8)
+    per_person = q(
+        rt,
+        s["project_id"],
+        "SELECT person_id, min(timestamp), max(timestamp), "
+        "list(DISTINCT CAST(timestamp + INTERVAL 8 HOUR AS DATE) ORDER BY 1) "
+        "FROM events WHERE event NOT IN ('purchase_membership') GROUP BY 1",
+    )
+    old = [r for r in per_person if datetime.fromisoformat(r[1]) < end - timedelta(days=30)]
+    silent = [r for r in old if datetime.fromisoformat(r[2]) < end - timedelta(days=30)]
+    active = [r for r in old if datetime.fromisoformat(r[2]) >= end - timedelta(days=7)]
+    returned = [
+        r
+        for r in old
+        if any(
+            (date.fromisoformat(b) - date.fromisoformat(a)).days >= 14
+            for a, b in zip(r[3], r[3][1:], strict=False)
+        )
+    ]
+    assert len(old) > 1000
+    assert 0.3 < len(silent) / len(old) < 0.9
+    assert 0.08 < len(active) / len(old) < 0.6
+    assert len(returned) / len(old) > 0.03
+
+
+def test_first_class_columns_are_filled_and_match_properties(
+    medium: tuple[Runtime, dict[str, Any]],
+) -> None:
+    rt, s = medium
+    pid = s["project_id"]
+    paid = {c.name: c.utm_source for c in CHANNELS}
+    for channel, utm in q(rt, pid, "SELECT DISTINCT channel, utm_source FROM events"):
+        assert utm == paid[channel]
+    assert sum(1 for v in paid.values() if v) >= 4
+    persons_by_os = dict(q(rt, pid, "SELECT os, count(DISTINCT person_id) FROM events GROUP BY 1"))
+    assert persons_by_os["Android"] > persons_by_os["iOS"] > persons_by_os["HarmonyOS"] > 100
+    mismatched = q(
+        rt,
+        pid,
+        "SELECT count(*) FROM events WHERE channel IS DISTINCT FROM properties->>'channel' "
+        "OR os IS DISTINCT FROM properties->>'$.\"$os\"' "
+        "OR app_version IS DISTINCT FROM properties->>'$.\"$app_version\"' "
+        "OR device_id IS DISTINCT FROM properties->>'$.\"$device_id\"' "
+        "OR ip IS DISTINCT FROM properties->>'$.\"$ip\"' "
+        "OR utm_source IS DISTINCT FROM properties->>'$.\"$utm_source\"' "
+        "OR NOT regexp_full_match(ip, '\\d{1,3}(\\.\\d{1,3}){3}')",
+    )
+    assert mismatched == [[0]]
+    versions = q(rt, pid, "SELECT count(DISTINCT app_version) FROM events")[0][0]
+    assert versions >= 4
+    downgrades = q(
+        rt,
+        pid,
+        "SELECT count(*) FROM (SELECT app_version, lag(app_version) OVER "
+        "(PARTITION BY person_id ORDER BY timestamp) AS before FROM events) "
+        "WHERE app_version < before",
+    )
+    assert downgrades == [[0]]
+    own = q(
+        rt,
+        pid,
+        "SELECT event, count(*) FILTER (WHERE properties->>'content_id' IS NOT NULL "
+        "AND properties->>'category' IS NOT NULL), count(*) FILTER (WHERE "
+        "properties->>'tool' IS NOT NULL), count(*) FILTER (WHERE "
+        "properties->>'duration_sec' IS NOT NULL), count(*) FROM events "
+        "WHERE event IN ('view_content', 'edit_video', 'export_video') GROUP BY 1",
+    )
+    expected_column = {"view_content": 1, "edit_video": 2, "export_video": 3}
+    for row in own:
+        assert row[expected_column[row[0]]] == row[4] > 0
+
+
+def test_invited_users_name_an_inviter_who_invited_before(
+    medium: tuple[Runtime, dict[str, Any]],
+) -> None:
+    rt, s = medium
+    rows = q(
+        rt,
+        s["project_id"],
+        "SELECT a.channel, a.properties->>'inviter_id', a.timestamp, "
+        "(SELECT max(i.timestamp) FROM events i WHERE i.event = 'invite_sent' "
+        " AND i.distinct_id = a.properties->>'inviter_id' AND i.timestamp < a.timestamp) "
+        "FROM events a WHERE a.event = 'invite_accepted'",
+    )
+    assert len(rows) == s["channels"]["invite"] > 100
+    assert all(r[0] == "invite" and r[1].startswith("u-") and r[3] is not None for r in rows)
+
+
+# -- identity -----------------------------------------------------------------------------------
+
+
+def test_persons_match_what_ingestion_builds_from_the_same_events(
+    small: tuple[Runtime, dict[str, Any]], tmp_path: Path
+) -> None:
+    rt, s = small
+    events = raw(
+        rt,
+        "SELECT uuid, event, distinct_id, timestamp, properties FROM raw_events "
+        "ORDER BY timestamp, uuid",
+    )
+    natives = [
+        {"uuid": u, "event": e, "distinct_id": d, "timestamp": ts, "properties": orjson.loads(p)}
+        for u, e, d, ts, p in events
+    ]
+    batch = validate_batch(natives, now=datetime(2100, 1, 1))
+    assert batch.errors == [] and len(batch.events) == s["events"]
+
+    replay = open_runtime(tmp_path)
+    try:
+        project = create_project(replay.state, "demo").project
+        assert project.id == s["project_id"]  # person ids are derived from the project id
+        for i in range(0, len(batch.events), 700):
+            result = replay.writer.write(project.id, batch.events[i : i + 700])
+            assert result.duplicates == 0
+        for sql in (
+            "SELECT id, created_at, properties, is_identified FROM raw_persons ORDER BY id",
+            "SELECT distinct_id, person_id FROM raw_person_distinct_ids ORDER BY distinct_id",
+            "SELECT uuid, channel, utm_source, os, app_version, device_id, ip, amount "
+            "FROM raw_events ORDER BY uuid",
+        ):
+            generated, ingested = raw(rt, sql), raw(replay, sql)
+            if "properties" in sql:
+                generated = [[*r[:2], orjson.loads(r[2]), r[3]] for r in generated]
+                ingested = [[*r[:2], orjson.loads(r[2]), r[3]] for r in ingested]
+            assert generated == ingested, sql
+        resolved = "SELECT uuid, person_id FROM events ORDER BY uuid"
+        assert q(rt, s["project_id"], resolved) == q(replay, project.id, resolved)
+    finally:
+        replay.close()
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def test_demo_command_generates_and_reports_json(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from yunying.cli.main import app
+
+    args = ["demo", "--users", "80", "--days", "10", "--seed", "4", "--no-serve", "--json"]
+    result = CliRunner().invoke(app, [*args, "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = orjson.loads(result.stdout)
+    assert summary["project"] == "demo" and summary["secret_key"].startswith("ysk_")
+    assert summary["events"] > 80 and 0 < summary["persons"] <= 80
+    rt = open_runtime(tmp_path)
+    try:
+        assert raw(rt, "SELECT count(*) FROM raw_events") == [[summary["events"]]]
+    finally:
+        rt.close()
