@@ -31,7 +31,8 @@ Semantics encoded here (``D`` is the event's distinct id, ``A`` the other id of 
 7. Person property operations ride on any event and are applied, after the identity step, to the
    person the event's distinct id belongs to, in the order the events were sent (not by
    timestamp). Within one event they run in the order ``$set_once``, ``$set``, ``$increment``,
-   ``$append``, ``$unset`` (the docstring is silent on this order):
+   ``$append``, ``$union``, ``$remove``, ``$unset``; the event ``$delete_person`` first empties
+   the properties:
 
    - ``$set_once``: set names that are absent (a present ``null`` counts as present);
    - ``$set``: set (a value of a different JSON type replaces the old one even if Python thinks
@@ -40,6 +41,11 @@ Semantics encoded here (``D`` is the event's distinct id, ``A`` the other id of 
      by the increment;
    - ``$append``: append to a list; a missing or ``null`` value becomes a one-element list, any
      other value becomes ``[old, new]``;
+   - ``$union``: the value (or each value of a list) is appended to the list unless an equal
+     JSON value is already in it; a missing or ``null`` value starts an empty list, a non-list
+     value becomes a one-element list first;
+   - ``$remove``: every element equal (as JSON) to the value (or to a value of a list) is removed
+     from a list; a name that is missing or not a list is left alone;
    - ``$unset``: remove names.
 8. Events are attributed to the person their distinct id belongs to at the end (readers resolve
    through the id map; stored events are never rewritten).
@@ -53,6 +59,7 @@ Semantics encoded here (``D`` is the event's distinct id, ``A`` the other id of 
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -84,6 +91,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _json(value: Any) -> str:
+    """A value's JSON text: equality as JSON sees it (``true`` is not ``1``, ``1`` not ``1.0``)."""
+    return json.dumps(value, sort_keys=True)
+
+
 def apply_operations(props: dict[str, Any], event_props: dict[str, Any]) -> None:
     """Apply one event's person property operations to ``props`` (rule 7)."""
     for key, value in (event_props.get("$set_once") or {}).items():
@@ -103,6 +115,18 @@ def apply_operations(props: dict[str, Any], event_props: dict[str, Any]) -> None
             props[key] = [new]
         else:
             props[key] = [old, new]
+    for key, value in (event_props.get("$union") or {}).items():
+        old = props.get(key)
+        items = list(old) if isinstance(old, list) else [] if old is None else [old]
+        for new in value if isinstance(value, list) else [value]:
+            if _json(new) not in {_json(v) for v in items}:
+                items.append(copy.deepcopy(new))
+        props[key] = items
+    for key, value in (event_props.get("$remove") or {}).items():
+        old = props.get(key)
+        if isinstance(old, list):
+            gone = {_json(v) for v in (value if isinstance(value, list) else [value])}
+            props[key] = [v for v in old if _json(v) not in gone]
     for key in event_props.get("$unset") or []:
         props.pop(key, None)
 
@@ -173,6 +197,8 @@ class IdentityModel:
         if ev.event == "$identify":
             person.is_identified = True
         person.created_at = min(person.created_at, ev.timestamp)  # rule 6
+        if ev.event == "$delete_person":
+            person.properties.clear()
         apply_operations(person.properties, ev.properties)  # rule 7
 
     @staticmethod

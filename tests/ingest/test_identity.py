@@ -5,8 +5,8 @@ the ``events``, ``persons`` and ``person_distinct_ids`` relations. ``owners()`` 
 the distinct id whose first event created it (person ids are ``person_id_for(project, that id)``),
 so ``{"dev-1": "dev-1", "user-1": "dev-1"}`` reads "user-1 joined the person dev-1 started".
 
-The tests marked ``xfail(strict=True)`` show bugs in the current implementation; see their reasons
-(and the report that came with these tests) for the fix.
+Several examples pin down what once went wrong when events shared a batch: a shared device,
+events out of order, resent and personless events, values Python compares equal across types.
 """
 
 from __future__ import annotations
@@ -31,42 +31,6 @@ from yunying.ingest.model import validate_batch
 from yunying.ingest.writer import WriteResult
 from yunying.runtime import Runtime
 from yunying.state import NewProject, create_project
-
-BUG_STALE_BATCH_DECISIONS = (
-    "IdentityResolver decides, in _Batch.assign (before any identity event of the batch is "
-    "applied), whether an unseen distinct id of a $identify/$create_alias joins the other id's "
-    "person; it sees that person's pre-batch identified flag and pre-batch id map, so within one "
-    "batch a second user logging in on a shared device is fused with the first"
-)
-BUG_ALIAS_LOSES_IDENTIFIED = (
-    "_Batch.merge lets $create_alias merge an identified person into an unidentified one but the "
-    "survivor keeps is_identified=False, so a later $identify fuses two identified people"
-)
-BUG_CREATED_AT_BATCH_ORDER = (
-    "_Batch.assign only lowers created_at (first_seen) for persons that existed before the batch "
-    "and never for an unseen id joining another person, so created_at is not the earliest event "
-    "timestamp when events arrive out of order inside one batch or when an identity event is older"
-)
-BUG_SET_EQUAL_VALUE = (
-    "apply_property_ops skips $set when the old value == the new one, but True == 1 == 1.0 in "
-    "Python: $set {flag: true} over 1 keeps 1"
-)
-BUG_PERSONLESS_BATCH = (
-    "a personless event ($process_person_profile: false) from an unseen id is skipped in "
-    "_Batch.assign, but _Batch.apply looks the id up again after the whole batch was assigned: "
-    "if a later event of the batch created the id's person, the personless event's property "
-    "operations are applied to it (they are dropped when the events come in separate batches)"
-)
-BUG_DUPLICATE_LOWERS_CREATED_AT = (
-    "_Batch.assign runs for every event of a batch, duplicates included (insert_events tells "
-    "which uuids are new only afterwards), and records its timestamp in first_seen, so a resent "
-    "event can move created_at: a resent personless event lowers the created_at of the person "
-    "its id got since"
-)
-BUG_PLACEHOLDER_OTHER_ID = (
-    "validate_event checks only distinct_id against ILLEGAL_DISTINCT_IDS, not $anon_distinct_id "
-    "or alias, so two strangers aliasing the SDK placeholder 'undefined' are merged"
-)
 
 
 @pytest.fixture
@@ -174,7 +138,6 @@ def test_two_users_on_a_shared_device_are_never_merged(runtime: Runtime, pid: in
     _assert_alice_and_bob_separate(runtime, pid)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_STALE_BATCH_DECISIONS)
 def test_two_users_on_a_shared_device_are_never_merged_within_one_batch(
     runtime: Runtime, pid: int
 ) -> None:
@@ -251,7 +214,6 @@ def test_create_alias_merges_an_anonymous_person_into_an_identified_one(
     assert s.person("dev-b").is_identified is True
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_ALIAS_LOSES_IDENTIFIED)
 def test_an_alias_merge_keeps_the_person_identified(runtime: Runtime, pid: int) -> None:
     send(runtime, pid, identify("alice", "dev-a", 0))
     send(runtime, pid, ev("$pageview", "dev-b", 1))
@@ -265,7 +227,6 @@ def test_an_alias_merge_keeps_the_person_identified(runtime: Runtime, pid: int) 
     assert stored(runtime, pid).person("alice").id != stored(runtime, pid).person("bob").id
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_PLACEHOLDER_OTHER_ID)
 def test_placeholder_ids_never_link_strangers(runtime: Runtime, pid: int) -> None:
     raws = [
         ev("$pageview", "dev-a", 0),
@@ -361,7 +322,6 @@ def test_identify_can_carry_property_operations(runtime: Runtime, pid: int) -> N
     }
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_SET_EQUAL_VALUE)
 def test_set_replaces_a_value_of_another_type_that_compares_equal(
     runtime: Runtime, pid: int
 ) -> None:
@@ -369,6 +329,58 @@ def test_set_replaces_a_value_of_another_type_that_compares_equal(
     props = _props_after(runtime, pid, *ops)
     assert props == {"flag": True, "ratio": 2.0}
     assert props["flag"] is True and isinstance(props["ratio"], float)
+
+
+def test_union_adds_only_values_not_yet_in_the_list(runtime: Runtime, pid: int) -> None:
+    ops = [
+        {"$union": {"tags": ["vip", "creator"]}},
+        {"$union": {"tags": ["creator", "editor", 1], "plan": "pro"}},
+        {"$union": {"tags": [True]}},  # true is not 1 in JSON
+    ]
+    props = _props_after(runtime, pid, *ops)
+    assert props == {"tags": ["vip", "creator", "editor", 1, True], "plan": ["pro"]}
+
+
+def test_remove_takes_values_out_of_a_list(runtime: Runtime, pid: int) -> None:
+    ops = [
+        {"$set": {"tags": ["vip", "creator", "vip", 1], "plan": "pro"}},
+        {"$remove": {"tags": ["vip", True], "plan": "pro", "missing": "x"}},
+    ]
+    props = _props_after(runtime, pid, *ops)
+    assert props == {"tags": ["creator", 1], "plan": "pro"}
+
+
+def test_delete_person_empties_the_profile_but_keeps_ids_and_events(
+    runtime: Runtime, pid: int
+) -> None:
+    send_each(
+        runtime,
+        pid,
+        ev("open", "dev", 0, {"$set": {"plan": "pro", "city": "sh"}}),
+        identify("user", "dev", 1),
+        ev("$delete_person", "user", 2),
+        ev("open", "user", 3, {"$set_once": {"city": "bj"}}),
+    )
+    s = stored(runtime, pid)
+    assert s.person("user").properties == {"city": "bj"}
+    assert s.person_of["dev"] == s.person_of["user"]
+    assert len(s.event_person) == 4 and set(s.event_person.values()) == {s.person_of["dev"]}
+
+
+def test_placeholder_ids_are_refused_as_the_other_id() -> None:
+    batch = validate_batch(
+        [
+            identify("alice", "undefined"),
+            alias("bob", "null"),
+            identify("carol", "dev-1"),
+        ],
+        now=datetime(2030, 1, 1),
+    )
+    assert [(e.index, e.field) for e in batch.errors] == [
+        (0, "properties.$anon_distinct_id"),
+        (1, "properties.alias"),
+    ]
+    assert [e.distinct_id for e in batch.events] == ["carol"]
 
 
 # -- personless events ($process_person_profile: false) ----------------------------------------
@@ -421,7 +433,6 @@ def test_an_identify_is_never_personless(runtime: Runtime, pid: int) -> None:
     assert s.person("user-1").is_identified is True
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_PERSONLESS_BATCH)
 def test_a_personless_event_drops_its_operations_in_a_batch_too(runtime: Runtime, pid: int) -> None:
     send(
         runtime,
@@ -432,7 +443,6 @@ def test_a_personless_event_drops_its_operations_in_a_batch_too(runtime: Runtime
     assert stored(runtime, pid).person("visitor").properties == {"y": 2}
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_DUPLICATE_LOWERS_CREATED_AT)
 def test_resending_a_personless_event_changes_nothing(runtime: Runtime, pid: int) -> None:
     personless = ev("$pageview", "visitor", 0, PERSONLESS)
     send(runtime, pid, personless)
@@ -563,7 +573,6 @@ def test_a_merge_keeps_the_earlier_created_at(runtime: Runtime, pid: int) -> Non
     assert stored(runtime, pid).person("user-1").created_at == at(5)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_CREATED_AT_BATCH_ORDER)
 def test_created_at_is_the_earliest_event_of_a_batch_in_any_order(
     runtime: Runtime, pid: int
 ) -> None:
@@ -571,7 +580,6 @@ def test_created_at_is_the_earliest_event_of_a_batch_in_any_order(
     assert stored(runtime, pid).person("u").created_at == at(10)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_CREATED_AT_BATCH_ORDER)
 def test_created_at_counts_the_event_of_an_id_joining_a_person(runtime: Runtime, pid: int) -> None:
     send(runtime, pid, ev("$pageview", "dev-1", 30))
     send(runtime, pid, identify("user-1", "dev-1", 10))  # queued offline, older than dev-1's

@@ -164,7 +164,7 @@ PROTOCOLS = [
         "/2/httpapi",
         lambda m, n: {
             "event_type": "fuzz",
-            "user_id": f"u{n}",
+            "user_id": f"user-{n}",
             "time": NOW_MS,
             "insert_id": str(uuid.uuid4()),
             "event_properties": {"marker": m},

@@ -14,9 +14,15 @@ Rules (close to PostHog's, so teams moving over see the same people):
   ``created_at`` wins. Events are not rewritten: readers resolve person ids through the map.
 - An event with ``$process_person_profile: false`` (PostHog's personless events) from a distinct
   id never seen creates no person and no link; its person id is the one the distinct id would get.
-- Person property operations ride on any event: ``$set``, ``$set_once``, ``$unset``,
-  ``$increment`` (add numbers) and ``$append`` (append to a list), applied in batch order, once
-  per event uuid: a resent event changes nothing.
+- The survivor of a merge is identified if either person was; ``created_at`` of a person is the
+  earliest timestamp of the events attributed to it, whatever order they arrive in.
+- Person property operations ride on any event: ``$set_once``, ``$set``, ``$increment`` (add
+  numbers), ``$append`` (append to a list), ``$union`` (append values not yet in the list),
+  ``$remove`` (remove values from a list) and ``$unset``, in that order within one event; events
+  apply in the order they were sent, once per event uuid: a resent event changes nothing. The
+  event ``$delete_person`` empties the person's properties first (its events and ids stay).
+- Batching never changes the outcome: a batch is processed event by event, in order, exactly as
+  if each event had come alone.
 """
 
 from __future__ import annotations
@@ -26,16 +32,27 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from yunying.ingest.model import Event
+from yunying.ingest.model import PERSON_OPERATIONS, Event
 from yunying.store.base import EventTransaction, PersonRecord
 
 PERSON_NAMESPACE = uuid.UUID("9f1c2b4e-5a7d-4e0b-8c3f-2d6a1b9e7c50")
 MAX_CACHED_IDS = 2_000_000
+#: Events that act on the person even without property operations.
+PERSON_EVENTS = ("$identify", "$create_alias", "$delete_person")
 
 
 def person_id_for(project_id: int, distinct_id: str) -> str:
     """The id of the person first created for ``distinct_id`` (deterministic)."""
     return str(uuid.uuid5(PERSON_NAMESPACE, f"{project_id}:{distinct_id}"))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: ``true`` is not ``1`` and ``1`` is not ``1.0`` here, unlike in Python."""
+    return type(a) is type(b) and a == b
+
+
+def _values(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def apply_property_ops(props: dict[str, Any], event_props: dict[str, Any]) -> bool:
@@ -46,7 +63,7 @@ def apply_property_ops(props: dict[str, Any], event_props: dict[str, Any]) -> bo
             props[key] = value
             changed = True
     for key, value in (event_props.get("$set") or {}).items():
-        if props.get(key, object()) != value:
+        if key not in props or not _same(props[key], value):
             props[key] = value
             changed = True
     for key, value in (event_props.get("$increment") or {}).items():
@@ -59,12 +76,29 @@ def apply_property_ops(props: dict[str, Any], event_props: dict[str, Any]) -> bo
     for key, value in (event_props.get("$append") or {}).items():
         current = props.get(key)
         if isinstance(current, list):
-            current.append(value)
+            props[key] = [*current, value]
         elif current is None:
             props[key] = [value]
         else:
             props[key] = [current, value]
         changed = True
+    for key, value in (event_props.get("$union") or {}).items():
+        current = props.get(key)
+        items = list(current) if isinstance(current, list) else [] if current is None else [current]
+        for v in _values(value):
+            if not any(_same(v, old) for old in items):
+                items.append(v)
+        if key not in props or not _same(current, items):
+            props[key] = items
+            changed = True
+    for key, value in (event_props.get("$remove") or {}).items():
+        current = props.get(key)
+        if isinstance(current, list):
+            gone = _values(value)
+            kept = [old for old in current if not any(_same(old, v) for v in gone)]
+            if len(kept) != len(current):
+                props[key] = kept
+                changed = True
     for key in event_props.get("$unset") or []:
         if key in props:
             del props[key]
@@ -73,7 +107,7 @@ def apply_property_ops(props: dict[str, Any], event_props: dict[str, Any]) -> bo
 
 
 def _has_ops(props: dict[str, Any]) -> bool:
-    return any(op in props for op in ("$set", "$set_once", "$unset", "$increment", "$append"))
+    return any(op in props for op in PERSON_OPERATIONS)
 
 
 class IdentityResolver:
@@ -85,26 +119,34 @@ class IdentityResolver:
 
     def __init__(self) -> None:
         self._person_of: dict[tuple[int, str], str] = {}
+        #: absorbed person -> survivor, so cached ids of a merged person stay right
+        self._merged_into: dict[str, str] = {}
 
     def forget(self) -> None:
         """Drop the cache (after a rollback or an outside write to the id map)."""
         self._person_of.clear()
+        self._merged_into.clear()
 
     def ingest(
         self, tx: EventTransaction, project_id: int, events: Sequence[Event], received_at: datetime
     ) -> set[str]:
-        """Resolve persons, store events, apply identity operations; returns inserted uuids."""
+        """Store events, then resolve persons and apply identity operations; returns new uuids.
+
+        Events are stored first with the person their distinct id has now (or would get): readers
+        resolve persons through the id map, so that id matters only for personless events. Then
+        the events actually stored, first copies only, are processed one by one in order.
+        """
         if len(self._person_of) > MAX_CACHED_IDS:
-            self._person_of.clear()
-        batch = _Batch(self._person_of, tx, project_id)
+            self.forget()
+        batch = _Batch(self._person_of, self._merged_into, tx, project_id)
         batch.prefetch(events)
         for ev in events:
-            batch.assign(ev)
+            ev.person_id = batch.known(ev.distinct_id) or person_id_for(project_id, ev.distinct_id)
         inserted = tx.insert_events(project_id, events, received_at)
         fresh = _first_copies(events, inserted)
-        batch.preload([ev.person_id for ev in fresh if _touches_person(ev)])
+        batch.preload(fresh)
         for ev in fresh:
-            batch.apply(ev)
+            batch.process(ev)
         batch.flush()
         return inserted
 
@@ -137,81 +179,75 @@ def _personless(ev: Event) -> bool:
 
 
 def _touches_person(ev: Event) -> bool:
-    return ev.event in ("$identify", "$create_alias") or _has_ops(ev.properties)
+    return ev.event in PERSON_EVENTS or _has_ops(ev.properties)
 
 
 class _Batch:
-    """Identity work of one project within one transaction."""
+    """Identity work of one project within one transaction, event by event."""
 
     def __init__(
-        self, cache: dict[tuple[int, str], str], tx: EventTransaction, project_id: int
+        self,
+        cache: dict[tuple[int, str], str],
+        merged_into: dict[str, str],
+        tx: EventTransaction,
+        project_id: int,
     ) -> None:
         self.cache = cache
+        self.merged_into = merged_into
         self.tx = tx
         self.project_id = project_id
+        self.absent: set[str] = set()  # distinct ids looked up in the store and not found
         self.persons: dict[str, PersonRecord] = {}
-        self.new_persons: set[str] = set()
         self.dirty: set[str] = set()
         self.links: dict[str, str] = {}
-        self.deleted: list[str] = []
+        self.absorbed: set[str] = set()  # persons merged away in this batch
         self.first_seen: dict[str, datetime] = {}
 
     def prefetch(self, events: Sequence[Event]) -> None:
+        """Look up every distinct id the batch names in one query."""
         wanted = {ev.distinct_id for ev in events}
         wanted.update(o for ev in events if (o := _other_id(ev)) is not None)
         self._lookup([d for d in wanted if (self.project_id, d) not in self.cache])
 
     def _lookup(self, distinct_ids: list[str]) -> None:
-        for d, p in self.tx.lookup_distinct_ids(self.project_id, distinct_ids).items():
-            self.cache[(self.project_id, d)] = p
+        found = self.tx.lookup_distinct_ids(self.project_id, distinct_ids)
+        for d in distinct_ids:
+            p = found.get(d)
+            if p is None:
+                self.absent.add(d)
+            else:
+                self.cache[(self.project_id, d)] = p
+
+    def survivor(self, pid: str) -> str:
+        while pid in self.merged_into:
+            pid = self.merged_into[pid]
+        return pid
 
     def known(self, distinct_id: str) -> str | None:
+        """The person ``distinct_id`` belongs to now, or None for an id never seen."""
         pid = self.links.get(distinct_id)
         if pid is None:
             key = (self.project_id, distinct_id)
-            if key not in self.cache:
-                self._lookup([distinct_id])
             pid = self.cache.get(key)
-        return pid
+            if pid is None:
+                if distinct_id in self.absent:
+                    return None
+                self._lookup([distinct_id])
+                pid = self.cache.get(key)
+                if pid is None:
+                    return None
+        return self.survivor(pid)
 
-    def link(self, distinct_id: str, person_id: str) -> None:
-        self.links[distinct_id] = person_id
-
-    def assign(self, ev: Event) -> None:
-        """Set the event's person id, creating or linking a person for an unseen distinct id."""
-        pid = self.known(ev.distinct_id)
-        if pid is None and _personless(ev):
-            ev.person_id = person_id_for(self.project_id, ev.distinct_id)
-            return
-        if pid is None:
-            other = _other_id(ev)
-            other_pid = self.known(other) if other is not None else None
-            if other_pid is not None and (
-                ev.event == "$create_alias" or not self._identified(other_pid)
-            ):
-                pid = other_pid
-                self.link(ev.distinct_id, pid)
-            else:
-                pid = person_id_for(self.project_id, ev.distinct_id)
-                self.link(ev.distinct_id, pid)
-                self.persons[pid] = PersonRecord(pid, ev.timestamp)
-                self.new_persons.add(pid)
-                self.dirty.add(pid)
-        elif pid not in self.new_persons:
-            seen = self.first_seen.get(pid)
-            if seen is None or ev.timestamp < seen:
-                self.first_seen[pid] = ev.timestamp
-        ev.person_id = pid
-
-    def _identified(self, pid: str) -> bool:
-        rec = self.persons.get(pid)
-        if rec is None:
-            rec = self.tx.load_persons(self.project_id, [pid]).get(pid)
-        return bool(rec and rec.is_identified)
-
-    def preload(self, person_ids: list[str | None]) -> None:
-        missing = {p for p in person_ids if p is not None and p not in self.persons}
-        self.persons.update(self.tx.load_persons(self.project_id, list(missing)))
+    def preload(self, events: Sequence[Event]) -> None:
+        """Load, in one query, the persons that events of the batch will read or change."""
+        wanted: set[str] = set()
+        for ev in events:
+            if _touches_person(ev):
+                for d in (ev.distinct_id, _other_id(ev)):
+                    pid = self.known(d) if d is not None else None
+                    if pid is not None and pid not in self.persons:
+                        wanted.add(pid)
+        self.persons.update(self.tx.load_persons(self.project_id, list(wanted)))
 
     def person(self, pid: str) -> PersonRecord:
         rec = self.persons.get(pid)
@@ -220,28 +256,49 @@ class _Batch:
             self.persons[pid] = rec
         return rec
 
-    def apply(self, ev: Event) -> None:
-        target = self.known(ev.distinct_id)
-        if target is None:  # a personless event from an unseen distinct id
-            return
+    def seen(self, pid: str, at: datetime) -> None:
+        """Remember an event of person ``pid`` at ``at`` (for ``created_at``)."""
+        first = self.first_seen.get(pid)
+        if first is None or at < first:
+            self.first_seen[pid] = at
+
+    def process(self, ev: Event) -> None:
+        """Attribute one stored event to a person and apply its identity and property operations."""
+        pid = self.known(ev.distinct_id)
         other = _other_id(ev)
+        if pid is None:
+            if _personless(ev):
+                return
+            other_pid = self.known(other) if other is not None else None
+            if other_pid is not None and (
+                ev.event == "$create_alias" or not self.person(other_pid).is_identified
+            ):
+                pid = other_pid
+            else:
+                pid = person_id_for(self.project_id, ev.distinct_id)
+                self.persons[pid] = PersonRecord(pid, ev.timestamp)
+                self.dirty.add(pid)
+            self.links[ev.distinct_id] = pid
         if other is not None:
-            target = self.merge(target, other, alias=ev.event == "$create_alias")
-        if ev.event == "$identify":
-            rec = self.person(target)
-            if not rec.is_identified:
-                rec.is_identified = True
-                self.dirty.add(target)
-        if _has_ops(ev.properties) and apply_property_ops(
-            self.person(target).properties, ev.properties
-        ):
-            self.dirty.add(target)
+            pid = self.merge(pid, other, alias=ev.event == "$create_alias")
+        self.seen(pid, ev.timestamp)
+        if not _touches_person(ev):
+            return
+        rec = self.person(pid)
+        if ev.event == "$identify" and not rec.is_identified:
+            rec.is_identified = True
+            self.dirty.add(pid)
+        if ev.event == "$delete_person" and rec.properties:
+            rec.properties = {}
+            self.dirty.add(pid)
+        if apply_property_ops(rec.properties, ev.properties):
+            self.dirty.add(pid)
 
     def merge(self, main: str, other_id: str, *, alias: bool) -> str:
         """Link ``other_id`` to person ``main``, merging persons if the rules allow."""
         other = self.known(other_id)
         if other is None:
-            self.link(other_id, main)
+            self.links[other_id] = main
             return main
         if other == main:
             return main
@@ -251,34 +308,31 @@ class _Batch:
         for key, value in other_rec.properties.items():
             main_rec.properties.setdefault(key, value)
         main_rec.created_at = min(main_rec.created_at, other_rec.created_at)
+        main_rec.is_identified = main_rec.is_identified or other_rec.is_identified
         if other in self.first_seen:
-            seen = self.first_seen.pop(other)
-            self.first_seen[main] = min(seen, self.first_seen.get(main, seen))
+            self.seen(main, self.first_seen.pop(other))
         self.dirty.add(main)
-        self.tx.repoint_person(self.project_id, other, main)
-        for d, pid in self.links.items():
-            if pid == other:
-                self.links[d] = main
-        self.cache.clear()  # other's distinct ids may be cached; the store now has the truth
-        self.link(other_id, main)
         self.dirty.discard(other)
-        self.persons.pop(other, None)
-        if other in self.new_persons:
-            self.new_persons.discard(other)
-        else:
-            self.deleted.append(other)
+        del self.persons[other]
+        self.merged_into[other] = main
+        self.absorbed.add(other)
+        self.links[other_id] = main
         return main
 
     def flush(self) -> None:
-        self.tx.map_distinct_ids(self.project_id, self.links)
-        for pid, seen in self.first_seen.items():
+        """Write what the batch changed: id map, merged persons, person rows, created_at."""
+        survivors = {p: self.survivor(p) for p in self.absorbed}
+        self.tx.repoint_persons(self.project_id, survivors)
+        links = {d: self.survivor(p) for d, p in self.links.items()}
+        self.tx.map_distinct_ids(self.project_id, links)
+        for pid, at in self.first_seen.items():
             rec = self.persons.get(pid)
-            if rec is not None and seen < rec.created_at:
-                rec.created_at = seen
+            if rec is not None and at < rec.created_at:
+                rec.created_at = at
                 self.dirty.add(pid)
         self.tx.upsert_persons(self.project_id, [self.persons[p] for p in self.dirty])
         rest = {p: t for p, t in self.first_seen.items() if p not in self.persons}
         self.tx.lower_created_at(self.project_id, rest)
-        self.tx.delete_persons(self.project_id, self.deleted)
-        for d, p in self.links.items():
+        self.tx.delete_persons(self.project_id, list(self.absorbed))
+        for d, p in links.items():
             self.cache[(self.project_id, d)] = p

@@ -30,11 +30,20 @@ PLATFORM_EVENTS = frozenset(
         "$screen",
         "$autocapture",
         "$signup",
+        "$delete_person",
     }
 )
 
 #: Property operations on the person, carried by any event.
-PERSON_OPERATIONS = ("$set", "$set_once", "$unset", "$increment", "$append")
+PERSON_OPERATIONS = (
+    "$set",
+    "$set_once",
+    "$unset",
+    "$increment",
+    "$append",
+    "$union",
+    "$remove",
+)
 
 #: Platform properties a client may send; other names starting with ``$`` are refused.
 PLATFORM_PROPERTIES = frozenset(
@@ -45,6 +54,8 @@ PLATFORM_PROPERTIES = frozenset(
         "$utm_source",
         "$utm_medium",
         "$utm_campaign",
+        "$utm_term",
+        "$utm_content",
         "$os",
         "$os_version",
         "$app_version",
@@ -262,9 +273,15 @@ def validate_event(
 
     if name == "$create_alias" and not isinstance(props.get("alias"), str | int):
         add("properties.alias", "required for $create_alias: the other distinct id")
-    anon = props.get("$anon_distinct_id")
-    if anon is not None and _text(anon) is None:
-        add("properties.$anon_distinct_id", "must be a string")
+    for key in ("$anon_distinct_id", "alias"):
+        other = props.get(key)
+        if other is None or (key == "alias" and name != "$create_alias"):
+            continue
+        text = None if isinstance(other, bool) else _text(other)
+        if text is None or not text.strip():
+            add(f"properties.{key}", "must be a non-empty string")
+        elif text.strip().lower() in ILLEGAL_DISTINCT_IDS:
+            add(f"properties.{key}", f"{text!r} is a placeholder, not an id; send a real id")
 
     columns: dict[str, Any] = {}
     for column, sources in COLUMN_SOURCES.items():

@@ -62,8 +62,8 @@ class EventTransaction(Protocol):
         """Insert or update ``distinct_id → person_id`` rows."""
         ...
 
-    def repoint_person(self, project_id: int, old_person: str, new_person: str) -> None:
-        """Move every distinct id of ``old_person`` to ``new_person`` (a merge)."""
+    def repoint_persons(self, project_id: int, survivors: dict[str, str]) -> None:
+        """Move every distinct id of each merged-away person to its survivor."""
         ...
 
     def upsert_persons(self, project_id: int, persons: Sequence[PersonRecord]) -> None:

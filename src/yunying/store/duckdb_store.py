@@ -190,13 +190,7 @@ class DuckDBTransaction:
     def map_distinct_ids(self, project_id: int, mapping: dict[str, str]) -> None:
         if not mapping:
             return
-        tbl = pa.table(
-            {
-                "distinct_id": pa.array(list(mapping.keys()), pa.string()),
-                "person_id": pa.array(list(mapping.values()), pa.string()),
-            }
-        )
-        self.con.register("_map", tbl)
+        self.con.register("_map", _pairs("distinct_id", "person_id", mapping))
         try:
             self.con.execute(
                 "INSERT INTO raw_person_distinct_ids "
@@ -207,12 +201,19 @@ class DuckDBTransaction:
         finally:
             self.con.unregister("_map")
 
-    def repoint_person(self, project_id: int, old_person: str, new_person: str) -> None:
-        self.con.execute(
-            "UPDATE raw_person_distinct_ids SET person_id = ?::UUID "
-            "WHERE project_id = ? AND person_id = ?::UUID",
-            [new_person, project_id, old_person],
-        )
+    def repoint_persons(self, project_id: int, survivors: dict[str, str]) -> None:
+        if not survivors:
+            return
+        self.con.register("_merged", _pairs("old", "new", survivors))
+        try:
+            self.con.execute(
+                "UPDATE raw_person_distinct_ids SET person_id = _merged.new::UUID FROM _merged "
+                "WHERE raw_person_distinct_ids.project_id = ? "
+                "AND raw_person_distinct_ids.person_id = _merged.old::UUID",
+                [project_id],
+            )
+        finally:
+            self.con.unregister("_merged")
 
     def upsert_persons(self, project_id: int, persons: Sequence[PersonRecord]) -> None:
         if not persons:
@@ -260,10 +261,27 @@ class DuckDBTransaction:
             self.con.unregister("_seen")
 
     def delete_persons(self, project_id: int, person_ids: Sequence[str]) -> None:
-        for pid in person_ids:
+        if not person_ids:
+            return
+        self.con.register("_gone", pa.table({"id": pa.array(list(person_ids), pa.string())}))
+        try:
             self.con.execute(
-                "DELETE FROM raw_persons WHERE project_id = ? AND id = ?::UUID", [project_id, pid]
+                "DELETE FROM raw_persons WHERE project_id = ? "
+                "AND id IN (SELECT id::UUID FROM _gone)",
+                [project_id],
             )
+        finally:
+            self.con.unregister("_gone")
+
+
+def _pairs(key: str, value: str, mapping: dict[str, str]) -> pa.Table:
+    """A two-column Arrow table of a str -> str mapping, to join against."""
+    return pa.table(
+        {
+            key: pa.array(list(mapping.keys()), pa.string()),
+            value: pa.array(list(mapping.values()), pa.string()),
+        }
+    )
 
 
 def _project_filter(project_id: int, table: str | None = None) -> exp.Expression:
