@@ -30,6 +30,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from yunying.ingest.model import PERSON_OPERATIONS, Event
@@ -41,6 +42,7 @@ MAX_CACHED_IDS = 2_000_000
 PERSON_EVENTS = ("$identify", "$create_alias", "$delete_person")
 
 
+@lru_cache(maxsize=1 << 16)
 def person_id_for(project_id: int, distinct_id: str) -> str:
     """The id of the person first created for ``distinct_id`` (deterministic)."""
     return str(uuid.uuid5(PERSON_NAMESPACE, f"{project_id}:{distinct_id}"))
@@ -121,11 +123,14 @@ class IdentityResolver:
         self._person_of: dict[tuple[int, str], str] = {}
         #: absorbed person -> survivor, so cached ids of a merged person stay right
         self._merged_into: dict[str, str] = {}
+        #: person -> created_at as committed, so most batches need not touch created_at at all
+        self._created: dict[str, datetime] = {}
 
     def forget(self) -> None:
         """Drop the cache (after a rollback or an outside write to the id map)."""
         self._person_of.clear()
         self._merged_into.clear()
+        self._created.clear()
 
     def ingest(
         self, tx: EventTransaction, project_id: int, events: Sequence[Event], received_at: datetime
@@ -136,9 +141,9 @@ class IdentityResolver:
         resolve persons through the id map, so that id matters only for personless events. Then
         the events actually stored, first copies only, are processed one by one in order.
         """
-        if len(self._person_of) > MAX_CACHED_IDS:
+        if len(self._person_of) > MAX_CACHED_IDS or len(self._created) > MAX_CACHED_IDS:
             self.forget()
-        batch = _Batch(self._person_of, self._merged_into, tx, project_id)
+        batch = _Batch(self._person_of, self._merged_into, self._created, tx, project_id)
         batch.prefetch(events)
         for ev in events:
             ev.person_id = batch.known(ev.distinct_id) or person_id_for(project_id, ev.distinct_id)
@@ -189,11 +194,13 @@ class _Batch:
         self,
         cache: dict[tuple[int, str], str],
         merged_into: dict[str, str],
+        created: dict[str, datetime],
         tx: EventTransaction,
         project_id: int,
     ) -> None:
         self.cache = cache
         self.merged_into = merged_into
+        self.created = created
         self.tx = tx
         self.project_id = project_id
         self.absent: set[str] = set()  # distinct ids looked up in the store and not found
@@ -331,8 +338,19 @@ class _Batch:
                 rec.created_at = at
                 self.dirty.add(pid)
         self.tx.upsert_persons(self.project_id, [self.persons[p] for p in self.dirty])
-        rest = {p: t for p, t in self.first_seen.items() if p not in self.persons}
-        self.tx.lower_created_at(self.project_id, rest)
+        self._lower_created_at({p: t for p, t in self.first_seen.items() if p not in self.persons})
         self.tx.delete_persons(self.project_id, list(self.absorbed))
+        for p in self.absorbed:
+            self.created.pop(p, None)
+        for rec in self.persons.values():
+            self.created[rec.id] = rec.created_at
         for d, p in links.items():
             self.cache[(self.project_id, d)] = p
+
+    def _lower_created_at(self, first_seen: dict[str, datetime]) -> None:
+        """Move ``created_at`` of persons not loaded in this batch earlier where an event says so."""
+        unknown = [p for p in first_seen if p not in self.created]
+        self.created.update(self.tx.created_at_of(self.project_id, unknown))
+        lower = {p: t for p, t in first_seen.items() if p in self.created and t < self.created[p]}
+        self.tx.lower_created_at(self.project_id, lower)
+        self.created.update(lower)

@@ -9,6 +9,7 @@ event's index in the batch and the field.
 from __future__ import annotations
 
 import math
+import re
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -116,6 +117,13 @@ COLUMN_SOURCES: dict[str, tuple[str, ...]] = {
     "ip": ("$ip", "ip"),
 }
 AMOUNT_SOURCES = ("$amount", "amount")
+#: Every property name that feeds a column or is a person operation: events without any of them
+#: (most events) skip those checks.
+_SPECIAL_PROPERTIES = frozenset(
+    {*(s for sources in COLUMN_SOURCES.values() for s in sources), *AMOUNT_SOURCES}
+)
+_PERSON_OPERATION_SET = frozenset(PERSON_OPERATIONS)
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(slots=True)
@@ -253,6 +261,8 @@ def validate_event(
         event_uuid = str(uuidlib.uuid4())
     elif not isinstance(uuid_raw, str):
         add("uuid", "must be a UUID string")
+    elif _CANONICAL_UUID.fullmatch(uuid_raw):
+        event_uuid = uuid_raw  # already as str(UUID(...)) would write it
     else:
         try:
             event_uuid = str(uuidlib.UUID(uuid_raw))
@@ -266,10 +276,12 @@ def validate_event(
         add("properties", "must be an object")
         props = {}
 
-    for key in props:
-        if key.startswith("$") and not sdk and key not in PLATFORM_PROPERTIES:
-            add(f"properties.{key}", "names starting with $ are reserved for the platform")
-    _check_person_ops(props, add)
+    if not sdk:
+        for key in props:
+            if key.startswith("$") and key not in PLATFORM_PROPERTIES:
+                add(f"properties.{key}", "names starting with $ are reserved for the platform")
+    if not _PERSON_OPERATION_SET.isdisjoint(props):
+        _check_person_ops(props, add)
 
     if name == "$create_alias" and not isinstance(props.get("alias"), str | int):
         add("properties.alias", "required for $create_alias: the other distinct id")
@@ -284,6 +296,18 @@ def validate_event(
             add(f"properties.{key}", f"{text!r} is a placeholder, not an id; send a real id")
 
     columns: dict[str, Any] = {}
+    if not _SPECIAL_PROPERTIES.isdisjoint(props):
+        _read_columns(props, columns, add)
+    if errors:
+        return errors
+    if "ip" not in columns and client_ip:
+        columns["ip"] = client_ip
+    assert isinstance(name, str) and distinct_id is not None
+    return Event(event_uuid, name, distinct_id, timestamp, props, **columns)
+
+
+def _read_columns(props: dict[str, Any], columns: dict[str, Any], add: Any) -> None:
+    """Fill the first-class columns from the properties that feed them."""
     for column, sources in COLUMN_SOURCES.items():
         for src in sources:
             value = props.get(src)
@@ -305,13 +329,6 @@ def validate_event(
             else:
                 columns["amount"] = float(value)
             break
-
-    if errors:
-        return errors
-    if "ip" not in columns and client_ip:
-        columns["ip"] = client_ip
-    assert isinstance(name, str) and distinct_id is not None
-    return Event(event_uuid, name, distinct_id, timestamp, props, **columns)
 
 
 def validate_batch(

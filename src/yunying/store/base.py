@@ -74,6 +74,10 @@ class EventTransaction(Protocol):
         """Delete persons merged into others."""
         ...
 
+    def created_at_of(self, project_id: int, person_ids: Sequence[str]) -> dict[str, datetime]:
+        """``created_at`` of the given persons that exist."""
+        ...
+
     def lower_created_at(self, project_id: int, first_seen: dict[str, datetime]) -> None:
         """Move each person's ``created_at`` back to the given time if that is earlier."""
         ...

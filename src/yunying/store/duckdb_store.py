@@ -240,6 +240,20 @@ class DuckDBTransaction:
         finally:
             self.con.unregister("_persons")
 
+    def created_at_of(self, project_id: int, person_ids: Sequence[str]) -> dict[str, datetime]:
+        if not person_ids:
+            return {}
+        self.con.register("_cids", pa.table({"id": pa.array(list(person_ids), pa.string())}))
+        try:
+            rows = self.con.execute(
+                "SELECT p.id::VARCHAR, p.created_at FROM raw_persons p "
+                "JOIN _cids ON p.id = _cids.id::UUID WHERE p.project_id = ?",
+                [project_id],
+            ).fetchall()
+        finally:
+            self.con.unregister("_cids")
+        return dict(rows)
+
     def lower_created_at(self, project_id: int, first_seen: dict[str, datetime]) -> None:
         if not first_seen:
             return
