@@ -5,12 +5,21 @@ JSON, through the same FastAPI/Starlette, uvicorn (httptools + uvloop when insta
 model (one process, one event loop) that ``yunying serve`` uses. No auth, validation, writer or
 storage: whatever the real endpoint does on top of this is the cost of ingestion.
 
+The SDK protocols' paths do the least decoding their wire format needs before there are events
+to look at, and nothing more: PostHog ``/batch/`` and Amplitude ``/2/httpapi`` parse JSON;
+Segment ``/v1/batch`` decodes its Basic header and parses JSON; Mixpanel ``/track`` parses the
+form and the JSON in ``data``; Sensors ``/sa`` parses the form, base64-decodes and gunzips
+``data_list`` and parses the JSON.
+
 Run: ``python benchmarks/parse_only_app.py --port 8100``
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import gzip
+from urllib.parse import parse_qs
 
 import orjson
 import uvicorn
@@ -31,6 +40,40 @@ async def events(request: Request) -> Response:
     batch = payload["batch"] if isinstance(payload, dict) and "batch" in payload else [payload]
     body = orjson.dumps({"accepted": len(batch), "duplicates": 0, "rejected": 0})
     return Response(body, media_type="application/json")
+
+
+def _answer(n: int) -> Response:
+    return Response(orjson.dumps({"accepted": n}), media_type="application/json")
+
+
+@app.post("/batch/")
+async def posthog_batch(request: Request) -> Response:
+    return _answer(len(orjson.loads(await request.body())["batch"]))
+
+
+@app.post("/v1/batch")
+async def segment_batch(request: Request) -> Response:
+    user = base64.b64decode(request.headers["authorization"].split(" ", 1)[1]).split(b":")[0]
+    assert user
+    return _answer(len(orjson.loads(await request.body())["batch"]))
+
+
+@app.post("/track")
+async def mixpanel_track(request: Request) -> Response:
+    form = parse_qs((await request.body()).decode())
+    return _answer(len(orjson.loads(form["data"][0])))
+
+
+@app.post("/2/httpapi")
+async def amplitude_httpapi(request: Request) -> Response:
+    return _answer(len(orjson.loads(await request.body())["events"]))
+
+
+@app.post("/sa")
+async def sensors_sa(request: Request) -> Response:
+    form = parse_qs((await request.body()).decode())
+    records = orjson.loads(gzip.decompress(base64.b64decode(form["data_list"][0])))
+    return _answer(len(records))
 
 
 def main() -> None:
