@@ -13,6 +13,8 @@ from yunying.errors import ConfigError
 
 DEFAULT_DATA_DIR = "yunying-data"
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
+#: Events engines: DuckDB file, ClickHouse in-process (chdb), ClickHouse server.
+EVENTS_URL_SCHEMES = ("duckdb:///", "chdb:///", "clickhouse://", "clickhouses://")
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,10 @@ def load_settings(
     )
     state = state_url or os.environ.get("YUNYING_STATE_URL") or f"sqlite:///{root / 'state.sqlite'}"
     limit = max_body_bytes or int(os.environ.get("YUNYING_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
-    if not events.startswith("duckdb:///"):
+    if not events.startswith(EVENTS_URL_SCHEMES):
         raise ConfigError(
-            f"events engine URL {events!r} is not supported yet: use duckdb:///PATH "
-            "(ClickHouse arrives with the analytics engine)"
+            f"events engine URL {events!r}: use duckdb:///PATH, chdb:///ABSOLUTE/PATH or "
+            "clickhouse://user:password@host:port/database"
         )
     if not (state.startswith("sqlite") or state.startswith("postgresql")):
         raise ConfigError(f"state engine URL {state!r}: use sqlite:///PATH or postgresql://...")
@@ -74,3 +76,11 @@ def load_settings(
 def duckdb_path(events_url: str) -> str:
     """The file path inside a ``duckdb:///PATH`` URL (``:memory:`` allowed)."""
     return events_url.removeprefix("duckdb:///") or ":memory:"
+
+
+def chdb_path(events_url: str) -> str:
+    """The directory inside a ``chdb:///ABSOLUTE/PATH`` URL (the embedded ClickHouse's data)."""
+    path = events_url.removeprefix("chdb://")
+    if not path.startswith("/") or path == "/":
+        raise ConfigError(f"events engine URL {events_url!r}: use chdb:///ABSOLUTE/PATH")
+    return path

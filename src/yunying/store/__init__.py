@@ -18,7 +18,15 @@ __all__ = [
 
 
 def open_event_store(url: str) -> EventStore:
-    """The events engine for a ``duckdb:///PATH`` URL."""
+    """The events engine for a URL: ``duckdb:///PATH`` (embedded DuckDB, the default),
+    ``chdb:///ABSOLUTE/PATH`` (ClickHouse in this process) or
+    ``clickhouse://user:password@host:port/database`` (a ClickHouse server)."""
     from yunying.config import duckdb_path
 
+    if url.startswith(("chdb://", "clickhouse://", "clickhouses://")):
+        from yunying.store.clickhouse_store import ClickHouseEventStore
+
+        return ClickHouseEventStore(url)
+    if not url.startswith("duckdb:///"):
+        raise ValueError(f"unknown events engine URL {url!r}")
     return DuckDBEventStore(duckdb_path(url))
