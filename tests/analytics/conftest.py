@@ -1,5 +1,5 @@
-"""Analytics fixtures: random journeys written through the real ingestion writer into DuckDB, and
-the same resolved events loaded into a ClickHouse (chdb) session as a second engine."""
+"""Analytics fixtures: random journeys written through the real ingestion writer into DuckDB and
+into embedded ClickHouse (chdb), so every analysis can be run and compared on both engines."""
 
 from __future__ import annotations
 
@@ -13,92 +13,55 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from sqlglot import exp
+from tests.conftest import chdb_url
 
 from yunying.config import load_settings
 from yunying.ingest.model import validate_batch
 from yunying.runtime import Runtime
 from yunying.state import create_project
-from yunying.store.base import QueryResult
+
+_names = itertools.count()
 
 TZ = "Asia/Shanghai"
 START = date(2024, 3, 4)  # a Monday
 DAYS = 21
 EVENTS = ("app_install", "sign_up", "edit_video", "export_video", "purchase_membership")
 
-_tables = itertools.count()
 
-
-class ChdbSource:
-    """A project's resolved events in a chdb table: an analytics source on the ClickHouse engine."""
-
-    dialect = "clickhouse"
-
-    def __init__(self, session: Any, table: str) -> None:
-        self.session = session
-        self.table = table
-
-    def scoped(self, relation: str, project_id: int) -> exp.Query:
-        if relation != "events":
-            raise KeyError(relation)
-        return exp.select("*").from_(self.table)
-
-    def query(self, sql: str) -> QueryResult:
-        table = self.session.query(sql, "ArrowTable")
-        return QueryResult(table.column_names, [list(r.values()) for r in table.to_pylist()])
-
-
-@pytest.fixture(scope="session")
-def chdb_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from chdb import session
-
-    s = session.Session(str(tmp_path_factory.mktemp("chdb")))
-    yield s
-    s.close()
+@pytest.fixture(scope="module")
+def ch_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    """An installation on embedded ClickHouse (chdb), shared by a module: one project per dataset
+    (chdb allows one data directory per process at a time)."""
+    pytest.importorskip("chdb")
+    root = tmp_path_factory.mktemp("ch")
+    rt = Runtime.open(load_settings(data_dir=root / "data", events_url=chdb_url(root)))
+    yield rt
+    rt.close()
 
 
 @dataclass
 class Dataset:
-    """One project's events in DuckDB (through the writer) and the same events in chdb."""
+    """The same raw events written through the real writer into DuckDB and into ClickHouse."""
 
     runtime: Runtime
     project_id: int
-    chdb: ChdbSource
+    ch: Runtime
+    ch_project_id: int
     events: list[dict[str, Any]]  # the resolved events relation, read back from DuckDB
 
     @property
     def duck(self) -> Any:
         return self.runtime.store
 
+    @property
+    def chdb(self) -> Any:
+        return self.ch.store
 
-def load_into_chdb(session: Any, runtime: Runtime, project_id: int, tmp: Path) -> ChdbSource:
-    """Copy the project's resolved ``events`` relation into a fresh chdb table."""
-    scoped = runtime.store.scoped("events", project_id).subquery("e")
-    sql = exp.select(
-        exp.cast(exp.column("uuid"), "VARCHAR").as_("uuid"), "event", "distinct_id",
-        exp.cast(exp.column("person_id"), "VARCHAR").as_("person_id"), "timestamp",
-        exp.cast(exp.column("properties"), "VARCHAR").as_("properties"), "channel", "utm_source",
-        "os", "app_version", "device_id", "ip", "amount",
-    ).from_(scoped)  # fmt: skip
-    res = runtime.store.query(sql.sql("duckdb"))
-    cols = {name: [r[i] for r in res.rows] for i, name in enumerate(res.columns)}
-    cols["timestamp"] = [datetime.fromisoformat(t) for t in cols["timestamp"]]
-    table = pa.table(cols)
-    path = tmp / f"events_{next(_tables)}.parquet"
-    pq.write_table(table, path)
-    name = f"events_{next(_tables)}"
-    session.query(
-        f"CREATE TABLE {name} (uuid UUID, event String, distinct_id String, person_id String, "
-        "timestamp DateTime64(6, 'UTC'), properties String, channel Nullable(String), "
-        "utm_source Nullable(String), os Nullable(String), app_version Nullable(String), "
-        "device_id Nullable(String), ip Nullable(String), amount Nullable(Float64)) "
-        "ENGINE = MergeTree ORDER BY (person_id, timestamp)"
-    )
-    session.query(f"INSERT INTO {name} SELECT * FROM file('{path}', Parquet)")
-    return ChdbSource(session, name)
+    def both(self) -> list[tuple[Any, int]]:
+        """(store, project id) on each engine."""
+        return [(self.duck, self.project_id), (self.chdb, self.ch_project_id)]
 
 
 def iso(ts: datetime) -> str:
@@ -106,18 +69,15 @@ def iso(ts: datetime) -> str:
     return ts.replace(tzinfo=UTC).isoformat()
 
 
-def make_dataset(
-    tmp: Path, chdb_session: Any, raws: list[dict[str, Any]], timezone: str = TZ
-) -> Dataset:
-    """Write raw events through the real writer, read them back, mirror them into chdb."""
-    settings = load_settings(data_dir=tmp / "data")
-    runtime = Runtime.open(settings)
-    project = create_project(runtime.state, "短视频剪辑", timezone)
-    pid = project.project.id
+def make_dataset(tmp: Path, ch: Runtime, raws: list[dict[str, Any]], timezone: str = TZ) -> Dataset:
+    """Write raw events through the real writer of both engines; read DuckDB's back."""
+    runtime = Runtime.open(load_settings(data_dir=tmp / "data"))
+    pid = create_project(runtime.state, "短视频剪辑", timezone).project.id
+    ch_pid = create_project(ch.state, f"p{next(_names)}", timezone).project.id
     batch = validate_batch(raws, now=datetime(2030, 1, 1))
     assert not batch.errors, batch.errors
     runtime.writer.write(pid, batch.events)
-    source = load_into_chdb(chdb_session, runtime, pid, tmp)
+    ch.writer.write(ch_pid, validate_batch(raws, now=datetime(2030, 1, 1)).events)
     res = runtime.store.query(
         exp.select("uuid", "event", "person_id", "timestamp", "properties", "channel", "amount")
         .from_(runtime.store.scoped("events", pid).subquery("e"))
@@ -128,7 +88,7 @@ def make_dataset(
         d = dict(zip(res.columns, r, strict=True))
         d["timestamp"] = datetime.fromisoformat(d["timestamp"])
         events.append(d)
-    return Dataset(runtime, pid, source, events)
+    return Dataset(runtime, pid, ch, ch_pid, events)
 
 
 def random_journeys(seed: int, persons: int = 300) -> list[dict[str, Any]]:
@@ -176,20 +136,20 @@ def random_journeys(seed: int, persons: int = 300) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def journeys(tmp_path_factory: pytest.TempPathFactory, chdb_session: Any) -> Iterator[Dataset]:
+def journeys(tmp_path_factory: pytest.TempPathFactory, ch_runtime: Runtime) -> Iterator[Dataset]:
     """A few hundred random journeys over three weeks (module-wide, read-only)."""
-    ds = make_dataset(tmp_path_factory.mktemp("journeys"), chdb_session, random_journeys(7))
+    ds = make_dataset(tmp_path_factory.mktemp("journeys"), ch_runtime, random_journeys(7))
     yield ds
     ds.runtime.close()
 
 
 @pytest.fixture
-def small(tmp_path: Path, chdb_session: Any) -> Iterator[Any]:
+def small(tmp_path: Path, ch_runtime: Runtime) -> Iterator[Any]:
     """Build a hand-written dataset in a test: ``small(raws) -> Dataset``."""
     opened: list[Dataset] = []
 
     def build(raws: list[dict[str, Any]], timezone: str = TZ) -> Dataset:
-        ds = make_dataset(tmp_path / f"d{len(opened)}", chdb_session, raws, timezone)
+        ds = make_dataset(tmp_path / f"d{len(opened)}", ch_runtime, raws, timezone)
         opened.append(ds)
         return ds
 

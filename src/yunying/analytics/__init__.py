@@ -23,8 +23,28 @@ from yunying.analytics.funnels import (
     FunnelStepResult,
     funnel,
 )
+from yunying.analytics.lifecycle import LifecycleQuery, LifecycleResult, lifecycle
+from yunying.analytics.retention import (
+    RetentionCohort,
+    RetentionQuery,
+    RetentionResult,
+    retention,
+)
+from yunying.analytics.trends import Series, TrendSeries, TrendsQuery, TrendsResult, trends
 
 __all__ = [
+    "LifecycleQuery",
+    "LifecycleResult",
+    "RetentionCohort",
+    "RetentionQuery",
+    "RetentionResult",
+    "Series",
+    "TrendSeries",
+    "TrendsQuery",
+    "TrendsResult",
+    "lifecycle",
+    "retention",
+    "trends",
     "AnalyticsError",
     "DateRange",
     "Field",

@@ -95,7 +95,9 @@ class DateRange:
     def previous(self) -> DateRange:
         """The range of the same length that ends the day before this one starts."""
         return DateRange(
-            self.date_from - timedelta(days=self.days), self.date_from - timedelta(days=1), self.timezone
+            self.date_from - timedelta(days=self.days),
+            self.date_from - timedelta(days=1),
+            self.timezone,
         )
 
     def extended_back(self, days: int) -> DateRange:
@@ -271,7 +273,9 @@ class Sql:
         local = self.local(ts, tz)
         if self.ch:
             return fn("toInt64", fn("toRelativeDayNum", fn("toDate", local)))
-        return fn("date_diff", lit("day"), exp.cast(lit("1970-01-01"), "DATE"), exp.cast(local, "DATE"))
+        return fn(
+            "date_diff", lit("day"), exp.cast(lit("1970-01-01"), "DATE"), exp.cast(local, "DATE")
+        )
 
     def period(self, ts: exp.Expression, interval: str, tz: str) -> exp.Expression:
         """The period number of ``ts`` (matching :func:`period_number` of its local time)."""
@@ -283,7 +287,9 @@ class Sql:
         local = self.local(ts, tz)
         if interval == "hour":
             hour = fn("toHour", local) if self.ch else fn("hour", local)
-            return exp.Add(this=exp.Mul(this=self.day_number(ts, tz), expression=lit(24)), expression=hour)
+            return exp.Add(
+                this=exp.Mul(this=self.day_number(ts, tz), expression=lit(24)), expression=hour
+            )
         if interval == "month":
             year = fn("toYear", local) if self.ch else fn("year", local)
             month = fn("toMonth", local) if self.ch else fn("month", local)
@@ -315,7 +321,9 @@ class Sql:
                 ifs=[
                     exp.If(this=kind.eq(lit("String")), true=fn("JSONExtractString", props, k)),
                     exp.If(
-                        this=exp.In(this=kind.copy(), expressions=[lit("Null"), lit("Array"), lit("Object")]),
+                        this=exp.In(
+                            this=kind.copy(), expressions=[lit("Null"), lit("Array"), lit("Object")]
+                        ),
                         true=exp.cast(exp.null(), "TEXT"),
                     ),
                 ],
@@ -342,7 +350,9 @@ class Sql:
             return exp.Case(
                 ifs=[
                     exp.If(
-                        this=exp.In(this=kind, expressions=[lit("Int64"), lit("UInt64"), lit("Double")]),
+                        this=exp.In(
+                            this=kind, expressions=[lit("Int64"), lit("UInt64"), lit("Double")]
+                        ),
                         true=fn("JSONExtractFloat", props, k),
                     )
                 ],
@@ -353,7 +363,9 @@ class Sql:
         return exp.Case(
             ifs=[
                 exp.If(
-                    this=exp.In(this=kind, expressions=[lit("BIGINT"), lit("UBIGINT"), lit("DOUBLE")]),
+                    this=exp.In(
+                        this=kind, expressions=[lit("BIGINT"), lit("UBIGINT"), lit("DOUBLE")]
+                    ),
                     true=exp.cast(fn("json_extract", props, path), "DOUBLE"),
                 )
             ],
@@ -424,7 +436,9 @@ class Sql:
             found = exp.GT(this=fn("position", text, lit(_text(f.value))), expression=lit(0))
         else:
             found = fn("contains", text, lit(_text(f.value)))
-        return exp.Paren(this=exp.and_(exp.Not(this=exp.Is(this=text.copy(), expression=exp.null())), found))
+        return exp.Paren(
+            this=exp.and_(exp.Not(this=exp.Is(this=text.copy(), expression=exp.null())), found)
+        )
 
     def filters(self, filters: tuple[Filter, ...] | list[Filter]) -> exp.Expression:
         """All filters ANDed (TRUE when there are none)."""

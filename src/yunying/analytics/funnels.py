@@ -74,7 +74,9 @@ class FunnelQuery:
                 f"unknown window unit {self.window_unit!r}; use {', '.join(WINDOW_UNITS)}"
             )
         if not isinstance(self.window, int) or self.window <= 0:
-            raise InvalidQuery(f"the conversion window must be a positive integer, got {self.window!r}")
+            raise InvalidQuery(
+                f"the conversion window must be a positive integer, got {self.window!r}"
+            )
         if self.order not in ORDERS:
             raise InvalidQuery(f"unknown funnel order {self.order!r}; use {', '.join(ORDERS)}")
 
@@ -140,9 +142,7 @@ def _ev(
     """One row per relevant event: person, uuid, time in µs, breakdown value and step flags."""
     start, end = q.date_range.utc_bounds()
     end_w = end + timedelta(microseconds=q.window_us)
-    breakdown = (
-        sql.field_text(q.breakdown) if q.breakdown else exp.cast(exp.null(), "TEXT")
-    )
+    breakdown = sql.field_text(q.breakdown) if q.breakdown else exp.cast(exp.null(), "TEXT")
     cols: list[exp.Expression] = [
         exp.alias_(sql.text(_c("person_id")), "person_id"),
         exp.alias_(sql.text(_c("uuid")), "uid"),
@@ -195,14 +195,13 @@ def _chain_ctes(q: FunnelQuery, end_us: int) -> list[tuple[str, exp.Query]]:
         conds: list[exp.Expression] = [
             _c(f"s{k}", "e").eq(1),
             exp.LTE(
-                this=_c("ts", "e"), expression=exp.Add(this=_c("t0", "f"), expression=lit(q.window_us))
+                this=_c("ts", "e"),
+                expression=exp.Add(this=_c("t0", "f"), expression=lit(q.window_us)),
             ),
         ]
         if strict:
             new.append(_c("rn", "e").as_(f"r{k}"))
-            conds.append(
-                _c("rn", "e").eq(exp.Add(this=_c(f"r{k - 1}", "f"), expression=lit(1)))
-            )
+            conds.append(_c("rn", "e").eq(exp.Add(this=_c(f"r{k - 1}", "f"), expression=lit(1))))
         else:
             conds.append(exp.GTE(this=_c("ts", "e"), expression=_c(f"t{k - 1}", "f")))
             conds += [exp.NEQ(this=_c("uid", "e"), expression=_c(f"u{i}", "f")) for i in range(k)]
@@ -221,14 +220,11 @@ def _chain_ctes(q: FunnelQuery, end_us: int) -> list[tuple[str, exp.Query]]:
             .where(exp.and_(*conds))
         )
         names = ["person_id", "b"] + prev + [f"u{k}", f"t{k}"] + ([f"r{k}"] if strict else [])
-        ctes.append(
-            (f"f{k}", exp.select(*names).from_(cand.subquery("c")).where(_c("pick").eq(1)))
-        )
+        ctes.append((f"f{k}", exp.select(*names).from_(cand.subquery("c")).where(_c("pick").eq(1))))
     paths: exp.Query | None = None
     for k in range(n):
         times: list[exp.Expression] = [
-            _c(f"t{i}") if i <= k else exp.cast(exp.null(), "BIGINT").as_(f"t{i}")
-            for i in range(n)
+            _c(f"t{i}") if i <= k else exp.cast(exp.null(), "BIGINT").as_(f"t{i}") for i in range(n)
         ]
         sel = exp.select("person_id", "b", "u0", exp.alias_(lit(k + 1), "level"), *times).from_(
             f"f{k}"
@@ -294,7 +290,11 @@ def _aggregate(q: FunnelQuery, sql: Sql, by_breakdown: bool) -> exp.Select:
     ranked = exp.select("*", exp.alias_(best, "pick")).from_("paths")
     cols: list[exp.Expression] = []
     for k in range(n):
-        cols.append(exp.alias_(exp.Sum(this=_flag(exp.GTE(this=_c("level"), expression=lit(k + 1)))), f"c{k}"))
+        cols.append(
+            exp.alias_(
+                exp.Sum(this=_flag(exp.GTE(this=_c("level"), expression=lit(k + 1)))), f"c{k}"
+            )
+        )
     for k in range(1, n):
         step = exp.Sub(this=_c(f"t{k}"), expression=_c(f"t{k - 1}"))
         first = exp.Sub(this=_c(f"t{k}"), expression=_c("t0"))
@@ -302,11 +302,7 @@ def _aggregate(q: FunnelQuery, sql: Sql, by_breakdown: bool) -> exp.Select:
         cols.append(exp.alias_(exp.Avg(this=step.copy()), f"a{k}"))
         cols.append(exp.alias_(sql.quantile(first, 0.5), f"mf{k}"))
     key = [_c("b")] if by_breakdown else []
-    out = (
-        exp.select(*key, *cols)
-        .from_(ranked.subquery("r"))
-        .where(_c("pick").eq(1))
-    )
+    out = exp.select(*key, *cols).from_(ranked.subquery("r")).where(_c("pick").eq(1))
     if by_breakdown:
         out = out.group_by(_c("b")).order_by(_c("b"))
     return out
@@ -339,10 +335,14 @@ def _step_results(q: FunnelQuery, row: list[Any], offset: int) -> tuple[FunnelSt
     return tuple(out)
 
 
-def funnel_sql(source: Source, project_id: int, q: FunnelQuery, by_breakdown: bool = False) -> exp.Select:
+def funnel_sql(
+    source: Source, project_id: int, q: FunnelQuery, by_breakdown: bool = False
+) -> exp.Select:
     """The funnel as one SQLGlot query for the source's engine."""
     sql = Sql(source.dialect)
-    conds = [exp.Paren(this=exp.and_(sql.event_is(s.event), sql.filters(s.filters))) for s in q.steps]
+    conds = [
+        exp.Paren(this=exp.and_(sql.event_is(s.event), sql.filters(s.filters))) for s in q.steps
+    ]
     _, end = q.date_range.utc_bounds()
     end_us = _epoch_us(end)
     ctes: list[tuple[str, exp.Query]] = [("ev", _ev(source, project_id, q, sql, conds))]
@@ -375,7 +375,9 @@ def funnel(source: Source, project_id: int, query: FunnelQuery) -> FunnelResult:
     if query.breakdown is not None:
         rows = run(source, funnel_sql(source, project_id, query, by_breakdown=True))
         breakdowns = tuple(
-            FunnelBreakdown(value=None if r[0] is None else str(r[0]), steps=_step_results(query, r, 1))
+            FunnelBreakdown(
+                value=None if r[0] is None else str(r[0]), steps=_step_results(query, r, 1)
+            )
             for r in rows
         )
         breakdowns = tuple(sorted(breakdowns, key=lambda b: (-b.steps[0].count, b.value or "")))

@@ -1,0 +1,141 @@
+"""Lifecycle: per period, the persons doing an event split into new / returning / resurrecting,
+and those who stopped (dormant, reported as a negative count), after PostHog's definitions.
+
+A person is *active* in a period if they did the event in it. Active persons are *new* in the
+period of their first-ever such event, *returning* if also active in the previous period, else
+*resurrecting*. A person active in the previous period but not in this one is *dormant* here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from sqlglot import exp
+
+from yunying.analytics.common import (
+    DateRange,
+    Filter,
+    InvalidQuery,
+    Source,
+    Sql,
+    as_int,
+    events_from,
+    lit,
+    periods,
+    run,
+)
+
+STATUSES = ("new", "returning", "resurrecting", "dormant")
+
+
+@dataclass(frozen=True)
+class LifecycleQuery:
+    """The event that makes a person active (None = any event) and optional filters."""
+
+    event: str | None
+    date_range: DateRange
+    interval: Literal["day", "week", "month"] = "day"
+    filters: tuple[Filter, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "filters", tuple(self.filters))
+        if self.interval not in ("day", "week", "month"):
+            raise InvalidQuery(
+                f"lifecycle interval must be day, week or month, not {self.interval!r}"
+            )
+
+
+@dataclass(frozen=True)
+class LifecycleResult:
+    """Labels of the periods and, per status, one count per period (dormant counts negative)."""
+
+    labels: tuple[str, ...]
+    new: tuple[int, ...]
+    returning: tuple[int, ...]
+    resurrecting: tuple[int, ...]
+    dormant: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def _c(name: str, table: str | None = None) -> exp.Column:
+    return exp.column(name, table=table)
+
+
+def lifecycle_sql(source: Source, project_id: int, q: LifecycleQuery) -> exp.Select:
+    """(period, status, persons) rows, periods as numbers."""
+    sql = Sql(source.dialect)
+    _, end = q.date_range.utc_bounds()
+    ts = _c("timestamp")
+    active = (
+        exp.select(
+            _c("person_id"), exp.alias_(sql.period(ts, q.interval, q.date_range.timezone), "pn")
+        )
+        .distinct()
+        .from_(events_from(source, project_id))
+        .where(
+            exp.and_(
+                sql.event_is(q.event),
+                sql.filters(q.filters),
+                exp.LT(this=ts.copy(), expression=sql.ts_literal(end)),
+            )
+        )
+    )
+    marks = exp.union(
+        exp.select("person_id", "pn", lit(1).as_("cur"), lit(0).as_("prev")).from_("active"),
+        exp.select(
+            "person_id",
+            exp.alias_(exp.Add(this=_c("pn"), expression=lit(1)), "pn"),
+            lit(0).as_("cur"),
+            lit(1).as_("prev"),
+        ).from_("active"),
+        distinct=False,
+    )
+    first = exp.Window(this=exp.Min(this=_c("pn")), partition_by=[_c("person_id")])
+    per_person = (
+        exp.select(
+            "person_id",
+            "pn",
+            exp.alias_(exp.Max(this=_c("cur")), "cur"),
+            exp.alias_(exp.Max(this=_c("prev")), "prev"),
+        )
+        .from_(marks.subquery("m"))
+        .group_by("person_id", "pn")
+    )
+    with_first = exp.select("*", exp.alias_(first, "first_pn")).from_(per_person.subquery("p"))
+    cur, prev = _c("cur"), _c("prev")
+    status = exp.Case(
+        ifs=[
+            exp.If(this=exp.and_(cur.eq(1), _c("pn").eq(_c("first_pn"))), true=lit("new")),
+            exp.If(this=exp.and_(cur.eq(1), prev.eq(1)), true=lit("returning")),
+            exp.If(this=cur.eq(1), true=lit("resurrecting")),
+        ],
+        default=lit("dormant"),
+    )
+    return (
+        exp.select("pn", exp.alias_(status, "status"), exp.alias_(exp.Count(this=exp.Star()), "n"))
+        .from_(with_first.subquery("s"))
+        .group_by("pn", "status")
+        .with_("active", as_=active)
+    )
+
+
+def lifecycle(source: Source, project_id: int, query: LifecycleQuery) -> LifecycleResult:
+    """Run a lifecycle analysis on a store (or any :class:`Source`) for one project."""
+    buckets = periods(query.date_range, query.interval)
+    index = {p.number: i for i, p in enumerate(buckets)}
+    counts = {s: [0] * len(buckets) for s in STATUSES}
+    for pn, status, n in run(source, lifecycle_sql(source, project_id, query)):
+        i = index.get(as_int(pn))
+        if i is not None:
+            counts[str(status)][i] += as_int(n)
+    return LifecycleResult(
+        labels=tuple(p.label for p in buckets),
+        new=tuple(counts["new"]),
+        returning=tuple(counts["returning"]),
+        resurrecting=tuple(counts["resurrecting"]),
+        dormant=tuple(-c for c in counts["dormant"]),
+    )
