@@ -214,3 +214,23 @@ def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
+
+
+# -- events engines -----------------------------------------------------------------------------
+
+
+def chdb_url(root: Path) -> str:
+    """A ``chdb:///ABSOLUTE/PATH`` events URL for an embedded ClickHouse under ``root``."""
+    return f"chdb://{(root / 'clickhouse').absolute()}"
+
+
+@pytest.fixture(params=["duckdb", "chdb"])
+def engine_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runtime]:
+    """A fresh installation on each events engine: the DuckDB file and embedded ClickHouse."""
+    events_url = None
+    if request.param == "chdb":
+        pytest.importorskip("chdb")
+        events_url = chdb_url(tmp_path)
+    rt = Runtime.open(load_settings(data_dir=tmp_path / "data", events_url=events_url))
+    yield rt
+    rt.close()

@@ -24,6 +24,10 @@ FORBIDDEN_FUNCTION_PREFIXES = (
     "parquet_",
     "duckdb_",
     "pragma_",
+    # ClickHouse: dictionaries and Join tables are other tables; filesystem* probes the host
+    "dict",
+    "joinget",
+    "filesystem",
 )
 FORBIDDEN_FUNCTIONS = {
     "query",
@@ -34,6 +38,28 @@ FORBIDDEN_FUNCTIONS = {
     "url",
     "s3",
     "remote",
+    # ClickHouse table functions (also refused where they stand in for a table) and host probes
+    "remotesecure",
+    "cluster",
+    "clusterallreplicas",
+    "s3cluster",
+    "hdfs",
+    "azureblobstorage",
+    "gcs",
+    "mysql",
+    "postgresql",
+    "mongodb",
+    "redis",
+    "sqlite",
+    "jdbc",
+    "odbc",
+    "executable",
+    "input",
+    "merge",
+    "getsetting",
+    "getmacro",
+    "getserverport",
+    "hostname",
 }
 
 
@@ -51,6 +77,9 @@ def rewrite(sql: str, store: EventStore, project_id: int) -> str:
         raise ReadOnlyViolation(f"only queries are allowed (SELECT/WITH); got {kind}")
     if tree.find(exp.Into):
         raise ReadOnlyViolation("SELECT ... INTO writes a table; only reads are allowed")
+    for node in (tree, *tree.find_all(exp.Query)):
+        if node.args.get("settings") or node.args.get("format"):  # ClickHouse SETTINGS / FORMAT
+            raise ReadOnlyViolation("SETTINGS and FORMAT clauses are not available")
 
     ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
     for func in tree.find_all(exp.Func):
