@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlglot import exp
-from tests.conftest import chdb_url
 
+from tests.conftest import chdb_url
 from yunying.config import load_settings
 from yunying.ingest.model import validate_batch
 from yunying.runtime import Runtime

@@ -218,12 +218,12 @@ def _text(value: Any) -> str:
 # -- engine-specific SQL ----------------------------------------------------------------------------
 
 
-def fn(name: str, *args: exp.Expression) -> exp.Expression:
+def fn(name: str, *args: exp.Expr) -> exp.Expr:
     """A function call rendered verbatim (for engine functions SQLGlot does not model)."""
     return exp.Anonymous(this=name, expressions=list(args))
 
 
-def lit(value: Any) -> exp.Expression:
+def lit(value: Any) -> exp.Expr:
     """A SQL literal of a Python value (strings are escaped by SQLGlot)."""
     if value is None:
         return exp.null()
@@ -245,30 +245,30 @@ class Sql:
         self.dialect = dialect
         self.ch = dialect == "clickhouse"
 
-    def render(self, tree: exp.Expression) -> str:
+    def render(self, tree: exp.Expr) -> str:
         """SQL text of ``tree`` in this dialect."""
         return tree.sql(dialect=self.dialect)
 
-    def ts_literal(self, value: datetime) -> exp.Expression:
+    def ts_literal(self, value: datetime) -> exp.Expr:
         """A naive-UTC instant comparable with ``events.timestamp``."""
         text = exp.Literal.string(value.strftime("%Y-%m-%d %H:%M:%S.%f"))
         if self.ch:
             return fn("toDateTime64", text, exp.Literal.number(6), exp.Literal.string("UTC"))
         return exp.cast(text, "TIMESTAMP")
 
-    def epoch_us(self, ts: exp.Expression) -> exp.Expression:
+    def epoch_us(self, ts: exp.Expr) -> exp.Expr:
         """Microseconds since the Unix epoch of a naive-UTC timestamp."""
         if self.ch:
             return fn("toUnixTimestamp64Micro", fn("toDateTime64", ts, lit(6), lit("UTC")))
         return fn("epoch_us", ts)
 
-    def local(self, ts: exp.Expression, tz: str) -> exp.Expression:
+    def local(self, ts: exp.Expr, tz: str) -> exp.Expr:
         """The wall-clock time in ``tz`` of a naive-UTC timestamp."""
         if self.ch:
             return fn("toTimeZone", fn("toDateTime64", ts, lit(6), lit("UTC")), lit(tz))
         return fn("timezone", lit(tz), fn("timezone", lit("UTC"), ts))
 
-    def day_number(self, ts: exp.Expression, tz: str) -> exp.Expression:
+    def day_number(self, ts: exp.Expr, tz: str) -> exp.Expr:
         """Days since 1970-01-01 of the local date of ``ts``."""
         local = self.local(ts, tz)
         if self.ch:
@@ -277,7 +277,7 @@ class Sql:
             "date_diff", lit("day"), exp.cast(lit("1970-01-01"), "DATE"), exp.cast(local, "DATE")
         )
 
-    def period(self, ts: exp.Expression, interval: str, tz: str) -> exp.Expression:
+    def period(self, ts: exp.Expr, interval: str, tz: str) -> exp.Expr:
         """The period number of ``ts`` (matching :func:`period_number` of its local time)."""
         if interval == "day":
             return self.day_number(ts, tz)
@@ -299,19 +299,19 @@ class Sql:
             )
         raise InvalidQuery(f"unknown interval {interval!r}; use one of {', '.join(INTERVALS)}")
 
-    def int_div(self, a: exp.Expression, b: int) -> exp.Expression:
+    def int_div(self, a: exp.Expr, b: int) -> exp.Expr:
         """Floor division of an integer expression by a positive constant."""
         if self.ch:
             return fn("toInt64", fn("floor", exp.Div(this=a, expression=lit(b))))
         return exp.cast(fn("floor", exp.Div(this=a, expression=lit(b))), "BIGINT")
 
-    def text(self, e: exp.Expression) -> exp.Expression:
+    def text(self, e: exp.Expr) -> exp.Expr:
         """``e`` as text (uuids compare the same on every engine this way)."""
         if self.ch:
             return fn("toString", e)
         return exp.cast(e, "VARCHAR")
 
-    def prop_text(self, key: str) -> exp.Expression:
+    def prop_text(self, key: str) -> exp.Expr:
         """Text of a top-level property: strings as-is, numbers/booleans as JSON text, else NULL."""
         props = exp.column("properties")
         k = lit(key)
@@ -341,7 +341,7 @@ class Sql:
             default=fn("json_extract_string", props, path),
         )
 
-    def prop_number(self, key: str) -> exp.Expression:
+    def prop_number(self, key: str) -> exp.Expr:
         """A property as a double when it is a JSON number, else NULL."""
         props = exp.column("properties")
         k = lit(key)
@@ -372,14 +372,14 @@ class Sql:
             default=exp.cast(exp.null(), "DOUBLE"),
         )
 
-    def field_text(self, field: Field) -> exp.Expression:
+    def field_text(self, field: Field) -> exp.Expr:
         """A field as text (breakdowns, text filters)."""
         if field.kind == "column":
             c = exp.column(field.name)
             return self.number_text(c) if field.name == "amount" else c
         return self.prop_text(field.name)
 
-    def number_text(self, e: exp.Expression) -> exp.Expression:
+    def number_text(self, e: exp.Expr) -> exp.Expr:
         """A double rendered the same way on every engine (``12.5``, ``3``)."""
         if self.ch:
             return fn("toString", e)
@@ -389,7 +389,7 @@ class Sql:
             default=exp.cast(e.copy(), "VARCHAR"),
         )
 
-    def field_number(self, field: Field) -> exp.Expression:
+    def field_number(self, field: Field) -> exp.Expr:
         """A field as a double (aggregations, numeric filters)."""
         if field.kind == "column":
             if field.name != "amount":
@@ -397,7 +397,7 @@ class Sql:
             return exp.column("amount")
         return self.prop_number(field.name)
 
-    def quantile(self, e: exp.Expression, q: float) -> exp.Expression:
+    def quantile(self, e: exp.Expr, q: float) -> exp.Expr:
         """Exact quantile with linear interpolation (numpy's default) of ``e``."""
         if self.ch:
             return exp.ParameterizedAgg(
@@ -405,7 +405,7 @@ class Sql:
             )
         return fn("quantile_cont", e, lit(q))
 
-    def filter(self, f: Filter) -> exp.Expression:
+    def filter(self, f: Filter) -> exp.Expr:
         """The condition of one filter."""
         op = f.op
         if op in ("gt", "gte", "lt", "lte"):
@@ -432,6 +432,7 @@ class Sql:
                 this=exp.or_(exp.Not(this=inn), exp.Is(this=text.copy(), expression=exp.null()))
             )
         # contains: case-sensitive substring
+        found: exp.Expr
         if self.ch:
             found = exp.GT(this=fn("position", text, lit(_text(f.value))), expression=lit(0))
         else:
@@ -440,19 +441,19 @@ class Sql:
             this=exp.and_(exp.Not(this=exp.Is(this=text.copy(), expression=exp.null())), found)
         )
 
-    def filters(self, filters: tuple[Filter, ...] | list[Filter]) -> exp.Expression:
+    def filters(self, filters: tuple[Filter, ...] | list[Filter]) -> exp.Expr:
         """All filters ANDed (TRUE when there are none)."""
         if not filters:
             return exp.true()
         return exp.and_(*[self.filter(f) for f in filters])
 
-    def event_is(self, event: str | None) -> exp.Expression:
+    def event_is(self, event: str | None) -> exp.Expr:
         """``event = name`` (TRUE for "any event")."""
         if event is None:
             return exp.true()
         return exp.column("event").eq(lit(event))
 
-    def time_between(self, start: datetime, end: datetime) -> exp.Expression:
+    def time_between(self, start: datetime, end: datetime) -> exp.Expr:
         """``start <= timestamp < end``."""
         ts = exp.column("timestamp")
         return exp.and_(
@@ -466,12 +467,12 @@ def _json_path_key(key: str) -> str:
     return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def events_from(source: Source, project_id: int, alias: str = "events") -> exp.Expression:
+def events_from(source: Source, project_id: int, alias: str = "events") -> exp.Expr:
     """The project's ``events`` relation as a FROM item."""
     return source.scoped("events", project_id).subquery(alias)
 
 
-def run(source: Source, tree: exp.Expression) -> list[list[Any]]:
+def run(source: Source, tree: exp.Expr) -> list[list[Any]]:
     """Render ``tree`` for the source's engine, run it, return the rows."""
     sql = Sql(source.dialect).render(tree)
     return source.query(sql).rows

@@ -132,18 +132,18 @@ def _c(name: str, table: str | None = None) -> exp.Column:
     return exp.column(name, table=table)
 
 
-def _flag(cond: exp.Expression) -> exp.Expression:
+def _flag(cond: exp.Expr) -> exp.Expr:
     return exp.Case(ifs=[exp.If(this=cond, true=lit(1))], default=lit(0))
 
 
 def _ev(
-    source: Source, project_id: int, q: FunnelQuery, sql: Sql, conds: list[exp.Expression]
+    source: Source, project_id: int, q: FunnelQuery, sql: Sql, conds: list[exp.Expr]
 ) -> exp.Select:
     """One row per relevant event: person, uuid, time in µs, breakdown value and step flags."""
     start, end = q.date_range.utc_bounds()
     end_w = end + timedelta(microseconds=q.window_us)
     breakdown = sql.field_text(q.breakdown) if q.breakdown else exp.cast(exp.null(), "TEXT")
-    cols: list[exp.Expression] = [
+    cols: list[exp.Expr] = [
         exp.alias_(sql.text(_c("person_id")), "person_id"),
         exp.alias_(sql.text(_c("uuid")), "uid"),
         exp.alias_(sql.epoch_us(_c("timestamp")), "ts"),
@@ -164,7 +164,7 @@ def _ev(
     return exp.select("*", exp.alias_(rn, "rn")).from_(inner.subquery("x"))
 
 
-def _row_number(partition: list[exp.Expression], order: list[exp.Ordered]) -> exp.Window:
+def _row_number(partition: list[exp.Expr], order: list[exp.Ordered]) -> exp.Window:
     return exp.Window(
         this=exp.RowNumber(), partition_by=partition, order=exp.Order(expressions=order)
     )
@@ -192,7 +192,7 @@ def _chain_ctes(q: FunnelQuery, end_us: int) -> list[tuple[str, exp.Query]]:
             prev += [f"r{k - 1}"]
         carried = [_c("person_id", "f"), _c("b", "f")] + [_c(x, "f") for x in prev]
         new = [_c("uid", "e").as_(f"u{k}"), _c("ts", "e").as_(f"t{k}")]
-        conds: list[exp.Expression] = [
+        conds: list[exp.Expr] = [
             _c(f"s{k}", "e").eq(1),
             exp.LTE(
                 this=_c("ts", "e"),
@@ -223,7 +223,7 @@ def _chain_ctes(q: FunnelQuery, end_us: int) -> list[tuple[str, exp.Query]]:
         ctes.append((f"f{k}", exp.select(*names).from_(cand.subquery("c")).where(_c("pick").eq(1))))
     paths: exp.Query | None = None
     for k in range(n):
-        times: list[exp.Expression] = [
+        times: list[exp.Expr] = [
             _c(f"t{i}") if i <= k else exp.cast(exp.null(), "BIGINT").as_(f"t{i}") for i in range(n)
         ]
         sel = exp.select("person_id", "b", "u0", exp.alias_(lit(k + 1), "level"), *times).from_(
@@ -267,11 +267,12 @@ def _unordered_ctes(q: FunnelQuery, end_us: int, classes: list[int]) -> list[tup
         )
         .group_by(*[k.copy() for k in keys])
     )
-    level: exp.Expression | None = None
+    level: exp.Expr | None = None
     for c, m in enumerate(mult):
         part = exp.Least(this=_c(f"n{c}"), expressions=[lit(m)])
         level = part if level is None else exp.Add(this=level, expression=part)
     times = [exp.cast(exp.null(), "BIGINT").as_(f"t{i}") for i in range(n)]
+    assert level is not None
     paths = exp.select("person_id", "b", "u0", exp.alias_(level, "level"), *times).from_("matched")
     return [("anchors", anchors), ("matched", matched), ("paths", paths)]
 
@@ -288,7 +289,7 @@ def _aggregate(q: FunnelQuery, sql: Sql, by_breakdown: bool) -> exp.Select:
         ],
     )
     ranked = exp.select("*", exp.alias_(best, "pick")).from_("paths")
-    cols: list[exp.Expression] = []
+    cols: list[exp.Expr] = []
     for k in range(n):
         cols.append(
             exp.alias_(
@@ -340,7 +341,7 @@ def funnel_sql(
 ) -> exp.Select:
     """The funnel as one SQLGlot query for the source's engine."""
     sql = Sql(source.dialect)
-    conds = [
+    conds: list[exp.Expr] = [
         exp.Paren(this=exp.and_(sql.event_is(s.event), sql.filters(s.filters))) for s in q.steps
     ]
     _, end = q.date_range.utc_bounds()

@@ -114,7 +114,7 @@ def _c(name: str) -> exp.Column:
     return exp.column(name)
 
 
-def _aggregate(sql: Sql, s: Series) -> exp.Expression:
+def _aggregate(sql: Sql, s: Series) -> exp.Expr:
     if s.math == "total":
         return exp.Count(this=exp.Star())
     if s.math in ("unique_persons", "dau"):
@@ -189,7 +189,11 @@ def series_sql(
 
 
 def _lines(
-    source: Source, project_id: int, q: TrendsQuery, date_range: DateRange, compare: str | None
+    source: Source,
+    project_id: int,
+    q: TrendsQuery,
+    date_range: DateRange,
+    compare: Literal["current", "previous"] | None,
 ) -> list[TrendSeries]:
     buckets = periods(date_range, q.interval)
     index = {p.number: i for i, p in enumerate(buckets)}
@@ -218,7 +222,7 @@ def _lines(
 
 def trends(source: Source, project_id: int, query: TrendsQuery) -> TrendsResult:
     """Run a trends analysis on a store (or any :class:`Source`) for one project."""
-    current = "current" if query.compare else None
+    current: Literal["current", "previous"] | None = "current" if query.compare else None
     lines = _lines(source, project_id, query, query.date_range, current)
     if query.compare:
         lines += _lines(source, project_id, query, query.date_range.previous(), "previous")
