@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/ingest_bench.py
+	$(BIN)/python benchmarks/ingest_bench.py $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/yunying demo --data-dir $(DATA)
