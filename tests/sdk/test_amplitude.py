@@ -185,6 +185,71 @@ def test_amplitude_python_sdk_end_to_end(live: LiveServer, project: NewProject, 
     }
 
 
+def person_of(live: LiveServer, project: NewProject, distinct_id: str) -> dict[str, Any]:
+    got = sql(
+        live,
+        project,
+        "SELECT p.properties FROM persons p JOIN person_distinct_ids d ON d.person_id = p.id "
+        f"WHERE d.distinct_id = '{distinct_id}'",
+    )
+    assert len(got) == 1, got
+    return orjson.loads(got[0][0])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("path", ["/2/httpapi", "/batch"])
+def test_sdk_identify_remove_post_insert_and_clear_all(
+    live: LiveServer, project: NewProject, path: str
+) -> None:
+    results: list[tuple[str, int]] = []
+    client = Amplitude(
+        project.project.write_key,
+        Config(
+            server_url=f"{live.url}{path}",
+            callback=lambda e, code, message: results.append((e.event_type, code)),
+            flush_max_retries=2,
+        ),
+    )
+
+    def send(identify: Identify, user: str, t: int, device: str | None = None) -> None:
+        """One identify, flushed and acknowledged before the next (the SDK sends in parallel)."""
+        client.identify(identify, EventOptions(user_id=user, device_id=device, time=t))
+        for future in client.flush():
+            if future is not None:
+                future.result()
+
+    t = ms(dt.datetime(2026, 11, 20, 8, 0, 0, tzinfo=UTC))
+    user = "user-2002"
+    send(Identify().set("tags", ["vlog", "travel", "vlog"]).set("flags", [1, True, "1"]), user, t)
+    send(Identify().post_insert("tags", ["food", "vlog"]).set("plan", "pro"), user, t + 1)
+    send(Identify().post_insert("tags", "diy").post_insert("flags", 1.5), user, t + 2)
+    send(Identify().remove("tags", ["vlog", "nope"]).remove("flags", 1), user, t + 3)
+    person = person_of(live, project, user)
+    assert person["tags"] == ["travel", "food", "diy"]  # every "vlog" removed
+    assert [(type(v).__name__, v) for v in person["flags"]] == [
+        ("bool", True),
+        ("str", "1"),
+        ("float", 1.5),
+    ]
+    assert person["plan"] == "pro"
+
+    # clear_all on a login: the device's person merges first, then the merged person is cleared
+    device = "device-5e6f7a"
+    client.track(BaseEvent("open_app", device_id=device, time=t + 4))
+    send(Identify().set("device_model", "iPhone 15"), "", t + 5, device)
+    send(Identify().clear_all(), user, t + 6, device)
+    assert person_of(live, project, user) == {}
+    assert person_of(live, project, device) == {}
+    send(Identify().set_once("first_channel", "xhs"), user, t + 7)
+    assert person_of(live, project, device) == {"first_channel": "xhs"}
+    assert int(sql(live, project, "SELECT count(*) FROM persons")[0][0]) == 1
+    got = sql(live, project, "SELECT distinct_id, person_id IS NOT NULL FROM events "
+              "WHERE event = 'open_app'")  # fmt: skip
+    assert got == [[device, True]]
+    assert count(live, project, "event = '$delete_person'") == 1
+    client.shutdown()
+    assert results and all(code == 200 for _, code in results), results
+
+
 def test_sdk_reports_refused_events_by_index(live: LiveServer, project: NewProject) -> None:
     """The SDK's own HTTP client and response processor read our 400 as Amplitude's."""
     events = [
@@ -422,25 +487,31 @@ def test_map_event_fields_and_platform_properties() -> None:
 
 
 def test_user_properties_operations() -> None:
-    ops, appends = amp_proto.user_operations(
+    user_ops = amp_proto.user_operations(
         {
             "$set": {"a": 1},
             "$setOnce": {"b": 2},
             "$add": {"n": 3},
             "$append": {"tags": ["x", "y"]},
             "$postInsert": {"badges": "z"},
+            "$remove": {"old": ["p", "q"]},
             "$unset": {"gone": "-"},
             "plain": "value",
         }
     )
-    assert ops == {
+    assert user_ops.ops == {
         "$set": {"a": 1, "plain": "value"},
         "$set_once": {"b": 2},
         "$increment": {"n": 3},
+        "$union": {"badges": "z"},
+        "$remove": {"old": ["p", "q"]},
         "$unset": ["gone"],
     }
-    assert appends == {"tags": ["x", "y"], "badges": ["z"]}
-    for op in ("$prepend", "$preInsert", "$remove", "$clearAll"):
+    assert user_ops.appends == {"tags": ["x", "y"]} and not user_ops.clear_all
+    assert amp_proto.user_operations({"$clearAll": "-"}).clear_all
+    with pytest.raises(amp_proto.Bad, match=r"\$clearAll cannot be combined"):
+        amp_proto.user_operations({"$clearAll": "-", "$set": {"a": 1}})
+    for op in ("$prepend", "$preInsert"):
         with pytest.raises(amp_proto.Bad, match=r"\$"):
             amp_proto.user_operations({op: {"k": "v"}})
     assert amp_proto.spread_appends({"$append": {"tags": "w"}}, {"tags": ["x", "y"]}) == [

@@ -186,8 +186,8 @@ def test_mixpanel_python_sdk_end_to_end(
     assert events[4] == ["$identify", "user-1001", iso(t3), None, None, None]
     assert [e[0] for e in events[5:]] == ["export_video"] * 3 + ["$create_alias"]
     assert [e[2] for e in events[5:8]] == [iso(t3 + dt.timedelta(seconds=60 + i)) for i in range(3)]
-    # every call stored exactly once: 9 events, 8 profile updates (the union of 2 values: 2 rows)
-    assert count(live, project) == 9 + 9
+    # every call stored exactly once: 9 events, 8 profile updates
+    assert count(live, project) == 9 + 8
     props = orjson.loads(
         sql(live, project, "SELECT properties FROM events WHERE event = 'view_template'")[0][0]
     )
@@ -220,12 +220,71 @@ def test_mixpanel_python_sdk_end_to_end(
     assert persons[0][1] is True
 
 
+def typed(values: list[Any]) -> list[tuple[str, Any]]:
+    """Values with their JSON types, so that ``1``, ``1.0`` and ``true`` stay apart."""
+    return [(type(v).__name__, v) for v in values]
+
+
+def person_of(live: LiveServer, project: NewProject, distinct_id: str) -> dict[str, Any]:
+    got = sql(
+        live,
+        project,
+        "SELECT p.properties FROM persons p JOIN person_distinct_ids d ON d.person_id = p.id "
+        f"WHERE d.distinct_id = '{distinct_id}'",
+    )
+    assert len(got) == 1, got
+    return orjson.loads(got[0][0])  # type: ignore[no-any-return]
+
+
+def test_mixpanel_sdk_union_remove_and_delete(
+    live: LiveServer, project: NewProject, tls_host: str
+) -> None:
+    key = project.project.write_key
+    mp = mixpanel.Mixpanel(key, consumer=mixpanel.Consumer(api_host=tls_host, retry_limit=0))
+
+    mp.people_set("u-7", {"tags": ["vlog"], "flags": [1, True, "1"], "plan": "pro"})
+    mp.people_union("u-7", {"tags": ["travel", "vlog", "food", "travel"]})
+    mp.people_union("u-7", {"tags": ["food", "diy"], "flags": [True, 1.5, "1"], "new": ["n"]})
+    assert person_of(live, project, "u-7")["tags"] == ["vlog", "travel", "food", "diy"]
+    mp.people_remove("u-7", {"tags": "travel"})
+    mp.people_remove("u-7", {"flags": 1})  # the number 1 only: not true, not "1"
+    mp.people_remove("u-7", {"plan": "pro"})  # not a list: nothing to remove from
+    person = person_of(live, project, "u-7")
+    assert person["tags"] == ["vlog", "food", "diy"]
+    assert typed(person["flags"]) == [("bool", True), ("str", "1"), ("float", 1.5)]
+    assert person["plan"] == "pro" and person["new"] == ["n"]
+
+    # $delete: the profile's properties go; its ids and events stay
+    mp.track("dev-8", "open_app", {"time": 1763800000})
+    mp.track("u-8", "$identify", {"$anon_distinct_id": "dev-8", "time": 1763800001})
+    mp.people_set("u-8", {"plan": "free", "city": "Hangzhou"})
+    mp.people_delete("u-8")
+    assert person_of(live, project, "u-8") == {}
+    assert person_of(live, project, "dev-8") == {}
+    mp.people_set_once("u-8", {"first_channel": "xhs"})
+    assert person_of(live, project, "dev-8") == {"first_channel": "xhs"}
+    persons = sql(
+        live,
+        project,
+        "SELECT d.distinct_id, count(e.uuid) FROM person_distinct_ids d "
+        "JOIN events e ON e.person_id = d.person_id "
+        "WHERE d.distinct_id IN ('u-8', 'dev-8') AND e.event = 'open_app' "
+        "GROUP BY d.distinct_id ORDER BY d.distinct_id",
+    )
+    assert persons == [["dev-8", 1], ["u-8", 1]]
+    assert count(live, project, "event = '$delete_person' AND distinct_id = 'u-8'") == 1
+    # the first person is untouched by the second one's deletion
+    assert person_of(live, project, "u-7")["plan"] == "pro"
+
+
 def test_sdk_errors_raise_mixpanel_exception(
     live: LiveServer, project: NewProject, tls_host: str
 ) -> None:
     consumer = mixpanel.Consumer(api_host=tls_host, retry_limit=0)
-    with pytest.raises(mixpanel.MixpanelException, match="deleting a profile"):
-        mixpanel.Mixpanel(project.project.write_key, consumer=consumer).people_delete("u-1")
+    with pytest.raises(mixpanel.MixpanelException, match=r"\$add\.n: increment must be"):
+        mixpanel.Mixpanel(project.project.write_key, consumer=consumer).people_increment(
+            "u-1", {"n": "lots"}
+        )
     with pytest.raises(mixpanel.MixpanelException, match="unknown token"):
         mixpanel.Mixpanel("not-a-key", consumer=consumer).track("u-1", "e")
     assert count(live, project) == 0
@@ -510,31 +569,51 @@ def test_import_mixed_batch_has_strict_failed_records(
     assert count(live, project) == 1
 
 
-def test_engage_refuses_remove_and_delete_but_keeps_the_rest(
+def test_engage_refuses_malformed_operations_but_keeps_the_rest(
     live: LiveServer, project: NewProject
 ) -> None:
     key = project.project.write_key
     updates = [
-        {"$token": key, "$distinct_id": "e-1", "$set": {"a": 1}},
-        {"$token": key, "$distinct_id": "e-1", "$remove": {"tags": "x"}},
-        {"$token": key, "$distinct_id": "e-1", "$delete": ""},
+        {"$token": key, "$distinct_id": "e-1", "$set": {"a": 1, "tags": ["x", "y"]}},
+        {"$token": key, "$distinct_id": "e-1", "$remove": ["tags", "x"]},
+        {"$token": key, "$distinct_id": "e-1", "$unset": "a"},
         {"$token": key, "$distinct_id": "e-1", "$add": {"n": "lots"}},
         {"$token": key, "$distinct_id": "e-1"},
         {"$token": key, "$distinct_id": "e-1", "$union": ["not", "an", "object"]},
+        {"$token": key, "$distinct_id": "e-1", "$remove": {"tags": "x"}},
     ]
     r = httpx.post(f"{live.url}/engage", data=form(updates, verbose=1))
     assert r.status_code == 400
     body = r.json()
-    assert body["num_records_imported"] == 1
+    assert body["status"] == 0 and body["num_records_imported"] == 2
     assert [(f["index"], f["field"]) for f in body["failed_records"]] == [
         (1, "$remove"),
-        (2, "$delete"),
+        (2, "$unset"),
         (3, "$add.n"),
         (4, ""),
         (5, "$union"),
     ]
-    assert "not supported yet" in body["failed_records"][0]["message"]
-    assert count(live, project) == 1
+    assert "$remove must be an object" in body["failed_records"][0]["message"]
+    assert "$unset must be a list of property names" in body["failed_records"][1]["message"]
+    assert "no profile operation" in body["failed_records"][3]["message"]
+    assert count(live, project) == 2
+    [[props]] = sql(live, project, "SELECT properties FROM persons")
+    assert orjson.loads(props) == {"a": 1, "tags": ["y"]}
+
+
+def test_engage_json_body_remove_takes_a_list_value_as_one_element(
+    live: LiveServer, project: NewProject
+) -> None:
+    """Mixpanel's ``$remove`` removes one value: a list value is one element, not several."""
+    key = project.project.write_key
+    updates = [
+        {"$token": key, "$distinct_id": "e-2", "$set": {"pairs": [["a", "b"], "a", "b"]}},
+        {"$token": key, "$distinct_id": "e-2", "$remove": {"pairs": ["a", "b"]}},
+    ]
+    r = httpx.post(f"{live.url}/engage", data=form(updates, verbose=1))
+    assert r.status_code == 200 and r.json() == {"status": 1, "error": None}
+    [[props]] = sql(live, project, "SELECT properties FROM persons")
+    assert orjson.loads(props) == {"pairs": ["a", "b"]}
 
 
 # -- pure mapping -------------------------------------------------------------------------------
@@ -575,47 +654,32 @@ def test_record_uuid_rules() -> None:
 
 
 def test_map_engage_operations() -> None:
-    events = mp_proto.map_engage(
-        {
-            "$token": "k",
-            "$distinct_id": "u",
-            "$time": 1763800000,
-            "$ip": "1.2.3.4",
-            "$set": {"a": 1},
-            "$add": {"n": 2},
-            "$append": {"tags": "x"},
-            "$union": {"tags": ["y", "z"], "other": "single"},
-            "$unset": ["gone"],
-        },
-        7,
-    )
-    assert [e["properties"] for e in events] == [
-        {
-            "$ip": "1.2.3.4",
-            "$set": {"a": 1},
-            "$increment": {"n": 2},
-            "$append": {"tags": "x", "other": "single"},
-            "$unset": ["gone"],
-        },
-        {"$ip": "1.2.3.4", "$append": {"tags": "y"}},
-        {"$ip": "1.2.3.4", "$append": {"tags": "z"}},
-    ]
-    assert {e["event"] for e in events} == {"$set"}
-    assert len({e["uuid"] for e in events}) == 3
-    assert events == mp_proto.map_engage(
-        {
-            "$token": "k",
-            "$distinct_id": "u",
-            "$time": 1763800000,
-            "$ip": "1.2.3.4",
-            "$set": {"a": 1},
-            "$add": {"n": 2},
-            "$append": {"tags": "x"},
-            "$union": {"tags": ["y", "z"], "other": "single"},
-            "$unset": ["gone"],
-        },
-        7,
-    )
+    record = {
+        "$token": "k",
+        "$distinct_id": "u",
+        "$time": 1763800000,
+        "$ip": "1.2.3.4",
+        "$set": {"a": 1},
+        "$add": {"n": 2},
+        "$append": {"tags": "x"},
+        "$union": {"tags": ["y", "z"], "other": "single"},
+        "$remove": {"old": "w", "pairs": ["p", "q"]},
+        "$unset": ["gone"],
+    }
+    [event] = mp_proto.map_engage(record, 7)
+    assert event["event"] == "$set" and event["distinct_id"] == "u"
+    assert event["properties"] == {
+        "$ip": "1.2.3.4",
+        "$set": {"a": 1},
+        "$increment": {"n": 2},
+        "$append": {"tags": "x"},
+        "$union": {"tags": ["y", "z"], "other": "single"},
+        "$remove": {"old": ["w"], "pairs": [["p", "q"]]},
+        "$unset": ["gone"],
+    }
+    assert mp_proto.map_engage(dict(record), 7) == [event]  # a resend: the same uuid
+    [delete] = mp_proto.map_engage({"$token": "k", "$distinct_id": "u", "$delete": ""}, 7)
+    assert delete["event"] == "$delete_person" and delete["properties"] == {}
 
 
 def test_map_track_identity_events() -> None:

@@ -385,16 +385,50 @@ def test_dry_run_validates_without_storing(live: LiveServer, project: NewProject
     assert count(live, project) == 0
 
 
-def test_profile_delete_is_kept_as_an_event_with_a_warning(
+def test_profile_delete_empties_the_person_but_keeps_ids_and_events(
     live: LiveServer, project: NewProject
 ) -> None:
+    url = sa_url(live, project)
+    client = sa.SensorsAnalytics(sa.DefaultConsumer(url, request_timeout=5))
+    client.track("anon-9", "ViewProduct", {"$time": ms(T0)})
+    client.track_signup("u9", "anon-9", {"$time": ms(T0 + timedelta(seconds=1))})
+    client.profile_set("u9", {"a": 1, "tags": ["x"]}, is_login_id=True)
+    client.profile_set("other", {"b": 2})
+    assert person_props(live, "anon-9") == {"a": 1, "tags": ["x"]}
+    client.profile_delete("u9", is_login_id=True)
+    assert person_props(live, "u9") == {}
+    assert person_props(live, "anon-9") == {}
+    assert person_props(live, "other") == {"b": 2}
+    client.profile_set_once("u9", {"first": "douyin"}, is_login_id=True)
+    client.close()
+    assert person_props(live, "anon-9") == {"first": "douyin"}
+    got = yunying_sql(
+        live,
+        "SELECT e.distinct_id FROM events e JOIN person_distinct_ids d "
+        "ON d.person_id = e.person_id WHERE e.event = 'ViewProduct' AND d.distinct_id = 'u9'",
+    )
+    assert got == [["anon-9"]]
+    assert count(live, project, "event = '$delete_person' AND distinct_id = 'u9'") == 1
+
+
+def test_profile_delete_by_id_and_its_resend(live: LiveServer, project: NewProject) -> None:
     profile = {"type": "profile_set", "distinct_id": "u9", "time": ms(T0), "properties": {"a": 1}}
     delete = {"type": "profile_delete", "distinct_id": "u9", "time": ms(T0) + 1, "properties": {}}
-    r = httpx.post(sa_url(live, project), data={"data_list": b64([profile, delete])})
-    assert r.status_code == 200
-    assert "cannot delete a person" in r.json()["warnings"][0]["message"]
-    assert count(live, project, "event = '$profile_delete'") == 1
-    assert person_props(live, "u9") == {"a": 1}
+    later = {**profile, "time": ms(T0) + 2, "properties": {"b": 2}}
+    r = httpx.post(sa_url(live, project), data={"data_list": b64([profile, delete, later])})
+    assert r.status_code == 200 and "warnings" not in r.json()
+    assert person_props(live, "u9") == {"b": 2}
+    # a resend of the same delete is the same record: stored once, nothing emptied again
+    r = httpx.post(sa_url(live, project), data={"data_list": b64([delete])})
+    assert r.status_code == 200 and r.json()["duplicates"] == 1
+    assert person_props(live, "u9") == {"b": 2}
+    mobile = sa.SensorsAnalyticsIdentity(sa.SensorsAnalyticsIdentity.MOBILE, "13900000000")
+    client = sa.SensorsAnalytics(sa.DefaultConsumer(sa_url(live, project), request_timeout=5))
+    client.profile_set_by_id({"sms_opt_in": True}, mobile)
+    assert person_props(live, "$identity_mobile+13900000000") == {"sms_opt_in": True}
+    client.profile_delete_by_id(mobile)
+    client.close()
+    assert person_props(live, "$identity_mobile+13900000000") == {}
 
 
 # -- servers with other settings ----------------------------------------------------------------
@@ -618,7 +652,7 @@ def test_bind_with_a_login_id_identifies_and_without_one_aliases() -> None:
     assert exc.value.field == "identities"
 
 
-def test_unbind_and_profile_delete_are_events_with_warnings() -> None:
+def test_unbind_is_an_event_with_a_warning_and_profile_delete_deletes() -> None:
     unbind = {
         "type": "track_id_unbind",
         "event": "$UnbindID",
@@ -630,7 +664,8 @@ def test_unbind_and_profile_delete_are_events_with_warnings() -> None:
     assert ev["event"] == "$UnbindID" and "no id was unlinked" in warnings[0]
     delete = {"type": "profile_delete", "distinct_id": "u", "time": 1748772000123}
     [ev], warnings = map_record(delete, 1)
-    assert ev["event"] == "$profile_delete" and "nothing was deleted" in warnings[0]
+    assert ev["event"] == "$delete_person" and warnings == []
+    assert ev["properties"]["$sensors_type"] == "profile_delete"
 
 
 def test_map_records_reports_errors_by_index() -> None:

@@ -68,16 +68,24 @@ NUMBER_FIELDS = ("price", "quantity", "revenue", "location_lat", "location_lng")
 OBJECT_FIELDS = ("event_properties", "user_properties", "groups", "group_properties")
 
 #: ``user_properties`` operations and the native person operation each becomes.
-USER_OPERATIONS = {"$set": "$set", "$setOnce": "$set_once", "$add": "$increment"}
-#: Operations appending each listed value (``$postInsert`` is approximated: see the docs).
-APPEND_OPERATIONS = ("$append", "$postInsert")
+USER_OPERATIONS = {
+    "$set": "$set",
+    "$setOnce": "$set_once",
+    "$add": "$increment",
+    "$postInsert": "$union",
+    "$remove": "$remove",
+}
+#: Operations appending each listed value.
+APPEND_OPERATIONS = ("$append",)
 UNSET = "$unset"
+#: Native operations that came from ``user_properties`` (errors on them name that field).
+NATIVE_USER_OPERATIONS = (*USER_OPERATIONS.values(), "$append", "$unset")
+#: Empties the user's properties: the native event ``$delete_person``.
+CLEAR_ALL = "$clearAll"
 #: Operations Yunying cannot apply yet; an event carrying one is refused, naming it.
 REFUSED_OPERATIONS = {
     "$prepend": "prepending to a list property is not supported yet",
     "$preInsert": "inserting at the front of a list property is not supported yet",
-    "$remove": "removing values from a list property is not supported yet",
-    "$clearAll": "clearing all user properties is not supported yet",
 }
 
 
@@ -147,6 +155,11 @@ def parse_upload(body: bytes) -> Upload:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise request_error(f"Invalid JSON request body: {exc}", "events") from None
+    return upload_of(payload)
+
+
+def upload_of(payload: Any) -> Upload:
+    """The API key, events and options of a decoded upload; raises :class:`HTTPProblem`."""
     if not isinstance(payload, dict):
         raise request_error("Request body must be a JSON object {api_key, events}", "api_key")
     api_key = payload.get("api_key")
@@ -214,6 +227,11 @@ def step_uuid(main: str, step: int) -> str:
     return str(uuidlib.uuid5(ID_NAMESPACE, f"{PROTOCOL}:{main}:{step}"))
 
 
+def clear_uuid(main: str) -> str:
+    """The uuid of the ``$delete_person`` an event's ``$clearAll`` becomes."""
+    return str(uuidlib.uuid5(ID_NAMESPACE, f"{PROTOCOL}:{main}:{CLEAR_ALL}"))
+
+
 def identifier(event: dict[str, Any], name: str, min_length: int) -> str | None:
     """``user_id`` or ``device_id`` as text; ``None`` when absent; refused when too short."""
     value = event.get(name)
@@ -233,20 +251,38 @@ def identifier(event: dict[str, Any], name: str, min_length: int) -> str | None:
     return text
 
 
-def user_operations(
-    user_props: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-    """``user_properties`` as native person operations plus values to append one by one.
+@dataclass
+class UserOperations:
+    """``user_properties`` as native person operations, values to append one by one, and
+    whether the user's properties are cleared first (``$clearAll``)."""
 
-    Names without a leading ``$`` are ``$set``, as Amplitude does.
+    ops: dict[str, Any] = field(default_factory=dict)
+    appends: dict[str, list[Any]] = field(default_factory=dict)
+    clear_all: bool = False
+
+
+def user_operations(user_props: dict[str, Any]) -> UserOperations:
+    """``user_properties`` as native person operations.
+
+    Names without a leading ``$`` are ``$set``, as Amplitude does. ``$clearAll`` stands alone
+    (the SDKs drop every other operation when it is set), so combining it is refused.
     """
-    ops: dict[str, Any] = {}
-    appends: dict[str, list[Any]] = {}
+    out = UserOperations()
+    ops, appends = out.ops, out.appends
     for op, value in user_props.items():
         if op in REFUSED_OPERATIONS:
             raise Bad(
                 "invalid", "user_properties", f"user_properties.{op}: {REFUSED_OPERATIONS[op]}"
             )
+        if op == CLEAR_ALL:
+            if len(user_props) > 1:
+                raise Bad(
+                    "invalid",
+                    "user_properties",
+                    f"user_properties.{CLEAR_ALL} cannot be combined with other operations",
+                )
+            out.clear_all = True
+            continue
         is_op = op in USER_OPERATIONS or op in APPEND_OPERATIONS or op == UNSET
         if is_op and not (isinstance(value, dict) or (op == UNSET and isinstance(value, list))):
             raise Bad("invalid", "user_properties", f"user_properties.{op} must be an object")
@@ -261,7 +297,7 @@ def user_operations(
             ops["$unset"] = [*ops.get("$unset", []), *value]
         else:
             ops.setdefault("$set", {})[op] = value
-    return ops, appends
+    return out
 
 
 def spread_appends(ops: dict[str, Any], appends: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -365,9 +401,7 @@ def field_names(id_field: str) -> Callable[[str], str]:
             return "time"
         if native == "uuid":
             return "insert_id"
-        if native.startswith(("properties.$set", "properties.$increment", "properties.$append")):
-            return "user_properties"
-        if native.startswith("properties.$unset"):
+        if native.startswith(tuple(f"properties.{op}" for op in NATIVE_USER_OPERATIONS)):
             return "user_properties"
         if native in ("properties.$amount", "properties.amount"):
             return "revenue"
@@ -412,7 +446,7 @@ def map_event(
     props = {k: v for k, v in raw.items() if k not in STRUCTURAL_FIELDS and v is not None}
     props.update(raw.get("event_properties") or {})
     platform_properties(raw, props, ip)
-    ops, appends = user_operations(raw.get("user_properties") or {})
+    user_ops = user_operations(raw.get("user_properties") or {})
 
     name = event_type
     linked = False
@@ -443,7 +477,7 @@ def map_event(
         if timestamp is not None:
             link["timestamp"] = timestamp
         events.append(link)
-    for step, step_ops in enumerate(spread_appends(ops, appends)):
+    for step, step_ops in enumerate(spread_appends(user_ops.ops, user_ops.appends)):
         native: dict[str, Any] = {
             "event": name if step == 0 else "$set",
             "distinct_id": distinct_id,
@@ -453,6 +487,17 @@ def map_event(
         if timestamp is not None:
             native["timestamp"] = timestamp
         events.append(native)
+    if user_ops.clear_all:
+        # after the event itself, so that a login merges first and the merged person is cleared
+        clear: dict[str, Any] = {
+            "event": "$delete_person",
+            "distinct_id": distinct_id,
+            "uuid": clear_uuid(main),
+            "properties": {"$amplitude_operation": CLEAR_ALL},
+        }
+        if timestamp is not None:
+            clear["timestamp"] = timestamp
+        events.append(clear)
     return events
 
 
@@ -527,10 +572,15 @@ def outcome(translation: Translation, total: int, payload_size: int) -> Response
 # -- handlers -----------------------------------------------------------------------------------
 
 
-async def handle_batch(runtime: Runtime, request: Request, body: bytes) -> Response:
-    """Amplitude /batch on the shared path; ``body`` is already size-checked and gunzipped."""
+async def handle_batch(
+    runtime: Runtime, request: Request, body: bytes, payload: Any = None
+) -> Response:
+    """Amplitude /batch on the shared path; ``body`` is already size-checked and gunzipped.
+
+    ``payload``: the body's JSON when the caller (the shared-path dispatcher) already parsed it.
+    """
     try:
-        upload = parse_upload(body)
+        upload = parse_upload(body) if payload is None else upload_of(payload)
         project = runtime.project_for_write_key(upload.api_key)
         if project is None:
             raise HTTPProblem(400, f"Invalid API key: {upload.api_key[:64]}")

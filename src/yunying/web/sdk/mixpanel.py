@@ -5,7 +5,9 @@ Served paths (every Mixpanel SDK: mixpanel-python, -js, -android, -swift/-iphone
 - ``/track`` (shared with PostHog, dispatched by :mod:`yunying.web.sdk`): events. A form field
   ``data`` (plain JSON or base64 JSON; one object or an array), also ``GET /track?data=``, or a
   JSON body. Parameters ``verbose``, ``ip``, ``callback`` in the query string or the form.
-- ``/engage``: people (profile) updates ``{"$token", "$distinct_id", "$set": {...}}`` etc.
+- ``/engage``: people (profile) updates ``{"$token", "$distinct_id", "$set": {...}}`` etc.;
+  every Mixpanel profile operation maps onto a native person operation, ``$delete`` onto the
+  event ``$delete_person``.
 - ``/import``: events with historical timestamps; form ``data`` (mixpanel-python) or a JSON /
   NDJSON body (the HTTP API). Authenticated by the write key as Basic-auth user name (or
   password), the form field ``api_key``, or each event's ``properties.token``; the project's
@@ -64,15 +66,12 @@ ENGAGE_OPERATIONS = {
     "$set_once": "$set_once",
     "$add": "$increment",
     "$append": "$append",
+    "$union": "$union",
+    "$remove": "$remove",
     "$unset": "$unset",
 }
-#: ``$union`` appends each listed value; the native model has no union yet (see the docs).
-UNION = "$union"
-#: Profile operations Yunying cannot apply yet; a record carrying one is refused, by name.
-REFUSED_OPERATIONS = {
-    "$remove": "removing values from a list property is not supported yet",
-    "$delete": "deleting a profile is not supported yet (Yunying cannot delete persons)",
-}
+#: ``$delete`` empties the profile: the native event ``$delete_person``.
+DELETE = "$delete"
 ENGAGE_ENVELOPE = ("$token", "$distinct_id", "$time")
 GROUP_OPERATIONS = {"$set": "$group_set", "$set_once": "$group_set_once", "$unset": "$group_unset"}
 GROUP_ENVELOPE = ("$token", "$group_key", "$group_id", "$time")
@@ -228,9 +227,14 @@ class Parsed:
     form: bool
 
 
-def parse_request(body: bytes, query: Mapping[str, str], kind: Kind) -> Parsed:
-    """Records and parameters of a request: form ``data``, a JSON body, or ``?data=``."""
+def parse_request(body: bytes, query: Mapping[str, str], kind: Kind, payload: Any = None) -> Parsed:
+    """Records and parameters of a request: form ``data``, a JSON body, or ``?data=``.
+
+    ``payload``: the JSON body when the caller (the shared-path dispatcher) already parsed it.
+    """
     params = dict(query)
+    if payload is not None:
+        return Parsed(as_records(payload), params, False)
     head = body.lstrip()[:1]
     if head in (b"[", b"{"):
         return Parsed(as_records(parse_json_body(body, kind)), params, False)
@@ -293,40 +297,6 @@ def record_uuid(project_id: int, insert_id: Any, content: dict[str, Any] | None)
     return str(uuidlib.uuid4())
 
 
-def step_uuid(main: str, step: int) -> str:
-    """The uuid of the ``step``-th extra event a record expands into (stable across resends)."""
-    return str(uuidlib.uuid5(ID_NAMESPACE, f"{PROTOCOL}:{main}:{step}"))
-
-
-def unique(values: list[Any]) -> list[Any]:
-    """Values without repeats, first occurrence kept (values may be unhashable)."""
-    out: list[Any] = []
-    for v in values:
-        if v not in out:
-            out.append(v)
-    return out
-
-
-def spread_appends(ops: dict[str, Any], extra: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Person operations as steps in which each property is appended to at most once.
-
-    The native ``$append`` takes one value per property name; appending several values
-    (``$union``) therefore spreads over several events, applied in order.
-    """
-    steps: list[dict[str, Any]] = [dict(ops)]
-    if "$append" in ops:
-        steps[0]["$append"] = dict(ops["$append"])
-    for name, values in extra.items():
-        step = 0
-        for value in values:
-            while name in steps[step].get("$append", {}):
-                step += 1
-                if step == len(steps):
-                    steps.append({})
-            steps[step].setdefault("$append", {})[name] = value
-    return steps
-
-
 def well_known(props: dict[str, Any]) -> None:
     """Fill the platform's well-known properties from Mixpanel's names for them."""
     if "$lib" not in props and isinstance(props.get("mp_lib"), str):
@@ -376,48 +346,48 @@ def map_track(record: Any, project_id: int) -> list[dict[str, Any]]:
 
 
 def map_engage(record: Any, project_id: int) -> list[dict[str, Any]]:
-    """One profile update as native ``$set`` events carrying person operations."""
+    """One profile update as a native event carrying person operations.
+
+    ``$delete`` becomes the event ``$delete_person`` (the person's properties are emptied; its
+    ids and events stay); every other update is a ``$set`` event.
+    """
     if not isinstance(record, dict):
         raise Bad("", "each profile update must be a JSON object")
-    for op, why in REFUSED_OPERATIONS.items():
-        if op in record:
-            raise Bad(op, f"{op}: {why}")
     ops: dict[str, Any] = {}
     for op, native in ENGAGE_OPERATIONS.items():
-        if op in record:
-            ops[native] = record[op]
-    extra: dict[str, list[Any]] = {}
-    if UNION in record:
-        union = record[UNION]
-        if not isinstance(union, dict):
-            raise Bad(UNION, "must be an object of property names to lists of values")
-        for name, values in union.items():
-            extra[name] = unique(values if isinstance(values, list) else [values])
-    if not ops and not any(extra.values()):
-        known = ", ".join([*ENGAGE_OPERATIONS, UNION])
+        if op not in record:
+            continue
+        value = record[op]
+        if op == "$unset":
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise Bad(op, f"{op} must be a list of property names")
+        elif not isinstance(value, dict):
+            raise Bad(op, f"{op} must be an object of property names to values")
+        if op == "$remove":
+            # Mixpanel removes one value: a list value is one element, not several values
+            value = {name: [v] for name, v in value.items()}
+        ops[native] = value
+    delete = DELETE in record
+    if not ops and not delete:
+        known = ", ".join([*ENGAGE_OPERATIONS, DELETE])
         raise Bad("", f"no profile operation: send one of {known}")
     props = {
         k: v
         for k, v in record.items()
-        if k not in ENGAGE_ENVELOPE and k not in ENGAGE_OPERATIONS and k != UNION
+        if k not in ENGAGE_ENVELOPE and k not in ENGAGE_OPERATIONS and k != DELETE
     }
     time = record.get("$time")
-    timestamp = epoch_to_iso(time, "$time") if time is not None else None
     distinct_id = record.get("$distinct_id")
     content = {"event": "$engage", "distinct_id": distinct_id, "time": time, "record": record}
-    main = record_uuid(project_id, None, content if time else None)
-    events = []
-    for step, step_ops in enumerate(spread_appends(ops, extra)):
-        event: dict[str, Any] = {
-            "event": "$set",
-            "distinct_id": distinct_id,
-            "uuid": main if step == 0 else step_uuid(main, step),
-            "properties": {**props, **step_ops},
-        }
-        if timestamp is not None:
-            event["timestamp"] = timestamp
-        events.append(event)
-    return events
+    event: dict[str, Any] = {
+        "event": "$delete_person" if delete else "$set",
+        "distinct_id": distinct_id,
+        "uuid": record_uuid(project_id, None, content if time else None),
+        "properties": {**props, **ops},
+    }
+    if time is not None:
+        event["timestamp"] = epoch_to_iso(time, "$time")
+    return [event]
 
 
 def map_group(record: Any, project_id: int) -> list[dict[str, Any]]:
@@ -659,12 +629,17 @@ async def resolve_project(
 # -- handlers -----------------------------------------------------------------------------------
 
 
-async def handle(runtime: Runtime, request: Request, body: bytes, kind: Kind) -> Response:
-    """Decode, authenticate, map and store one Mixpanel request; answer in Mixpanel's shape."""
+async def handle(
+    runtime: Runtime, request: Request, body: bytes, kind: Kind, payload: Any = None
+) -> Response:
+    """Decode, authenticate, map and store one Mixpanel request; answer in Mixpanel's shape.
+
+    ``payload``: the JSON body when the caller (the shared-path dispatcher) already parsed it.
+    """
     style = guess_style(kind, request, body)
     callback = jsonp(request.query_params)
     try:
-        parsed = parse_request(body, request.query_params, kind)
+        parsed = parse_request(body, request.query_params, kind, payload)
         style = answer_style(kind, parsed.params, parsed.form)
         callback = jsonp(parsed.params)
         project, authed = await resolve_project(runtime, request, parsed, kind)
@@ -693,9 +668,11 @@ async def handle(runtime: Runtime, request: Request, body: bytes, kind: Kind) ->
     return render(style, 200, imported=imported, callback=callback)
 
 
-async def handle_track(runtime: Runtime, request: Request, body: bytes) -> Response:
+async def handle_track(
+    runtime: Runtime, request: Request, body: bytes, payload: Any = None
+) -> Response:
     """Mixpanel /track on the shared path; ``body`` is already size-checked and gunzipped."""
-    return await handle(runtime, request, body, "track")
+    return await handle(runtime, request, body, "track", payload)
 
 
 def router(runtime: Runtime) -> APIRouter:

@@ -618,10 +618,15 @@ async def _store(
 # -- v0 -------------------------------------------------------------------------------------------
 
 
-async def handle_capture(runtime: Runtime, request: Request, body: bytes) -> Response:
-    """PostHog capture/batch body on a shared path; ``body`` is already size-checked and gunzipped."""
+async def handle_capture(
+    runtime: Runtime, request: Request, body: bytes, payload: Any = None
+) -> Response:
+    """PostHog capture/batch body on a shared path; ``body`` is already size-checked and gunzipped.
+
+    ``payload``: the body's JSON when the caller (the shared-path dispatcher) already parsed it.
+    """
     try:
-        response = await _capture(runtime, request, body)
+        response = await _capture(runtime, request, body, payload)
     except CaptureError as exc:
         response = _error_response(exc, v1=False)
     except HTTPProblem as exc:
@@ -629,12 +634,14 @@ async def handle_capture(runtime: Runtime, request: Request, body: bytes) -> Res
     return _cors(request, response)
 
 
-async def _capture(runtime: Runtime, request: Request, body: bytes) -> Response:
+async def _capture(runtime: Runtime, request: Request, body: bytes, payload: Any) -> Response:
     now = datetime.now(UTC)
     query = dict(request.query_params)
     limit = runtime.settings.max_body_bytes
     content_type = request.headers.get("content-type", "")
-    if len(body) > INLINE_DECODE_BYTES:  # lz64 and big JSON take a while: keep the loop free
+    if payload is not None:
+        pass
+    elif len(body) > INLINE_DECODE_BYTES:  # lz64 and big JSON take a while: keep the loop free
         payload = await asyncio.to_thread(decode_payload, body, content_type, query, limit)
     else:
         payload = decode_payload(body, content_type, query, limit)

@@ -382,11 +382,8 @@ def map_record(record: Any, project_id: int) -> tuple[list[dict[str, Any]], list
     flags = {k: v for k, v in props.items() if k in PROFILE_FLAGS}
     context = {**context_properties(record), **flags, "$sensors_type": kind}
     if kind == "profile_delete":
-        warning = (
-            "profile_delete is stored as event $profile_delete only: Yunying cannot delete a "
-            "person yet, so nothing was deleted"
-        )
-        return [event("$profile_delete", context, base)], [warning]
+        # the person's properties are emptied; its ids and events stay
+        return [event("$delete_person", context, base)], []
     if record.get("properties") is None:
         raise RecordProblem("properties", f"required for {kind}: an object of person properties")
     op = PROFILE_OPS[kind]
