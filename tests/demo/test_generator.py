@@ -23,6 +23,7 @@ from yunying.state import create_project
 from yunying.store import run_readonly_sql
 
 END = date(2026, 10, 31)
+NOW = datetime(2026, 10, 31, 6, 0, tzinfo=UTC)  # 14:00 on END where the app runs (UTC+8)
 PRICES = {30.0, 78.0, 198.0}
 
 
@@ -204,7 +205,7 @@ def test_journey_order_holds_per_person(medium: tuple[Runtime, dict[str, Any]]) 
                 "invite_sent",
                 "invite_accepted",
             )
-        )  # fmt: skip
+        )
         + ", count(*) FILTER (WHERE event = 'app_install'), "
         "count(*) FILTER (WHERE event = 'sign_up') FROM events GROUP BY person_id",
     )
@@ -230,7 +231,8 @@ def test_journey_order_holds_per_person(medium: tuple[Runtime, dict[str, Any]]) 
         if purchase is not None:
             counts["paid"] += 1
             assert export is not None and purchase > export
-    assert counts["signed"] > counts["edited"] > counts["exported"] > counts["paid"] > 50
+    assert len(firsts) > counts["signed"] > counts["edited"] > counts["exported"]
+    assert counts["exported"] > counts["paid"] > 50
 
 
 def test_events_use_the_device_id_until_identify_then_the_user_id(
@@ -329,6 +331,8 @@ def test_users_drift_between_active_silent_and_churned(
             for a, b in zip(r[3], r[3][1:], strict=False)
         )
     ]
+    new = [r for r in per_person if datetime.fromisoformat(r[1]) >= end - timedelta(days=7)]
+    assert 0.02 < len(new) / len(per_person) < 0.3  # still arriving at the end of the period
     assert len(old) > 1000
     assert 0.3 < len(silent) / len(old) < 0.9
     assert 0.08 < len(active) / len(old) < 0.6
@@ -398,47 +402,154 @@ def test_invited_users_name_an_inviter_who_invited_before(
     assert all(r[0] == "invite" and r[1].startswith("u-") and r[3] is not None for r in rows)
 
 
+def test_every_catalogue_event_occurs_with_its_own_properties(
+    medium: tuple[Runtime, dict[str, Any]],
+) -> None:
+    rt, s = medium
+    pid = s["project_id"]
+    counts = dict(q(rt, pid, "SELECT event, count(*) FROM events GROUP BY 1"))
+    catalogue = [
+        "app_install", "app_open", "sign_up", "$identify", "edit_video", "export_video",
+        "check_in", "invite_sent", "invite_accepted", "join_community", "view_content",
+        "purchase_membership",
+    ]  # fmt: skip
+    assert set(counts) == set(catalogue)
+    assert counts["view_content"] > counts["app_open"] > counts["app_install"] == s["persons"]
+    assert counts["invite_sent"] > counts["invite_accepted"] > 0
+    assert counts["check_in"] > counts["join_community"] > 0
+    own = {
+        "sign_up": "properties->>'method' IN ('wechat', 'phone', 'douyin', 'apple')",
+        "check_in": "CAST(properties->>'reward_points' AS INTEGER) > 0",
+        "invite_sent": "properties->>'invite_channel' IN ('wechat', 'moments', 'qq', 'weibo')",
+        "join_community": "properties->>'community_id' LIKE 'grp-%' "
+        "AND properties->>'community_name' <> ''",
+        "purchase_membership": "properties->>'currency' = 'CNY' AND amount > 0 "
+        "AND properties->>'pay_method' IN ('wechat_pay', 'alipay', 'apple_iap')",
+        "export_video": "properties->>'resolution' IN ('720p', '1080p', '4k') "
+        "AND CAST(properties->>'duration_sec' AS INTEGER) BETWEEN 5 AND 600",
+    }
+    for event, condition in own.items():
+        sql = f"SELECT count(*) FILTER (WHERE {condition}) FROM events WHERE event = '{event}'"
+        rows = q(rt, pid, sql)
+        assert rows == [[counts[event]]], event
+    groups = q(rt, pid, "SELECT count(DISTINCT properties->>'community_id') FROM events")
+    assert groups[0][0] >= 6
+
+
+def test_channels_differ_in_cost_per_user_and_per_payer(
+    medium: tuple[Runtime, dict[str, Any]],
+) -> None:
+    rt, s = medium
+    installs = dict(
+        q(
+            rt,
+            s["project_id"],
+            "SELECT channel, count(*) FROM events WHERE event = 'app_install' GROUP BY 1",
+        )
+    )
+    stats = s["channel_stats"]
+    assert {name: c["users"] for name, c in stats.items()} == installs
+    cpi = {c.name: c.cpi for c in CHANNELS}
+    paid = [name for name in installs if cpi[name] > 0]
+    assert len(paid) >= 8 and len({cpi[name] for name in paid}) >= 6
+    for name in installs:
+        assert stats[name]["spend_cny"] == pytest.approx(installs[name] * cpi[name])
+    conv = conversion(rt, s["project_id"])
+    per_payer = {name: installs[name] * cpi[name] / conv[name][1] for name in paid}
+    assert max(per_payer.values()) > 3 * min(per_payer.values())  # CAC per paying user
+
+
 # -- identity -----------------------------------------------------------------------------------
 
 
-def test_persons_match_what_ingestion_builds_from_the_same_events(
-    small: tuple[Runtime, dict[str, Any]], tmp_path: Path
-) -> None:
-    rt, s = small
+@pytest.fixture(scope="module")
+def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runtime, dict[str, Any]]]:
+    """250 users over 30 days ending today, generated at 14:00 local time on the last day."""
+    rt = open_runtime(tmp_path_factory.mktemp("cut"))
+    summary = generate_demo(rt, "demo", users=250, days=30, seed=11, now=NOW)
+    yield rt, summary
+    rt.close()
+
+
+def replay_through_ingestion(rt: Runtime, path: Path) -> Runtime:
+    """A second installation fed the demo's events as native dicts, in the order received."""
     events = raw(
         rt,
         "SELECT uuid, event, distinct_id, timestamp, properties FROM raw_events "
-        "ORDER BY timestamp, uuid",
+        "ORDER BY received_at, timestamp, uuid",
     )
     natives = [
         {"uuid": u, "event": e, "distinct_id": d, "timestamp": ts, "properties": orjson.loads(p)}
         for u, e, d, ts, p in events
     ]
     batch = validate_batch(natives, now=datetime(2100, 1, 1))
-    assert batch.errors == [] and len(batch.events) == s["events"]
+    assert batch.errors == [] and len(batch.events) == len(events)
+    replay = open_runtime(path)
+    create_project(replay.state, "demo")
+    for i in range(0, len(batch.events), 500):
+        result = replay.writer.write(1, batch.events[i : i + 500])
+        assert result.duplicates == 0
+    return replay
 
-    replay = open_runtime(tmp_path)
+
+def test_persons_match_what_ingestion_builds_from_the_same_events(
+    cut: tuple[Runtime, dict[str, Any]], tmp_path: Path
+) -> None:
+    rt, s = cut
+    assert s["project_id"] == 1  # person ids derive from the project id: the replay's is 1 too
+    persons = q(rt, 1, "SELECT count(*), count(*) FILTER (WHERE is_identified) FROM persons")
+    ids = q(rt, 1, "SELECT count(*) FROM person_distinct_ids")[0][0]
+    members = q(rt, 1, "SELECT count(*) FROM persons WHERE properties->>'membership' IS NOT NULL")
+    invited = q(rt, 1, "SELECT count(*) FROM events WHERE event = 'invite_accepted'")[0][0]
+    # the comparison covers anonymous and identified persons, members, invitees, cut-off users
+    assert 0 < persons[0][1] < persons[0][0] < s["users"] and ids == sum(persons[0])
+    assert members[0][0] > 0 and invited > 0
+
+    replay = replay_through_ingestion(rt, tmp_path)
     try:
-        project = create_project(replay.state, "demo").project
-        assert project.id == s["project_id"]  # person ids are derived from the project id
-        for i in range(0, len(batch.events), 700):
-            result = replay.writer.write(project.id, batch.events[i : i + 700])
-            assert result.duplicates == 0
         for sql in (
-            "SELECT id, created_at, properties, is_identified FROM raw_persons ORDER BY id",
-            "SELECT distinct_id, person_id FROM raw_person_distinct_ids ORDER BY distinct_id",
-            "SELECT uuid, channel, utm_source, os, app_version, device_id, ip, amount "
-            "FROM raw_events ORDER BY uuid",
+            "SELECT id, created_at, properties, is_identified FROM persons ORDER BY id",
+            "SELECT distinct_id, person_id FROM person_distinct_ids ORDER BY distinct_id",
+            "SELECT uuid, person_id, channel, utm_source, os, app_version, device_id, ip, amount "
+            "FROM events ORDER BY uuid",
         ):
-            generated, ingested = raw(rt, sql), raw(replay, sql)
+            generated, ingested = q(rt, 1, sql), q(replay, 1, sql)
             if "properties" in sql:
                 generated = [[*r[:2], orjson.loads(r[2]), r[3]] for r in generated]
                 ingested = [[*r[:2], orjson.loads(r[2]), r[3]] for r in ingested]
+            assert len(generated) == len(ingested) > 0, sql
             assert generated == ingested, sql
-        resolved = "SELECT uuid, person_id FROM events ORDER BY uuid"
-        assert q(rt, s["project_id"], resolved) == q(replay, project.id, resolved)
     finally:
         replay.close()
+
+
+def test_a_later_now_keeps_the_same_rows_and_adds_newer_ones(tmp_path: Path) -> None:
+    def rows_at(now: datetime) -> tuple[set[tuple[Any, ...]], dict[str, Any]]:
+        generate_demo(rt, "demo", users=150, days=10, seed=8, now=now)
+        events = raw(rt, "SELECT * EXCLUDE (project_id) FROM raw_events")
+        persons = raw(rt, "SELECT id, created_at FROM raw_persons")
+        return {tuple(r) for r in events}, dict(persons)
+
+    rt = open_runtime(tmp_path)
+    try:
+        early = NOW - timedelta(hours=6)
+        (before, persons_before), (after, persons_after) = rows_at(early), rows_at(NOW)
+        late_arrivals = raw(
+            rt,
+            "SELECT count(*) FROM (SELECT received_at < lag(received_at) OVER (PARTITION BY "
+            "device_id ORDER BY timestamp, received_at) AS early FROM raw_events) WHERE early",
+        )
+        bounds = raw(rt, "SELECT min(received_at - timestamp), max(received_at) FROM raw_events")
+    finally:
+        rt.close()
+    assert before < after  # same uuids and values, plus the events received since
+    naive = early.replace(tzinfo=None).isoformat()
+    assert all(r[5] > naive for r in after - before)  # column 5: received_at
+    assert all(r[5] <= naive for r in before)
+    assert set(persons_before) <= set(persons_after) and len(persons_after) > len(persons_before)
+    assert all(persons_after[p] == t for p, t in persons_before.items())
+    assert late_arrivals == [[0]]  # an app sends its queue in order
+    assert bounds[0][0] > timedelta(0) and bounds[0][1] <= NOW.replace(tzinfo=None).isoformat()
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -460,3 +571,73 @@ def test_demo_command_generates_and_reports_json(tmp_path: Path) -> None:
         assert raw(rt, "SELECT count(*) FROM raw_events") == [[summary["events"]]]
     finally:
         rt.close()
+
+
+def test_demo_command_prints_keys_channels_and_how_to_serve(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from yunying.cli.main import app
+
+    args = ["demo", "--users", "90", "--days", "12", "--end", "2026-10-31", "--no-serve"]
+    runner = CliRunner()
+    first = runner.invoke(app, [*args, "--data-dir", str(tmp_path)])
+    second = runner.invoke(app, [*args, "--data-dir", str(tmp_path)])
+    assert first.exit_code == 0 == second.exit_code, first.output + second.output
+    rt = open_runtime(tmp_path)
+    try:
+        persons = q(rt, 1, "SELECT count(*) FROM persons")[0][0]
+        events = raw(rt, "SELECT count(*) FROM raw_events")[0][0]
+    finally:
+        rt.close()
+    for out in (first.stdout, second.stdout):
+        assert f"persons     {persons:,} (" in out and f"events      {events:,} in" in out
+        assert "2026-10-20 … 2026-10-31" in out and "ywk_" in out and "douyin" in out
+        assert "yunying serve --data-dir" in out
+    assert "ysk_" in first.stdout and "shown only once" in first.stdout
+    assert "ysk_" not in second.stdout  # the secret key is never shown again
+    bad = runner.invoke(app, [*args, "--data-dir", str(tmp_path), "--end", "31/10/2026"])
+    assert bad.exit_code == 1 and "--end" in bad.output
+
+
+@pytest.mark.slow
+def test_demo_command_serves_the_data_it_generated(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    exe = Path(sys.executable).with_name("yunying")
+    cmd = [str(exe), "demo", "--users", "60", "--days", "7", "--port", str(port), "--json"]
+    proc = subprocess.Popen(
+        [*cmd, "--data-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        summary = orjson.loads(proc.stdout.readline())
+        assert summary["url"] == f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{summary['url']}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the demo server did not come up"
+            time.sleep(0.2)
+        sql = subprocess.run(
+            [str(exe), "sql", "--json", "--data-dir", str(tmp_path), "SELECT count(*) FROM events"],
+            capture_output=True,
+            check=True,
+        )
+        assert orjson.loads(sql.stdout)["rows"] == [[summary["events"]]]
+        assert summary["events"] > 60
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    assert proc.returncode == 0
+    assert not (tmp_path / "server.json").exists()

@@ -2,5 +2,6 @@
 
 from yunying.demo.catalog import CHANNELS, Channel
 from yunying.demo.generator import InvalidDemo, generate_demo
+from yunying.demo.report import print_summary
 
-__all__ = ["CHANNELS", "Channel", "InvalidDemo", "generate_demo"]
+__all__ = ["CHANNELS", "Channel", "InvalidDemo", "generate_demo", "print_summary"]

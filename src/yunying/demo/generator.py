@@ -27,14 +27,14 @@ from rich.progress import (
 )
 
 from yunying.demo import catalog as cat
-from yunying.demo.simulate import SEC, Calendar, Events, make_calendar, simulate_chunk
+from yunying.demo.simulate import SEC, Calendar, make_calendar, simulate_chunk
 from yunying.demo.tables import (
     PersonFacts,
     events_table,
     person_facts,
     persons_tables,
+    received_micros,
     user_text,
-    utc_micros,
 )
 from yunying.errors import NotFound, YunyingError
 from yunying.state import Project, create_project, get_project
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 #: Users simulated together; bounded by days so the (users × days) activity grid stays small.
 CHUNK_USERS = 10_000
 CHUNK_CELLS = 20_000_000
+#: Longest period (ten years): keeps per-chunk time arithmetic far from int64 overflow.
+MAX_DAYS = 3660
 
 
 class InvalidDemo(YunyingError):
@@ -111,13 +113,6 @@ def _fresh_project(rt: Runtime, name: str) -> tuple[Project, str | None]:
     return project, None
 
 
-def _keep_until(events: Events, cal: Calendar, cutoff_us: int | None) -> Events:
-    """Events up to ``cutoff_us`` (UTC microseconds since the epoch); all when ``None``."""
-    if cutoff_us is None:
-        return events
-    return events.take(utc_micros(cal, events.time) <= cutoff_us)
-
-
 @dataclass(frozen=True)
 class _Chunk:
     """The rows of one chunk of users, ready to append, and what they add to the totals."""
@@ -138,14 +133,24 @@ def _build_chunk(
     n: int,
     cutoff_us: int | None,
 ) -> _Chunk:
-    """Simulate one chunk of users and turn it into rows of the three raw tables."""
+    """Simulate one chunk of users and turn it into rows of the three raw tables.
+
+    Rows are built for every simulated event, then those the server would not have received by
+    ``cutoff_us`` are dropped, so an earlier cutoff yields a subset of the same rows."""
     users, events = simulate_chunk(seed, cal, chunk, first_index, n)
-    events = _keep_until(events, cal, cutoff_us)
-    facts = person_facts(users, events)
     text = user_text(seed, project_id, users)
     rng = np.random.default_rng([seed, 2, chunk])
-    by_time = events.take(np.argsort(events.time, kind="stable"))  # narrow zone maps per block
-    table = events_table(project_id, rng, cal, users, by_time, text)
+    order = np.argsort(events.time, kind="stable")  # by time: narrow zone maps per block
+    by_time = events.take(order)
+    received = received_micros(rng, cal, by_time)
+    table = events_table(project_id, rng, cal, users, by_time, received, text)
+    if cutoff_us is not None:
+        arrived = received <= cutoff_us
+        table = table.filter(pa.array(arrived))
+        kept = np.empty(len(events), dtype=bool)
+        kept[order] = arrived
+        events = events.take(kept)
+    facts = person_facts(users, events)
     persons, ids = persons_tables(project_id, cal, users, facts, text)
     return _Chunk(table, persons, ids, users.channel, facts)
 
@@ -179,17 +184,26 @@ def generate_demo(
     seed: int,
     console: Console | None = None,
     end: date | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """Fill ``project`` with ``users`` simulated users over ``days`` days ending ``end``.
 
     The same seed, size and ``end`` give identical rows. Without ``end`` the period ends today
-    (UTC+8) and events later than now are left out. Existing events of the project are replaced.
+    (UTC+8) and only events received by ``now`` (default: the current time) are kept; a later
+    ``now`` keeps the same rows plus newer ones. Existing events of the project are replaced.
     """
     if users < 1 or days < 1:
         raise InvalidDemo("the demo needs at least 1 user and 1 day")
+    if days > MAX_DAYS:
+        raise InvalidDemo(f"the demo covers at most {MAX_DAYS} days")
     started = clock.perf_counter()
-    cutoff_us = None if end is not None else int(datetime.now(UTC).timestamp() * SEC)
-    last_day = end or local_today()
+    if end is None:
+        now = datetime.now(UTC) if now is None else now
+        now = now if now.tzinfo is not None else now.replace(tzinfo=UTC)  # naive means UTC
+        cutoff_us: int | None = int(now.timestamp() * SEC)
+        last_day = (now.astimezone(UTC) + timedelta(hours=cat.LOCAL_UTC_OFFSET_HOURS)).date()
+    else:
+        cutoff_us, last_day = None, end
     cal = make_calendar(seed, last_day - timedelta(days=days - 1), days)
     proj, secret_key = _fresh_project(rt, project)
     tally = _Tally()

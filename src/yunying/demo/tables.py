@@ -254,12 +254,34 @@ def _properties(cal: Calendar, users: Users, ev: Events, text: UserText) -> pa.A
     return pc.binary_join_element_wise("{", body, "}", "")
 
 
+def received_micros(rng: np.random.Generator, cal: Calendar, ev: Events) -> Arr:
+    """When the server receives each event (UTC microseconds): a second or so after it happens,
+    hours later for a phone that was offline; an app sends its queue in order, so a user's
+    events never arrive before earlier ones."""
+    n = len(ev)
+    sent = utc_micros(cal, ev.time)
+    delay = (0.2 + rng.exponential(1.5, n)) * SEC
+    offline = rng.random(n) < 0.03  # sent later, when the phone is back online
+    delay[offline] += rng.exponential(3600.0, int(offline.sum())) * SEC
+    received = sent + delay.astype(np.int64)
+    if n == 0:
+        return received
+    order = np.lexsort((ev.time, ev.user))  # per user, in time order
+    base = int(received.min())
+    span = int(received.max()) - base + 1  # users stay in separate bands of ``key``
+    key = ev.user[order].astype(np.int64) * span + (received[order] - base)
+    out = np.empty(n, dtype=np.int64)
+    out[order] = np.maximum.accumulate(key) - ev.user[order] * span + base
+    return out
+
+
 def events_table(
     project_id: int,
     rng: np.random.Generator,
     cal: Calendar,
     users: Users,
     ev: Events,
+    received: Arr,
     text: UserText,
 ) -> pa.Table:
     """The ``raw_events`` rows of a chunk (column names and types of the store's table)."""
@@ -267,9 +289,6 @@ def events_table(
 
     n, u = len(ev), ev.user
     ts = utc_micros(cal, ev.time)
-    delay = (0.2 + rng.exponential(1.5, n)) * SEC
-    offline = rng.random(n) < 0.03  # sent later, when the phone is back online
-    delay[offline] += rng.exponential(3600.0, int(offline.sum())) * SEC
     channel = users.channel[u]
     utm = [c.utm_source for c in cat.CHANNELS]
     paid = np.asarray([s is not None for s in utm])[channel]
@@ -282,7 +301,7 @@ def events_table(
         ),
         "person_id": _take(text.person_id, u),
         "timestamp": pa.array(ts).cast(pa.timestamp("us")),
-        "received_at": pa.array(ts + delay.astype(np.int64)).cast(pa.timestamp("us")),
+        "received_at": pa.array(received).cast(pa.timestamp("us")),
         "properties": _properties(cal, users, ev, text),
         "channel": _take(list(cat.CHANNEL_NAMES), channel),
         "utm_source": _take(utm, channel, paid),
