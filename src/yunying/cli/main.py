@@ -360,6 +360,12 @@ def demo(
     users: Annotated[int, typer.Option(help="Number of users to simulate.")] = 20_000,
     days: Annotated[int, typer.Option(help="Days of history, ending today.")] = 90,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same data.")] = 7,
+    end: Annotated[
+        str | None,
+        typer.Option(
+            help="Last day (YYYY-MM-DD) instead of today: fully reproducible, nothing cut at now."
+        ),
+    ] = None,
     project: Annotated[str, typer.Option("--project", help="Project to fill.")] = "demo",
     no_serve: Annotated[
         bool, typer.Option("--no-serve", help="Generate only; do not serve.")
@@ -371,29 +377,43 @@ def demo(
     events_url: EventsURL = None,
     state_url: StateURL = None,
 ) -> None:
-    """Generate the short-video editing app's demo data, then serve it."""
-    from yunying.demo import generate_demo
+    """Fill a project with the short-video editing app's demo data (replacing it), then serve."""
+    from datetime import date
 
+    from yunying.cli.remote import find_server
+    from yunying.demo import generate_demo, print_summary
+
+    try:
+        last_day = None if end is None else date.fromisoformat(end)
+    except ValueError:
+        fail(f"--end must be a date like 2026-10-31, not {end!r}")
     settings = settings_of(data_dir, events_url, state_url)
+    running = find_server(settings)
+    if running is not None:
+        fail(
+            f"a server for {settings.data_dir} runs at {running.url} (pid {running.pid}); "
+            "stop it first: the demo rewrites the project's events"
+        )
     rt = open_runtime(settings)
     try:
         summary = generate_demo(
-            rt, project, users=users, days=days, seed=seed, console=None if json_out else err
+            rt,
+            project,
+            users=users,
+            days=days,
+            seed=seed,
+            console=None if json_out else err,
+            end=last_day,
         )
     except YunyingError as exc:
-        rt.close()
         fail(str(exc))
-    rt.close()
+    finally:
+        rt.close()
+    url = None if no_serve else f"http://{host}:{port}"
     if json_out:
-        print_json(summary)
+        print_json({**summary, "data_dir": str(settings.data_dir), "url": url})
     else:
-        err.print(
-            f"[green]demo ready[/]: project {project!r}, {summary['persons']} persons, "
-            f"{summary['events']} events over {days} days"
-        )
-        err.print(f"  write key: {summary['write_key']}")
-        if summary.get("secret_key"):
-            err.print(f"  secret key (shown once): {summary['secret_key']}")
+        print_summary(console, summary, settings.data_dir, url)
     if not no_serve:
         run_server(settings, host, port)
 
