@@ -287,6 +287,12 @@ def test_sdk_errors_raise_mixpanel_exception(
         )
     with pytest.raises(mixpanel.MixpanelException, match="unknown token"):
         mixpanel.Mixpanel("not-a-key", consumer=consumer).track("u-1", "e")
+    # /track is shared with PostHog: a body too large to read is still a Mixpanel error
+    # (``status`` 0 and ``error``), not a KeyError, and a 413 is not retried (5xx only)
+    with pytest.raises(mixpanel.MixpanelException, match=f"limit of {LIMIT} bytes"):
+        mixpanel.Mixpanel(project.project.write_key, consumer=consumer).track(
+            "u-1", "e", {"pad": "x" * LIMIT}
+        )
     assert count(live, project) == 0
 
 
