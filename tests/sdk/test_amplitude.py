@@ -193,7 +193,7 @@ def person_of(live: LiveServer, project: NewProject, distinct_id: str) -> dict[s
         f"WHERE d.distinct_id = '{distinct_id}'",
     )
     assert len(got) == 1, got
-    return orjson.loads(got[0][0])  # type: ignore[no-any-return]
+    return orjson.loads(got[0][0])
 
 
 @pytest.mark.parametrize("path", ["/2/httpapi", "/batch"])

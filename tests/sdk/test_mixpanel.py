@@ -233,7 +233,7 @@ def person_of(live: LiveServer, project: NewProject, distinct_id: str) -> dict[s
         f"WHERE d.distinct_id = '{distinct_id}'",
     )
     assert len(got) == 1, got
-    return orjson.loads(got[0][0])  # type: ignore[no-any-return]
+    return orjson.loads(got[0][0])
 
 
 def test_mixpanel_sdk_union_remove_and_delete(

@@ -150,7 +150,7 @@ def shared_error(r: httpx.Response, status: int, words: str) -> dict[str, Any]:
     assert words in body["error"] and body["detail"] == body["error"]
     assert body["status"] == 0 and body["code"] == status
     assert ("missing_field" in body) is (status != 413)
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 @pytest.mark.parametrize("path", SHARED)
@@ -199,6 +199,27 @@ def test_posthog_sdk_takes_unreadable_body_answers_as_final(
     assert count(live, project) == 3
 
 
+class Storage:
+    """Where amplitude-analytics' ResponseProcessor puts the events it will resend."""
+
+    def __init__(self) -> None:
+        self.pushed: list[BaseEvent] = []
+
+    def push(self, event: BaseEvent, delay: int = 0) -> tuple[bool, None]:
+        self.pushed.append(event)
+        return True, None
+
+
+def sdk_outcome(res: Any, events: list[BaseEvent]) -> tuple[list[tuple[str, int]], list[BaseEvent]]:
+    """What amplitude-analytics does with an answer: (failed events and codes, events resent)."""
+    failed: list[tuple[str, int]] = []
+    storage = Storage()
+    processor = ResponseProcessor()
+    processor.setup(Config(callback=lambda e, c, m: failed.append((e.event_type, c))), storage)
+    processor.process_response(res, events)
+    return failed, storage.pushed
+
+
 def test_amplitude_sdk_takes_unreadable_batch_answers_as_final(
     live: LiveServer, project: NewProject
 ) -> None:
@@ -209,14 +230,6 @@ def test_amplitude_sdk_takes_unreadable_batch_answers_as_final(
     good = orjson.dumps({"api_key": key, "events": [e.get_event_body() for e in events]})
     headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
 
-    class Storage:
-        def __init__(self) -> None:
-            self.pushed: list[BaseEvent] = []
-
-        def push(self, event: BaseEvent, delay: int = 0) -> tuple[bool, None]:
-            self.pushed.append(event)
-            return True, None
-
     for payload, hdrs, code in [
         (gzip.compress(good)[:-8], headers, 400),
         (good[:-3], None, 400),
@@ -225,21 +238,11 @@ def test_amplitude_sdk_takes_unreadable_batch_answers_as_final(
         res = HttpClient.post(f"{live.url}/batch", payload, hdrs)
         assert res.status == HttpStatus.INVALID_REQUEST and res.code == code, res.body
         assert res.missing_field == "events"
-        failed: list[tuple[str, int]] = []
-        storage = Storage()
-        processor = ResponseProcessor()
-        processor.setup(Config(callback=lambda e, c, m: failed.append((e.event_type, c))), storage)
-        processor.process_response(res, events)
-        assert failed == [("e", code), ("e", code)] and storage.pushed == []
+        assert sdk_outcome(res, events) == ([("e", code), ("e", code)], [])
     # 413: the SDK splits a batch and retries; one event alone is reported as failed
     big = BaseEvent("e", device_id="device-0009")
     body = orjson.dumps({"api_key": key, "events": [big.get_event_body()]}) + b" " * LIMIT
     res = HttpClient.post(f"{live.url}/batch", body)
     assert res.status == HttpStatus.PAYLOAD_TOO_LARGE and "limit" in res.error
-    failed = []
-    storage = Storage()
-    processor = ResponseProcessor()
-    processor.setup(Config(callback=lambda e, c, m: failed.append((e.event_type, c))), storage)
-    processor.process_response(res, [big])
-    assert failed == [("e", 413)] and storage.pushed == []
+    assert sdk_outcome(res, [big]) == ([("e", 413)], [])
     assert count(live, project) == 0
