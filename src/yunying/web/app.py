@@ -23,6 +23,7 @@ from yunying.errors import NotFound, ReadOnlyViolation
 from yunying.runtime import Runtime, ensure_admin_token
 from yunying.state import Project, get_project, project_by_secret_key
 from yunying.store import run_readonly_sql
+from yunying.web.analytics_api import analytics_router
 from yunying.web.http import (
     HTTPProblem,
     bearer,
@@ -157,6 +158,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             raise HTTPProblem(400, f"query failed: {exc}") from None
         return json_response({"columns": result.columns, "rows": result.rows})
 
+    app.include_router(analytics_router(runtime))
     include_sdk_routes(app, runtime)
     return app
 
