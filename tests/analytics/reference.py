@@ -233,3 +233,93 @@ def assert_close(a: Any, b: Any, path: str = "") -> None:
         assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), f"{path}: {a} != {b}"
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+# -- funnel chains, exclusions, attribution (docs/analytics.md, "Funnels") -------------------------
+
+
+def us(ts: datetime) -> int:
+    """Microseconds since the epoch of a naive-UTC instant."""
+    d = ts - datetime(1970, 1, 1)
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+def _chain(
+    evs: list[Event], i: int, steps: list[Match], window: timedelta, strict: bool
+) -> list[Event]:
+    """The chain from start ``evs[i]``: each step takes the earliest (then smallest uuid) matching
+    event not before the previous step, within the window, not already used; strict: the next
+    event of the person must match."""
+    first = evs[i]
+    chain = [first]
+    for k in range(1, len(steps)):
+        if strict:
+            j = i + k
+            if (
+                j < len(evs)
+                and steps[k](evs[j])
+                and evs[j]["timestamp"] <= first["timestamp"] + window
+            ):
+                chain.append(evs[j])
+                continue
+            break
+        used = {e["uuid"] for e in chain}
+        cands = [
+            e for e in evs
+            if steps[k](e) and e["uuid"] not in used
+            and chain[-1]["timestamp"] <= e["timestamp"] <= first["timestamp"] + window
+        ]  # fmt: skip
+        if not cands:
+            break
+        chain.append(min(cands, key=lambda e: (e["timestamp"], e["uuid"])))
+    return chain
+
+
+def funnel_chains(
+    events: list[Event], steps: list[Match], lo: datetime, hi: datetime, window: timedelta,
+    exclusions: list[tuple[Match, int, int]] = (), strict: bool = False,  # type: ignore[assignment]
+    group: Callable[[Event], Any] = lambda e: None, keep: Match = lambda e: True,
+) -> dict[tuple[str, Any], list[Event]]:  # fmt: skip
+    """The chosen chain per (person, group of its start): furthest, then earliest start (then
+    smallest uuid); dropped when excluded. ``keep``: the funnel-wide filters."""
+    out: dict[tuple[str, Any], list[Event]] = {}
+    for person, evs in by_person(events).items():
+        evs = sorted(
+            (e for e in evs if keep(e) and lo <= e["timestamp"] < hi + window),
+            key=lambda e: (e["timestamp"], e["uuid"]),
+        )
+        best: dict[Any, list[Event]] = {}
+        for i, e in enumerate(evs):
+            if not (steps[0](e) and e["timestamp"] < hi):
+                continue
+            chain = _chain(evs, i, steps, window, strict)
+            g = group(e)
+            cur = best.get(g)
+            if cur is None or len(chain) > len(cur):
+                best[g] = chain
+        for g, chain in best.items():
+            if not _excluded(chain, evs, exclusions, window):
+                out[(person, g)] = chain
+    return out
+
+
+def _excluded(chain: list[Event], evs: list[Event], exclusions: Any, window: timedelta) -> bool:
+    used = {e["uuid"] for e in chain}
+    for match, a, b in exclusions:
+        if len(chain) <= a:
+            continue
+        t_a = chain[a]["timestamp"]
+        for x in evs:
+            if x["uuid"] in used or not match(x) or x["timestamp"] <= t_a:
+                continue
+            if len(chain) > b:
+                if x["timestamp"] < chain[b]["timestamp"]:
+                    return True
+            elif x["timestamp"] <= chain[0]["timestamp"] + window:
+                return True
+    return False
+
+
+def step_counts(chains: dict[Any, list[Event]], n: int) -> list[int]:
+    """Persons (chosen chains) per step."""
+    return [sum(1 for c in chains.values() if len(c) > k) for k in range(n)]

@@ -13,15 +13,24 @@ from yunying.analytics.common import (
     UnsupportedEngine,
     col,
     periods,
+    person_prop,
     prop,
 )
 from yunying.analytics.funnels import (
     FunnelBreakdown,
+    FunnelExclusion,
     FunnelQuery,
     FunnelResult,
     FunnelStep,
     FunnelStepResult,
+    FunnelTimeToConvertQuery,
+    FunnelTimeToConvertResult,
+    FunnelTrendsQuery,
+    FunnelTrendsResult,
+    TimeBin,
     funnel,
+    funnel_time_to_convert,
+    funnel_trends,
 )
 from yunying.analytics.lifecycle import LifecycleQuery, LifecycleResult, lifecycle
 from yunying.analytics.retention import (
@@ -33,6 +42,15 @@ from yunying.analytics.retention import (
 from yunying.analytics.trends import Series, TrendSeries, TrendsQuery, TrendsResult, trends
 
 __all__ = [
+    "FunnelExclusion",
+    "FunnelTimeToConvertQuery",
+    "FunnelTimeToConvertResult",
+    "FunnelTrendsQuery",
+    "FunnelTrendsResult",
+    "TimeBin",
+    "funnel_time_to_convert",
+    "funnel_trends",
+    "person_prop",
     "LifecycleQuery",
     "LifecycleResult",
     "RetentionCohort",

@@ -7,7 +7,7 @@ never by string concatenation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -156,16 +156,19 @@ def periods(date_range: DateRange, interval: str) -> list[Period]:
 
 @dataclass(frozen=True)
 class Field:
-    """A value of an event: a first-class column (``channel``) or a property (``plan``)."""
+    """A value of an event: a first-class column (``channel``), an event property (``plan``) or
+    a property of the event's person as it is now (``person``: see docs/analytics.md)."""
 
     name: str
-    kind: Literal["column", "property"] = "property"
+    kind: Literal["column", "property", "person"] = "property"
 
     def __post_init__(self) -> None:
         if self.kind == "column" and self.name not in COLUMNS:
             raise InvalidQuery(f"unknown column {self.name!r}; columns are {', '.join(COLUMNS)}")
-        if self.kind not in ("column", "property"):
-            raise InvalidQuery(f"field kind must be 'column' or 'property', not {self.kind!r}")
+        if self.kind not in ("column", "property", "person"):
+            raise InvalidQuery(
+                f"field kind must be 'column', 'property' or 'person', not {self.kind!r}"
+            )
         if not self.name:
             raise InvalidQuery("a property name must not be empty")
 
@@ -178,6 +181,22 @@ def col(name: str) -> Field:
 def prop(name: str) -> Field:
     """A top-level key of the event's ``properties``."""
     return Field(name, "property")
+
+
+def person_prop(name: str) -> Field:
+    """A top-level key of the current ``properties`` of the event's person."""
+    return Field(name, "person")
+
+
+def uses_person(obj: Any) -> bool:
+    """Whether a query (or any part of it) names a person property."""
+    if isinstance(obj, Field):
+        return obj.kind == "person"
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return any(uses_person(getattr(obj, f.name)) for f in fields(obj))
+    if isinstance(obj, list | tuple):
+        return any(uses_person(x) for x in obj)
+    return False
 
 
 FilterOp = Literal[
@@ -311,9 +330,9 @@ class Sql:
             return fn("toString", e)
         return exp.cast(e, "VARCHAR")
 
-    def prop_text(self, key: str) -> exp.Expr:
+    def prop_text(self, key: str, column: str = "properties") -> exp.Expr:
         """Text of a top-level property: strings as-is, numbers/booleans as JSON text, else NULL."""
-        props = exp.column("properties")
+        props = exp.column(column)
         k = lit(key)
         if self.ch:
             kind = fn("JSONType", props, k)
@@ -341,9 +360,9 @@ class Sql:
             default=fn("json_extract_string", props, path),
         )
 
-    def prop_number(self, key: str) -> exp.Expr:
+    def prop_number(self, key: str, column: str = "properties") -> exp.Expr:
         """A property as a double when it is a JSON number, else NULL."""
-        props = exp.column("properties")
+        props = exp.column(column)
         k = lit(key)
         if self.ch:
             kind = fn("JSONType", props, k)
@@ -377,6 +396,8 @@ class Sql:
         if field.kind == "column":
             c = exp.column(field.name)
             return self.number_text(c) if field.name == "amount" else c
+        if field.kind == "person":
+            return self.prop_text(field.name, PERSON_PROPERTIES)
         return self.prop_text(field.name)
 
     def number_text(self, e: exp.Expr) -> exp.Expr:
@@ -395,6 +416,8 @@ class Sql:
             if field.name != "amount":
                 raise InvalidQuery(f"column {field.name!r} is not numeric; only amount is")
             return exp.column("amount")
+        if field.kind == "person":
+            return self.prop_number(field.name, PERSON_PROPERTIES)
         return self.prop_number(field.name)
 
     def quantile(self, e: exp.Expr, q: float) -> exp.Expr:
@@ -467,9 +490,30 @@ def _json_path_key(key: str) -> str:
     return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def events_from(source: Source, project_id: int, alias: str = "events") -> exp.Expr:
-    """The project's ``events`` relation as a FROM item."""
-    return source.scoped("events", project_id).subquery(alias)
+#: The column holding the person's current properties when an analysis joins ``persons``.
+PERSON_PROPERTIES = "person_properties"
+
+
+def events_from(
+    source: Source, project_id: int, alias: str = "events", person: bool = False
+) -> exp.Expr:
+    """The project's ``events`` relation as a FROM item; with ``person``, each event also
+    carries ``person_properties``: the current properties of its (merged) person."""
+    if not person:
+        return source.scoped("events", project_id).subquery(alias)
+    joined = (
+        exp.select(
+            exp.Column(this=exp.Star(), table=exp.to_identifier("ev0")),
+            exp.column("properties", "pp").as_(PERSON_PROPERTIES),
+        )
+        .from_(source.scoped("events", project_id).subquery("ev0"))
+        .join(
+            source.scoped("persons", project_id).subquery("pp"),
+            on=exp.column("person_id", "ev0").eq(exp.column("id", "pp")),
+            join_type="left",
+        )
+    )
+    return joined.subquery(alias)
 
 
 def run(source: Source, tree: exp.Expr) -> list[list[Any]]:

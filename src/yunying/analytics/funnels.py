@@ -6,17 +6,24 @@ timestamps (ties allowed) and ek no later than ``window`` after e1 (boundary inc
 person counts at the furthest step over all chains. This is ClickHouse's
 ``windowFunnel(window, 'strict_once')``; ``strict`` also forbids any other event between steps,
 ``unordered`` lets the steps happen in any order.
+
+Exclusions drop a person whose chosen chain has an excluded event between two of its steps;
+breakdowns attribute a person to the value on the first, last or a given step of that chain.
+:func:`funnel_time_to_convert` bins the conversion times and :func:`funnel_trends` gives the
+conversion rate per period of the start.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlglot import exp
 
 from yunying.analytics.common import (
+    INTERVALS,
     DateRange,
     Field,
     Filter,
@@ -27,11 +34,14 @@ from yunying.analytics.common import (
     as_int,
     events_from,
     lit,
+    periods,
     run,
+    uses_person,
 )
 
 WINDOW_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86_400, "week": 604_800}
 ORDERS = ("ordered", "strict", "unordered")
+ATTRIBUTIONS = ("first_touch", "last_touch", "step")
 MAX_STEPS = 20
 
 
@@ -53,6 +63,20 @@ class FunnelStep:
 
 
 @dataclass(frozen=True)
+class FunnelExclusion:
+    """An event that must not happen between step ``from_step`` and step ``to_step`` (0-based
+    step indexes, as PostHog's ``funnel_from_step`` / ``funnel_to_step``)."""
+
+    event: str | None
+    filters: tuple[Filter, ...] = ()
+    from_step: int = 0
+    to_step: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "filters", tuple(self.filters))
+
+
+@dataclass(frozen=True)
 class FunnelQuery:
     """A funnel over the project's events; ``filters`` apply to every event considered."""
 
@@ -63,12 +87,17 @@ class FunnelQuery:
     order: Literal["ordered", "strict", "unordered"] = "ordered"
     filters: tuple[Filter, ...] = ()
     breakdown: Field | None = None
+    breakdown_attribution: Literal["first_touch", "last_touch", "step"] = "first_touch"
+    attribution_step: int = 0
+    exclusions: tuple[FunnelExclusion, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
         object.__setattr__(self, "filters", tuple(self.filters))
-        if not 1 <= len(self.steps) <= MAX_STEPS:
-            raise InvalidQuery(f"a funnel needs 1 to {MAX_STEPS} steps, got {len(self.steps)}")
+        object.__setattr__(self, "exclusions", tuple(self.exclusions))
+        n = len(self.steps)
+        if not 1 <= n <= MAX_STEPS:
+            raise InvalidQuery(f"a funnel needs 1 to {MAX_STEPS} steps, got {n}")
         if self.window_unit not in WINDOW_UNITS:
             raise InvalidQuery(
                 f"unknown window unit {self.window_unit!r}; use {', '.join(WINDOW_UNITS)}"
@@ -79,6 +108,23 @@ class FunnelQuery:
             )
         if self.order not in ORDERS:
             raise InvalidQuery(f"unknown funnel order {self.order!r}; use {', '.join(ORDERS)}")
+        if self.breakdown_attribution not in ATTRIBUTIONS:
+            raise InvalidQuery(
+                f"unknown breakdown attribution {self.breakdown_attribution!r}; "
+                f"use {', '.join(ATTRIBUTIONS)}"
+            )
+        if self.breakdown_attribution == "step" and not 0 <= self.attribution_step < n:
+            raise InvalidQuery(f"attribution_step must be a step index 0..{n - 1}")
+        if self.order == "unordered" and self.breakdown_attribution != "first_touch":
+            raise InvalidQuery("unordered funnels attribute breakdowns to the first touch only")
+        if self.order == "unordered" and self.exclusions:
+            raise InvalidQuery("unordered funnels do not support exclusion steps")
+        for x in self.exclusions:
+            if not 0 <= x.from_step < x.to_step < n:
+                raise InvalidQuery(
+                    f"an exclusion needs 0 <= from_step < to_step <= {n - 1}, "
+                    f"got {x.from_step}..{x.to_step}"
+                )
 
     @property
     def window_us(self) -> int:
@@ -102,7 +148,7 @@ class FunnelStepResult:
 
 @dataclass(frozen=True)
 class FunnelBreakdown:
-    """The funnel of the persons whose step-1 event had ``value``."""
+    """The funnel of the persons attributed to ``value``."""
 
     value: str | None
     steps: tuple[FunnelStepResult, ...]
@@ -125,6 +171,81 @@ class FunnelResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class FunnelTimeToConvertQuery:
+    """Distribution of the time from step ``from_step`` to ``to_step`` (default: the last step)
+    over the persons who reached ``to_step``, in ``bins`` equal-width bins."""
+
+    funnel: FunnelQuery
+    from_step: int = 0
+    to_step: int | None = None
+    bins: int = 10
+
+    def __post_init__(self) -> None:
+        n = len(self.funnel.steps)
+        to = n - 1 if self.to_step is None else self.to_step
+        if self.funnel.order == "unordered":
+            raise InvalidQuery("unordered funnels have no conversion times")
+        if not 0 <= self.from_step < to < n:
+            raise InvalidQuery(f"time to convert needs 0 <= from_step < to_step <= {n - 1}")
+        if not isinstance(self.bins, int) or not 1 <= self.bins <= 1000:
+            raise InvalidQuery("bins must be an integer from 1 to 1000")
+
+    @property
+    def target(self) -> int:
+        """The 0-based index of the step converted to."""
+        return len(self.funnel.steps) - 1 if self.to_step is None else self.to_step
+
+
+@dataclass(frozen=True)
+class TimeBin:
+    """Persons whose time to convert lies in ``[lower_seconds, upper_seconds)``."""
+
+    lower_seconds: float
+    upper_seconds: float
+    count: int
+
+
+@dataclass(frozen=True)
+class FunnelTimeToConvertResult:
+    """The histogram, and the average / median time (seconds) over the converted persons."""
+
+    bins: tuple[TimeBin, ...]
+    converted: int
+    average_seconds: float | None
+    median_seconds: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FunnelTrendsQuery:
+    """Conversion from step 1 to the last step per period in which the funnel was started."""
+
+    funnel: FunnelQuery
+    interval: Literal["hour", "day", "week", "month"] = "day"
+
+    def __post_init__(self) -> None:
+        if self.interval not in INTERVALS:
+            raise InvalidQuery(f"unknown interval {self.interval!r}; use {', '.join(INTERVALS)}")
+
+
+@dataclass(frozen=True)
+class FunnelTrendsResult:
+    """Per period: persons who started the funnel, persons who completed it, and the rate."""
+
+    labels: tuple[str, ...]
+    entered: tuple[int, ...]
+    converted: tuple[int, ...]
+    conversion_rate: tuple[float | None, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
 # -- SQL --------------------------------------------------------------------------------------------
 
 
@@ -136,32 +257,63 @@ def _flag(cond: exp.Expr) -> exp.Expr:
     return exp.Case(ifs=[exp.If(this=cond, true=lit(1))], default=lit(0))
 
 
+def _null(kind: str = "BIGINT") -> exp.Expr:
+    return exp.cast(exp.null(), kind)
+
+
+def _cond(sql: Sql, event: str | None, filters: tuple[Filter, ...]) -> exp.Expr:
+    return exp.Paren(this=exp.and_(sql.event_is(event), sql.filters(filters)))
+
+
 def _ev(
-    source: Source, project_id: int, q: FunnelQuery, sql: Sql, conds: list[exp.Expr]
+    source: Source,
+    project_id: int,
+    q: FunnelQuery,
+    sql: Sql,
+    conds: list[exp.Expr],
+    interval: str | None,
 ) -> exp.Select:
-    """One row per relevant event: person, uuid, time in µs, breakdown value and step flags."""
+    """One row per relevant event: person, uuid, time in µs, start period, breakdown value and
+    step flags."""
     start, end = q.date_range.utc_bounds()
     end_w = end + timedelta(microseconds=q.window_us)
-    breakdown = sql.field_text(q.breakdown) if q.breakdown else exp.cast(exp.null(), "TEXT")
+    breakdown = sql.field_text(q.breakdown) if q.breakdown else _null("TEXT")
+    pn = sql.period(_c("timestamp"), interval, q.date_range.timezone) if interval else lit(0)
     cols: list[exp.Expr] = [
         exp.alias_(sql.text(_c("person_id")), "person_id"),
         exp.alias_(sql.text(_c("uuid")), "uid"),
         exp.alias_(sql.epoch_us(_c("timestamp")), "ts"),
+        exp.alias_(pn, "pn"),
         exp.alias_(breakdown, "b"),
     ]
     cols += [exp.alias_(_flag(c), f"s{i}") for i, c in enumerate(conds)]
     where = exp.and_(sql.time_between(start, end_w), sql.filters(q.filters))
     if q.order != "strict":
         where = exp.and_(where, exp.Paren(this=exp.or_(*conds)))
-    inner = exp.select(*cols).from_(events_from(source, project_id)).where(where)
+    relation = events_from(source, project_id, person=uses_person(q))
+    inner = exp.select(*cols).from_(relation).where(where)
     if q.order != "strict":
         return inner
-    rn = exp.Window(
-        this=exp.RowNumber(),
-        partition_by=[_c("person_id")],
-        order=exp.Order(expressions=[exp.Ordered(this=_c("ts")), exp.Ordered(this=_c("uid"))]),
-    )
+    rn = _row_number([_c("person_id")], [exp.Ordered(this=_c("ts")), exp.Ordered(this=_c("uid"))])
     return exp.select("*", exp.alias_(rn, "rn")).from_(inner.subquery("x"))
+
+
+def _xev(source: Source, project_id: int, q: FunnelQuery, sql: Sql) -> exp.Select:
+    """Exclusion events: person, uuid, time in µs and one flag per exclusion."""
+    start, end = q.date_range.utc_bounds()
+    end_w = end + timedelta(microseconds=q.window_us)
+    conds = [_cond(sql, x.event, x.filters) for x in q.exclusions]
+    cols: list[exp.Expr] = [
+        exp.alias_(sql.text(_c("person_id")), "person_id"),
+        exp.alias_(sql.text(_c("uuid")), "uid"),
+        exp.alias_(sql.epoch_us(_c("timestamp")), "ts"),
+    ]
+    cols += [exp.alias_(_flag(c), f"x{j}") for j, c in enumerate(conds)]
+    where = exp.and_(
+        sql.time_between(start, end_w), sql.filters(q.filters), exp.Paren(this=exp.or_(*conds))
+    )
+    relation = events_from(source, project_id, person=uses_person(q))
+    return exp.select(*cols).from_(relation).where(where)
 
 
 def _row_number(partition: list[exp.Expr], order: list[exp.Ordered]) -> exp.Window:
@@ -170,8 +322,19 @@ def _row_number(partition: list[exp.Expr], order: list[exp.Ordered]) -> exp.Wind
     )
 
 
+def _attributed(q: FunnelQuery, k: int) -> exp.Expr:
+    """The breakdown value of a chain that reached step k (0-based)."""
+    if q.breakdown_attribution == "last_touch":
+        return _c(f"b{k}")
+    if q.breakdown_attribution == "step":
+        s = q.attribution_step
+        return _c(f"b{s}") if s <= k else _null("TEXT")
+    return _c("b0")
+
+
 def _chain_ctes(q: FunnelQuery, end_us: int) -> list[tuple[str, exp.Query]]:
-    """Ordered/strict: f0..f{n-1}, the greedy chain from every step-1 event."""
+    """Ordered/strict: f0..f{n-1}, the greedy chain from every step-1 event; then ``paths``, one
+    row per (start, level reached so far)."""
     n = len(q.steps)
     strict = q.order == "strict"
     extra = [_c("rn", "ev").as_("r0")] if strict else []
@@ -179,19 +342,19 @@ def _chain_ctes(q: FunnelQuery, end_us: int) -> list[tuple[str, exp.Query]]:
         (
             "f0",
             exp.select(
-                _c("person_id", "ev"), _c("b", "ev"), _c("uid", "ev").as_("u0"),
-                _c("ts", "ev").as_("t0"), *extra,
+                _c("person_id", "ev"), _c("pn", "ev"), _c("uid", "ev").as_("u0"),
+                _c("ts", "ev").as_("t0"), _c("b", "ev").as_("b0"), *extra,
             )
             .from_("ev")
             .where(exp.and_(_c("s0", "ev").eq(1), exp.LT(this=_c("ts", "ev"), expression=lit(end_us)))),
         )
     ]  # fmt: skip
     for k in range(1, n):
-        prev = [f"u{i}" for i in range(k)] + [f"t{i}" for i in range(k)]
+        prev = [f"{x}{i}" for i in range(k) for x in ("u", "t", "b")]
         if strict:
             prev += [f"r{k - 1}"]
-        carried = [_c("person_id", "f"), _c("b", "f")] + [_c(x, "f") for x in prev]
-        new = [_c("uid", "e").as_(f"u{k}"), _c("ts", "e").as_(f"t{k}")]
+        carried = [_c("person_id", "f"), _c("pn", "f")] + [_c(x, "f") for x in prev]
+        new = [_c("uid", "e").as_(f"u{k}"), _c("ts", "e").as_(f"t{k}"), _c("b", "e").as_(f"b{k}")]
         conds: list[exp.Expr] = [
             _c(f"s{k}", "e").eq(1),
             exp.LTE(
@@ -219,16 +382,19 @@ def _chain_ctes(q: FunnelQuery, end_us: int) -> list[tuple[str, exp.Query]]:
             )
             .where(exp.and_(*conds))
         )
-        names = ["person_id", "b"] + prev + [f"u{k}", f"t{k}"] + ([f"r{k}"] if strict else [])
+        names = ["person_id", "pn"] + prev + [f"u{k}", f"t{k}", f"b{k}"]
+        names += [f"r{k}"] if strict else []
         ctes.append((f"f{k}", exp.select(*names).from_(cand.subquery("c")).where(_c("pick").eq(1))))
     paths: exp.Query | None = None
     for k in range(n):
-        times: list[exp.Expr] = [
-            _c(f"t{i}") if i <= k else exp.cast(exp.null(), "BIGINT").as_(f"t{i}") for i in range(n)
+        times: list[exp.Expr] = [_c(f"t{i}") if i <= k else _null().as_(f"t{i}") for i in range(n)]
+        uids: list[exp.Expr] = [
+            _c(f"u{i}") if i <= k else _null("TEXT").as_(f"u{i}") for i in range(n)
         ]
-        sel = exp.select("person_id", "b", "u0", exp.alias_(lit(k + 1), "level"), *times).from_(
-            f"f{k}"
-        )
+        sel = exp.select(
+            "person_id", "pn", exp.alias_(_attributed(q, k), "b"),
+            exp.alias_(lit(k + 1), "level"), *times, *uids,
+        ).from_(f"f{k}")  # fmt: skip
         paths = sel if paths is None else exp.union(paths, sel, distinct=False)
     assert paths is not None
     ctes.append(("paths", paths))
@@ -240,14 +406,14 @@ def _unordered_ctes(q: FunnelQuery, end_us: int, classes: list[int]) -> list[tup
     n = len(q.steps)
     mult = [classes.count(c) for c in range(max(classes) + 1)]
     anchors = (
-        exp.select("person_id", "b", _c("uid").as_("u0"), _c("ts").as_("t0"))
+        exp.select("person_id", "pn", "b", _c("uid").as_("u0"), _c("ts").as_("t0"))
         .from_("ev")
         .where(exp.LT(this=_c("ts"), expression=lit(end_us)))
     )
     sums = [
         exp.alias_(exp.Sum(this=_c(f"s{classes.index(c)}", "e")), f"n{c}") for c in range(len(mult))
     ]
-    keys = [_c("person_id", "a"), _c("b", "a"), _c("u0", "a"), _c("t0", "a")]
+    keys = [_c("person_id", "a"), _c("pn", "a"), _c("b", "a"), _c("u0", "a"), _c("t0", "a")]
     matched = (
         exp.select(*keys, *sums)
         .from_(exp.to_table("anchors").as_("a"))
@@ -271,24 +437,135 @@ def _unordered_ctes(q: FunnelQuery, end_us: int, classes: list[int]) -> list[tup
     for c, m in enumerate(mult):
         part = exp.Least(this=_c(f"n{c}"), expressions=[lit(m)])
         level = part if level is None else exp.Add(this=level, expression=part)
-    times = [exp.cast(exp.null(), "BIGINT").as_(f"t{i}") for i in range(n)]
     assert level is not None
-    paths = exp.select("person_id", "b", "u0", exp.alias_(level, "level"), *times).from_("matched")
+    times = [_c("t0")] + [_null().as_(f"t{i}") for i in range(1, n)]
+    uids = [_c("u0")] + [_null("TEXT").as_(f"u{i}") for i in range(1, n)]
+    paths = exp.select("person_id", "pn", "b", exp.alias_(level, "level"), *times, *uids).from_(
+        "matched"
+    )
     return [("anchors", anchors), ("matched", matched), ("paths", paths)]
 
 
-def _aggregate(q: FunnelQuery, sql: Sql, by_breakdown: bool) -> exp.Select:
-    """Per-step counts and times over each person's best chain (furthest, then earliest)."""
+def _exclusion_ctes(q: FunnelQuery) -> list[tuple[str, exp.Query]]:
+    """``excl``: the (start, level) rows of ``paths`` that have an excluded event inside them."""
     n = len(q.steps)
+    p, x = "p", "x"
+    hits: list[exp.Expr] = []
+    for j, xc in enumerate(q.exclusions):
+        a, b = xc.from_step, xc.to_step
+        ts = _c("ts", x)
+        reached_b = exp.and_(
+            exp.GT(this=_c("level", p), expression=lit(b)),
+            exp.LT(this=ts, expression=_c(f"t{b}", p)),
+        )
+        open_end = exp.and_(
+            exp.LTE(this=_c("level", p), expression=lit(b)),
+            exp.LTE(
+                this=ts.copy(),
+                expression=exp.Add(this=_c("t0", p), expression=lit(q.window_us)),
+            ),
+        )
+        not_in_chain = [
+            exp.Paren(
+                this=exp.or_(
+                    exp.Is(this=_c(f"u{i}", p), expression=exp.null()),
+                    exp.NEQ(this=_c("uid", x), expression=_c(f"u{i}", p)),
+                )
+            )
+            for i in range(n)
+        ]
+        hits.append(
+            exp.Paren(
+                this=exp.and_(
+                    _c(f"x{j}", x).eq(1),
+                    exp.GT(this=_c("level", p), expression=lit(a)),
+                    exp.GT(this=ts.copy(), expression=_c(f"t{a}", p)),
+                    exp.Paren(this=exp.or_(reached_b, open_end)),
+                    *not_in_chain,
+                )
+            )
+        )
+    keys = [_c("person_id", p), _c("u0", p), _c("level", p)]
+    excl = (
+        exp.select(*keys, exp.alias_(exp.Max(this=_flag(exp.or_(*hits))), "excluded"))
+        .from_(exp.to_table("paths").as_(p))
+        .join(
+            exp.to_table("xev").as_(x),
+            on=_c("person_id", x).eq(_c("person_id", p)),
+            join_type="inner",
+        )
+        .group_by(*[k.copy() for k in keys])
+    )
+    return [("excl", excl)]
+
+
+def _prepared(
+    source: Source, project_id: int, q: FunnelQuery, interval: str | None = None
+) -> list[tuple[str, exp.Query]]:
+    """CTEs ending in ``chosen``: each person's chosen chain (furthest, earliest start) — per
+    start period with ``interval`` — unless that chain is excluded."""
+    sql = Sql(source.dialect)
+    conds: list[exp.Expr] = [_cond(sql, s.event, s.filters) for s in q.steps]
+    _, end = q.date_range.utc_bounds()
+    end_us = _epoch_us(end)
+    ctes: list[tuple[str, exp.Query]] = [("ev", _ev(source, project_id, q, sql, conds, interval))]
+    if q.order == "unordered":
+        rendered = [sql.render(c) for c in conds]
+        classes = [rendered.index(r) for r in rendered]
+        # number classes densely so class c is the c-th distinct condition
+        dense = {c: i for i, c in enumerate(dict.fromkeys(classes))}
+        ctes += _unordered_ctes(q, end_us, [dense[c] for c in classes])
+    else:
+        ctes += _chain_ctes(q, end_us)
+    scored: exp.Select = exp.select("*", lit(0).as_("excluded")).from_("paths")
+    if q.exclusions:
+        ctes.append(("xev", _xev(source, project_id, q, sql)))
+        ctes += _exclusion_ctes(q)
+        n = len(q.steps)
+        cols = [_c(c, "p") for c in ("person_id", "pn", "b", "level")]
+        cols += [_c(f"{x}{i}", "p") for x in ("t", "u") for i in range(n)]
+        flag = exp.Coalesce(this=_c("excluded", "x"), expressions=[lit(0)])
+        scored = (
+            exp.select(*cols, exp.alias_(flag, "excluded"))
+            .from_(exp.to_table("paths").as_("p"))
+            .join(
+                exp.to_table("excl").as_("x"),
+                on=exp.and_(
+                    _c("person_id", "x").eq(_c("person_id", "p")),
+                    _c("u0", "x").eq(_c("u0", "p")),
+                    _c("level", "x").eq(_c("level", "p")),
+                ),
+                join_type="left",
+            )
+        )
+    partition: list[exp.Expr] = [_c("person_id")] + ([_c("pn")] if interval else [])
     best = _row_number(
-        [_c("person_id")],
+        partition,
         [
             exp.Ordered(this=_c("level"), desc=True),
             exp.Ordered(this=_c("t0")),
             exp.Ordered(this=_c("u0")),
         ],
     )
-    ranked = exp.select("*", exp.alias_(best, "pick")).from_("paths")
+    ranked = exp.select("*", exp.alias_(best, "pick")).from_(scored.subquery("s"))
+    chosen = (
+        exp.select("*")
+        .from_(ranked.subquery("r"))
+        .where(exp.and_(_c("pick").eq(1), _c("excluded").eq(0)))
+    )
+    ctes.append(("chosen", chosen))
+    return ctes
+
+
+def _with(out: exp.Select, ctes: list[tuple[str, exp.Query]]) -> exp.Select:
+    for name, body in ctes:
+        out = out.with_(name, as_=body)
+    return out
+
+
+def _aggregate(q: FunnelQuery, sql: Sql, by_breakdown: bool) -> exp.Select:
+    """Per-step counts and times over the chosen chains."""
+    n = len(q.steps)
     cols: list[exp.Expr] = []
     for k in range(n):
         cols.append(
@@ -303,10 +580,23 @@ def _aggregate(q: FunnelQuery, sql: Sql, by_breakdown: bool) -> exp.Select:
         cols.append(exp.alias_(exp.Avg(this=step.copy()), f"a{k}"))
         cols.append(exp.alias_(sql.quantile(first, 0.5), f"mf{k}"))
     key = [_c("b")] if by_breakdown else []
-    out = exp.select(*key, *cols).from_(ranked.subquery("r")).where(_c("pick").eq(1))
+    out = exp.select(*key, *cols).from_("chosen")
     if by_breakdown:
         out = out.group_by(_c("b")).order_by(_c("b"))
     return out
+
+
+def funnel_sql(
+    source: Source, project_id: int, q: FunnelQuery, by_breakdown: bool = False
+) -> exp.Select:
+    """The funnel as one SQLGlot query for the source's engine."""
+    sql = Sql(source.dialect)
+    return _with(_aggregate(q, sql, by_breakdown), _prepared(source, project_id, q))
+
+
+def _epoch_us(value: datetime) -> int:
+    delta = value - datetime(1970, 1, 1)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _step_results(q: FunnelQuery, row: list[Any], offset: int) -> tuple[FunnelStepResult, ...]:
@@ -336,38 +626,6 @@ def _step_results(q: FunnelQuery, row: list[Any], offset: int) -> tuple[FunnelSt
     return tuple(out)
 
 
-def funnel_sql(
-    source: Source, project_id: int, q: FunnelQuery, by_breakdown: bool = False
-) -> exp.Select:
-    """The funnel as one SQLGlot query for the source's engine."""
-    sql = Sql(source.dialect)
-    conds: list[exp.Expr] = [
-        exp.Paren(this=exp.and_(sql.event_is(s.event), sql.filters(s.filters))) for s in q.steps
-    ]
-    _, end = q.date_range.utc_bounds()
-    end_us = _epoch_us(end)
-    ctes: list[tuple[str, exp.Query]] = [("ev", _ev(source, project_id, q, sql, conds))]
-    if q.order == "unordered":
-        rendered = [sql.render(c) for c in conds]
-        classes = [rendered.index(r) for r in rendered]
-        # number classes densely so class c is the c-th distinct condition
-        dense = {c: i for i, c in enumerate(dict.fromkeys(classes))}
-        ctes += _unordered_ctes(q, end_us, [dense[c] for c in classes])
-    else:
-        ctes += _chain_ctes(q, end_us)
-    out = _aggregate(q, sql, by_breakdown)
-    for name, body in ctes:
-        out = out.with_(name, as_=body)
-    return out
-
-
-def _epoch_us(value: Any) -> int:
-    from datetime import datetime
-
-    delta = value - datetime(1970, 1, 1)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 def funnel(source: Source, project_id: int, query: FunnelQuery) -> FunnelResult:
     """Run a funnel on a store (or any :class:`Source`) for one project."""
     overall = run(source, funnel_sql(source, project_id, query))
@@ -383,3 +641,88 @@ def funnel(source: Source, project_id: int, query: FunnelQuery) -> FunnelResult:
         )
         breakdowns = tuple(sorted(breakdowns, key=lambda b: (-b.steps[0].count, b.value or "")))
     return FunnelResult(steps=steps, breakdowns=breakdowns)
+
+
+def funnel_time_to_convert(
+    source: Source, project_id: int, query: FunnelTimeToConvertQuery
+) -> FunnelTimeToConvertResult:
+    """Histogram of the times from ``from_step`` to ``to_step`` on the persons' chosen chains."""
+    q = query.funnel
+    sql = Sql(source.dialect)
+    ctes = _prepared(source, project_id, q)
+    d = exp.Sub(this=_c(f"t{query.target}"), expression=_c(f"t{query.from_step}"))
+    reached = exp.GT(this=_c("level"), expression=lit(query.target))
+    stats = (
+        exp.select(
+            exp.alias_(exp.Count(this=exp.Star()), "n"),
+            exp.alias_(exp.Min(this=d), "lo"),
+            exp.alias_(exp.Max(this=d.copy()), "hi"),
+            exp.alias_(exp.Avg(this=d.copy()), "mean"),
+            exp.alias_(sql.quantile(d.copy(), 0.5), "med"),
+        )
+        .from_("chosen")
+        .where(reached)
+    )
+    n, lo, hi, mean, med = run(source, _with(stats, ctes))[0]
+    count = as_int(n)
+    if not count:
+        return FunnelTimeToConvertResult((), 0, None, None)
+    lo_us, hi_us = as_int(lo), as_int(hi)
+    width = max(1, math.ceil((hi_us - lo_us) / query.bins))
+    index = exp.Least(
+        this=sql.int_div(exp.Paren(this=exp.Sub(this=d.copy(), expression=lit(lo_us))), width),
+        expressions=[lit(query.bins - 1)],
+    )
+    hist = (
+        exp.select(exp.alias_(index, "i"), exp.alias_(exp.Count(this=exp.Star()), "n"))
+        .from_("chosen")
+        .where(reached.copy())
+        .group_by(_c("i"))
+    )
+    per = {
+        as_int(i): as_int(c) for i, c in run(source, _with(hist, _prepared(source, project_id, q)))
+    }
+    bins = tuple(
+        TimeBin((lo_us + i * width) / 1e6, (lo_us + (i + 1) * width) / 1e6, per.get(i, 0))
+        for i in range(query.bins)
+    )
+    avg, median = as_float(mean), as_float(med)
+    return FunnelTimeToConvertResult(
+        bins,
+        count,
+        None if avg is None else avg / 1e6,
+        None if median is None else median / 1e6,
+    )
+
+
+def funnel_trends(source: Source, project_id: int, query: FunnelTrendsQuery) -> FunnelTrendsResult:
+    """Per period of the step-1 event: persons who started the funnel then, and how many of
+    those starts (the person's chosen chain among the starts of that period) completed it."""
+    q = query.funnel
+    n = len(q.steps)
+    ctes = _prepared(source, project_id, q, interval=query.interval)
+    agg = (
+        exp.select(
+            _c("pn"),
+            exp.alias_(exp.Count(this=exp.Star()), "entered"),
+            exp.alias_(exp.Sum(this=_flag(exp.GTE(this=_c("level"), expression=lit(n)))), "done"),
+        )
+        .from_("chosen")
+        .group_by(_c("pn"))
+    )
+    buckets = periods(q.date_range, query.interval)
+    index = {p.number: i for i, p in enumerate(buckets)}
+    entered = [0] * len(buckets)
+    converted = [0] * len(buckets)
+    for pn, e, c in run(source, _with(agg, ctes)):
+        i = index.get(as_int(pn))
+        if i is not None:
+            entered[i], converted[i] = as_int(e), as_int(c)
+    return FunnelTrendsResult(
+        labels=tuple(p.label for p in buckets),
+        entered=tuple(entered),
+        converted=tuple(converted),
+        conversion_rate=tuple(
+            c / e if e else None for e, c in zip(entered, converted, strict=True)
+        ),
+    )

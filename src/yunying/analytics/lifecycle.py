@@ -24,6 +24,7 @@ from yunying.analytics.common import (
     lit,
     periods,
     run,
+    uses_person,
 )
 
 STATUSES = ("new", "returning", "resurrecting", "dormant")
@@ -75,7 +76,7 @@ def lifecycle_sql(source: Source, project_id: int, q: LifecycleQuery) -> exp.Sel
             _c("person_id"), exp.alias_(sql.period(ts, q.interval, q.date_range.timezone), "pn")
         )
         .distinct()
-        .from_(events_from(source, project_id))
+        .from_(events_from(source, project_id, person=uses_person(q)))
         .where(
             exp.and_(
                 sql.event_is(q.event),

@@ -23,6 +23,7 @@ from yunying.analytics.common import (
     events_from,
     periods,
     run,
+    uses_person,
 )
 
 PERIODS = ("day", "week", "month")
@@ -102,7 +103,7 @@ def retention_sql(source: Source, project_id: int, q: RetentionQuery) -> dict[st
     if q.cohort == "first_time":
         firsts = (
             exp.select(_c("person_id"), exp.alias_(exp.Min(this=ts), "first_ts"))
-            .from_(events_from(source, project_id))
+            .from_(events_from(source, project_id, person=uses_person(q)))
             .where(exp.and_(target, exp.LT(this=ts.copy(), expression=sql.ts_literal(end))))
             .group_by(_c("person_id"))
         )
@@ -115,13 +116,13 @@ def retention_sql(source: Source, project_id: int, q: RetentionQuery) -> dict[st
         cohorts = (
             exp.select(_c("person_id"), exp.alias_(sql.period(ts, q.period, tz), "pn"))
             .distinct()
-            .from_(events_from(source, project_id))
+            .from_(events_from(source, project_id, person=uses_person(q)))
             .where(exp.and_(target, sql.time_between(start, end)))
         )
     returns = (
         exp.select(_c("person_id"), exp.alias_(sql.period(ts.copy(), q.period, tz), "pn"))
         .distinct()
-        .from_(events_from(source, project_id))
+        .from_(events_from(source, project_id, person=uses_person(q)))
         .where(
             exp.and_(
                 sql.event_is(q.return_event),

@@ -23,6 +23,7 @@ from yunying.analytics.common import (
     lit,
     periods,
     run,
+    uses_person,
 )
 
 Math = Literal[
@@ -149,7 +150,7 @@ def series_sql(
                 exp.alias_(breakdown, "b"),
             )
             .distinct()
-            .from_(events_from(source, project_id))
+            .from_(events_from(source, project_id, person=uses_person(q)))
             .where(exp.and_(cond, sql.time_between(start, end)))
         )
         offsets: exp.Query = exp.select(lit(0).as_("k"))
@@ -178,7 +179,7 @@ def series_sql(
             exp.alias_(sql.period(_c("timestamp"), q.interval, tz), "pn"),
             exp.alias_(breakdown, "b"),
         )
-        .from_(events_from(source, project_id))
+        .from_(events_from(source, project_id, person=uses_person(q)))
         .where(exp.and_(cond, sql.time_between(start, end)))
     )
     return (
