@@ -156,3 +156,107 @@ def small(tmp_path: Path, ch_runtime: Runtime) -> Iterator[Any]:
     yield build
     for ds in opened:
         ds.runtime.close()
+
+
+# -- metric journeys (tests/analytics/test_metrics.py, test_diagnosis.py) ---------------------------
+
+METRIC_CHANNELS = ("douyin", "kuaishou", "zhihu", None)
+METRIC_OS = ("iOS", "Android", "HarmonyOS")
+METRIC_DAYS = 28  # period A = the first 14 days from START, period B = the next 14
+
+
+def metric_journeys(
+    seed: int,
+    persons: int = 400,
+    d1_drop: str | None = None,
+    export_drop: bool = False,
+) -> list[dict[str, Any]]:
+    """Installs spread over METRIC_DAYS (some before START, some re-installs), daily activity
+    with ties, sign-ups, edits, exports, check-ins, invitations sent and accepted, purchases with
+    positive, zero and negative (refund) amounts, OS and app version columns, and anonymous
+    devices that log in midway.
+
+    Planted causes for diagnosis, from day 14 on (period B): ``d1_drop`` — users of that channel
+    installing in B rarely come back the next day; ``export_drop`` — edits in B rarely lead to
+    an export."""
+    rng = random.Random(seed)
+    local = ZoneInfo(TZ)
+    base = datetime(START.year, START.month, START.day, tzinfo=local)
+    raws: list[dict[str, Any]] = []
+
+    def emit(name: str, who: str, at: datetime, props: dict[str, Any]) -> None:
+        raws.append(
+            {"event": name, "distinct_id": who,
+             "timestamp": iso(at.astimezone(UTC).replace(tzinfo=None)),
+             "uuid": str(uuid.UUID(int=rng.getrandbits(128))), "properties": props}
+        )  # fmt: skip
+
+    for p in range(persons):
+        device, user = f"mdev-{seed}-{p}", f"muser-{seed}-{p}"
+        channel = rng.choice(METRIC_CHANNELS)
+        os_name = rng.choice(METRIC_OS)
+        install_day = rng.randrange(-20, METRIC_DAYS + 2)
+        lifetime = rng.choice([1, 2, 4, 8, 15, 60])
+        in_b = install_day >= 14
+        current = device
+        logged_in = False
+
+        def props(
+            day: int, os_name: str = os_name, channel: str | None = channel, **extra: Any
+        ) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "$os": os_name,
+                "$app_version": "1.1.0" if day >= 10 else "1.0.0",
+            }
+            if channel:
+                out["$channel"] = channel
+            out.update(extra)
+            return out
+
+        d1 = 0.6
+        if d1_drop is not None and in_b and channel == d1_drop:
+            d1 = 0.08
+        day = install_day
+        active_days = [install_day]
+        while True:
+            day += 1
+            if day > min(METRIC_DAYS + 3, install_day + lifetime):
+                break
+            chance = d1 if day == install_day + 1 else 0.35
+            if rng.random() < chance:
+                active_days.append(day)
+        if rng.random() < 0.1:  # a re-install later on: not a new user again
+            active_days.append(install_day + rng.randrange(2, 9))
+            active_days.sort()
+        for n, day in enumerate(active_days):
+            t = base + timedelta(days=day, seconds=rng.choice([0, rng.randrange(0, 86000)]))
+            if n == 0 or (day != install_day and rng.random() < 0.02):
+                emit("app_install", current, t, props(day))
+            if n == 0 and rng.random() < 0.1:
+                emit("invite_accepted", current, t, props(day, inviter_id="someone"))
+            if not logged_in and rng.random() < 0.5:
+                emit("sign_up", current, t, props(day))
+                raws.append(
+                    {"event": "$identify", "distinct_id": user,
+                     "timestamp": iso(t.astimezone(UTC).replace(tzinfo=None)),
+                     "uuid": str(uuid.UUID(int=rng.getrandbits(128))),
+                     "properties": {"$anon_distinct_id": device}}
+                )  # fmt: skip
+                current, logged_in = user, True
+            for _ in range(rng.randrange(1, 4)):
+                t = t + timedelta(seconds=rng.choice([0, 1, rng.randrange(2, 3000)]))
+                name = rng.choices(["edit_video", "check_in", "invite_sent"], [5, 2, 1])[0]
+                emit(name, current, t, props(day))
+                export = 0.15 if export_drop and day >= 14 else 0.7
+                if name == "edit_video" and rng.random() < export:
+                    emit(
+                        "export_video",
+                        current,
+                        t + timedelta(seconds=rng.choice([0, 60])),
+                        props(day),
+                    )
+            if rng.random() < 0.12:
+                amount = rng.choice([6, 30, 30, 68, 0, -30])
+                emit("purchase_membership", current, t + timedelta(seconds=5),
+                     props(day, **{"$amount": amount}))  # fmt: skip
+    return raws

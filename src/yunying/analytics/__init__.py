@@ -16,6 +16,12 @@ from yunying.analytics.common import (
     person_prop,
     prop,
 )
+from yunying.analytics.diagnosis import (
+    Contribution,
+    Diagnosis,
+    DimensionDiagnosis,
+    diagnose,
+)
 from yunying.analytics.funnels import (
     FunnelBreakdown,
     FunnelExclusion,
@@ -33,6 +39,15 @@ from yunying.analytics.funnels import (
     funnel_trends,
 )
 from yunying.analytics.lifecycle import LifecycleQuery, LifecycleResult, lifecycle
+from yunying.analytics.metrics import (
+    CATALOG,
+    MetricConfig,
+    MetricDefinition,
+    MetricPoint,
+    MetricResult,
+    metric,
+    metric_definition,
+)
 from yunying.analytics.retention import (
     RetentionCohort,
     RetentionQuery,
@@ -42,6 +57,17 @@ from yunying.analytics.retention import (
 from yunying.analytics.trends import Series, TrendSeries, TrendsQuery, TrendsResult, trends
 
 __all__ = [
+    "CATALOG",
+    "Contribution",
+    "Diagnosis",
+    "DimensionDiagnosis",
+    "MetricConfig",
+    "MetricDefinition",
+    "MetricPoint",
+    "MetricResult",
+    "diagnose",
+    "metric",
+    "metric_definition",
     "FunnelExclusion",
     "FunnelTimeToConvertQuery",
     "FunnelTimeToConvertResult",
