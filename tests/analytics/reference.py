@@ -323,3 +323,59 @@ def _excluded(chain: list[Event], evs: list[Event], exclusions: Any, window: tim
 def step_counts(chains: dict[Any, list[Event]], n: int) -> list[int]:
     """Persons (chosen chains) per step."""
     return [sum(1 for c in chains.values() if len(c) > k) for k in range(n)]
+
+
+# -- stickiness, per-person counts, paths ------------------------------------------------------------
+
+
+def stickiness(
+    events: list[Event], match: Match, d0: date, d1: date, tz: str, period: str
+) -> list[list[int]]:
+    """Per week/month: persons active on exactly 1..N local days of it inside the range."""
+    lo, hi = bounds(d0, d1, tz)
+    days_in: dict[date, int] = defaultdict(int)
+    d = d0
+    while d <= d1:
+        days_in[bucket(datetime(d.year, d.month, d.day, 12), "UTC", period)] += 1
+        d += timedelta(days=1)
+    active: dict[tuple[str, date], set[date]] = defaultdict(set)
+    for e in events:
+        if match(e) and lo <= e["timestamp"] < hi:
+            active[(e["person_id"], bucket(e["timestamp"], tz, period))].add(
+                local_day(e["timestamp"], tz)
+            )
+    out = []
+    for b in buckets(d0, d1, period):
+        row = [0] * days_in[b]
+        for (_, pb), days in active.items():
+            if pb == b:
+                row[len(days) - 1] += 1
+        out.append(row)
+    return out
+
+
+def paths(
+    events: list[Event], lo: datetime, hi: datetime, keep: Match, anchor: Match | None,
+    backwards: bool, steps: int,
+) -> tuple[dict[tuple[int, str], int], dict[tuple[int, str, str], int]]:  # fmt: skip
+    """Persons per (step, event) and per (step, event, next event) after / before the anchor."""
+    nodes: dict[tuple[int, str], int] = defaultdict(int)
+    edges: dict[tuple[int, str, str], int] = defaultdict(int)
+    for evs in by_person(events).values():
+        seq = sorted(
+            (e for e in evs if keep(e) and lo <= e["timestamp"] < hi),
+            key=lambda e: (e["timestamp"], e["uuid"]),
+        )
+        hits = [i for i, e in enumerate(seq) if anchor is None or anchor(e)]
+        if not hits:
+            continue
+        i0 = hits[0]
+        if backwards:
+            window = [(k - i0, seq[k]["event"]) for k in range(max(0, i0 - steps + 1), i0 + 1)]
+        else:
+            window = [(k - i0, seq[k]["event"]) for k in range(i0, min(len(seq), i0 + steps))]
+        for k, name in window:
+            nodes[(k, name)] += 1
+        for (k, a), (_, b) in zip(window, window[1:], strict=False):
+            edges[(k, a, b)] += 1
+    return dict(nodes), dict(edges)

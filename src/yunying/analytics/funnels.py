@@ -538,7 +538,9 @@ def _prepared(
                 join_type="left",
             )
         )
-    partition: list[exp.Expr] = [_c("person_id")] + ([_c("pn")] if interval else [])
+    partition: list[exp.Expr] = [_c("person_id")]
+    if interval:
+        partition.append(_c("pn"))
     best = _row_number(
         partition,
         [

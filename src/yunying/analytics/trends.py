@@ -1,5 +1,6 @@
 """Trends: one value per interval (local hour/day/week/month) per series, optionally broken down
-by a field and compared with the previous period of the same length."""
+by a field and compared with the previous period of the same length; a formula combines series
+(``B / A * 100``, see :mod:`yunying.analytics.formula`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, Literal
 
 from sqlglot import exp
 
+from yunying.analytics import formula as fx
 from yunying.analytics.common import (
     INTERVALS,
     DateRange,
@@ -27,10 +29,13 @@ from yunying.analytics.common import (
 )
 
 Math = Literal[
-    "total", "unique_persons", "dau", "wau", "mau", "sum", "avg", "median", "p90", "min", "max"
-]
+    "total", "unique_persons", "dau", "wau", "mau", "sum", "avg", "median", "p90", "min", "max",
+    "avg_per_person", "median_per_person", "min_per_person", "max_per_person",
+]  # fmt: skip
 MATHS = ("total", "unique_persons", "dau", "wau", "mau", "sum", "avg", "median", "p90", "min",
-         "max")  # fmt: skip
+         "max", "avg_per_person", "median_per_person", "min_per_person", "max_per_person")  # fmt: skip
+PER_PERSON = ("avg_per_person", "median_per_person", "min_per_person", "max_per_person")
+COUNTS_LIKE = ("total", "unique_persons", "dau", "wau", "mau", "sum")
 VALUE_MATHS = ("sum", "avg", "median", "p90", "min", "max")
 ROLLING = {"wau": 7, "mau": 30}
 
@@ -68,6 +73,7 @@ class TrendsQuery:
     breakdown: Field | None = None
     breakdown_limit: int = 25
     compare: bool = False
+    formula: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "series", tuple(self.series))
@@ -81,6 +87,13 @@ class TrendsQuery:
                 raise InvalidQuery(f"{s.math} is a rolling daily count: use interval 'day'")
         if self.breakdown_limit < 1:
             raise InvalidQuery("breakdown_limit must be at least 1")
+        if self.formula is not None:
+            used = fx.refs(fx.parse(self.formula))
+            if used and max(used) >= len(self.series):
+                letter = chr(ord("A") + max(used))
+                raise InvalidQuery(
+                    f"formula uses series {letter} but the query has {len(self.series)} series"
+                )
 
 
 @dataclass(frozen=True)
@@ -102,13 +115,17 @@ class TrendSeries:
 
 @dataclass(frozen=True)
 class TrendsResult:
-    """All lines of a trends query."""
+    """All lines of a trends query; with a formula, its lines too (``series_index`` -1)."""
 
     series: tuple[TrendSeries, ...]
+    formula: tuple[TrendSeries, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"series": [{**asdict(s), "total": s.total} for s in self.series]}
+        return {
+            "series": [{**asdict(s), "total": s.total} for s in self.series],
+            "formula": [{**asdict(s), "total": s.total} for s in self.formula],
+        }
 
 
 def _c(name: str) -> exp.Column:
@@ -173,6 +190,29 @@ def series_sql(
             .group_by("pn", "b")
         )
     start, end = date_range.utc_bounds()
+    if s.math in PER_PERSON:
+        per_person = (
+            exp.select(
+                exp.alias_(sql.period(_c("timestamp"), q.interval, tz), "pn"),
+                exp.alias_(breakdown, "b"),
+                _c("person_id"),
+                exp.alias_(exp.Count(this=exp.Star()), "n"),
+            )
+            .from_(events_from(source, project_id, person=uses_person(q)))
+            .where(exp.and_(cond, sql.time_between(start, end)))
+            .group_by("pn", "b", "person_id")
+        )
+        n = exp.cast(_c("n"), "DOUBLE")
+        agg: exp.Expr = {
+            "avg_per_person": exp.Avg(this=n),
+            "min_per_person": exp.Min(this=n),
+            "max_per_person": exp.Max(this=n),
+        }.get(s.math) or sql.quantile(n, 0.5)
+        return (
+            exp.select("pn", "b", exp.alias_(agg, "v"))
+            .from_(per_person.subquery("p"))
+            .group_by("pn", "b")
+        )
     inner = (
         exp.select(
             "*",
@@ -189,42 +229,81 @@ def series_sql(
     )
 
 
-def _lines(
-    source: Source,
-    project_id: int,
-    q: TrendsQuery,
-    date_range: DateRange,
-    compare: Literal["current", "previous"] | None,
-) -> list[TrendSeries]:
+def _raw(
+    source: Source, project_id: int, q: TrendsQuery, date_range: DateRange
+) -> list[dict[str | None, list[float | int | None]]]:
+    """Per series, every breakdown value's values per interval (no limit applied)."""
     buckets = periods(date_range, q.interval)
     index = {p.number: i for i, p in enumerate(buckets)}
-    labels = tuple(p.label for p in buckets)
-    counts_like = ("total", "unique_persons", "dau", "wau", "mau", "sum")
-    out: list[TrendSeries] = []
-    for si, s in enumerate(q.series):
+    out = []
+    for s in q.series:
         by_value: dict[str | None, list[float | int | None]] = {}
         for pn, b, v in run(source, series_sql(source, project_id, q, s, date_range)):
             i = index.get(as_int(pn))
             if i is None:
                 continue
             key = None if b is None else str(b)
-            line = by_value.setdefault(key, [0 if s.math in counts_like else None] * len(buckets))
-            line[i] = as_int(v) if s.math in counts_like[:-1] else as_float(v)
+            line = by_value.setdefault(key, _empty(s, len(buckets)))
+            line[i] = as_int(v) if s.math in COUNTS_LIKE[:-1] else as_float(v)
         if not q.breakdown:
-            by_value.setdefault(None, [0 if s.math in counts_like else None] * len(buckets))
-        ranked = sorted(
-            by_value.items(),
-            key=lambda kv: (-sum(x for x in kv[1] if x is not None), kv[0] is None, kv[0] or ""),
-        )[: q.breakdown_limit]
-        for value, values in ranked:
-            out.append(TrendSeries(s.label, si, value, compare, labels, tuple(values)))
+            by_value.setdefault(None, _empty(s, len(buckets)))
+        out.append(by_value)
     return out
+
+
+def _empty(s: Series, n: int) -> list[float | int | None]:
+    return [0 if s.math in COUNTS_LIKE else None] * n
+
+
+def _top(
+    by_value: dict[str | None, list[float | int | None]], limit: int
+) -> list[tuple[str | None, list[float | int | None]]]:
+    return sorted(
+        by_value.items(),
+        key=lambda kv: (-sum(x for x in kv[1] if x is not None), kv[0] is None, kv[0] or ""),
+    )[:limit]
+
+
+def _lines(
+    source: Source,
+    project_id: int,
+    q: TrendsQuery,
+    date_range: DateRange,
+    compare: Literal["current", "previous"] | None,
+) -> tuple[list[TrendSeries], list[TrendSeries]]:
+    """The series' lines and the formula's lines."""
+    buckets = periods(date_range, q.interval)
+    labels = tuple(p.label for p in buckets)
+    raw = _raw(source, project_id, q, date_range)
+    out: list[TrendSeries] = []
+    for si, s in enumerate(q.series):
+        for value, values in _top(raw[si], q.breakdown_limit):
+            out.append(TrendSeries(s.label, si, value, compare, labels, tuple(values)))
+    formula: list[TrendSeries] = []
+    if q.formula is not None:
+        tree = fx.parse(q.formula)
+        keys = sorted({k for r in raw for k in r}, key=lambda k: (k is None, k or ""))
+        by_value: dict[str | None, list[float | int | None]] = {}
+        for key in keys:
+            lines = [
+                r.get(key) or _empty(s, len(buckets)) for r, s in zip(raw, q.series, strict=True)
+            ]
+            by_value[key] = [
+                fx.evaluate(tree, [line[i] for line in lines]) for i in range(len(buckets))
+            ]
+        for value, values in _top(by_value, q.breakdown_limit):
+            formula.append(TrendSeries(q.formula, -1, value, compare, labels, tuple(values)))
+    return out, formula
 
 
 def trends(source: Source, project_id: int, query: TrendsQuery) -> TrendsResult:
     """Run a trends analysis on a store (or any :class:`Source`) for one project."""
     current: Literal["current", "previous"] | None = "current" if query.compare else None
-    lines = _lines(source, project_id, query, query.date_range, current)
+    lines, formula = _lines(source, project_id, query, query.date_range, current)
     if query.compare:
-        lines += _lines(source, project_id, query, query.date_range.previous(), "previous")
-    return TrendsResult(tuple(lines))
+        more, more_formula = _lines(
+            source, project_id, query, query.date_range.previous(), "previous"
+        )
+        lines += more
+        formula += more_formula
+    return TrendsResult(tuple(lines), tuple(formula))

@@ -1,0 +1,201 @@
+"""Paths: what persons do after a start event (or before an end event), step by step.
+
+Each person's events inside the date range (after ``filters`` and the include / exclude lists)
+are ordered by timestamp, then uuid. The anchor is the person's first ``start_event`` (events
+after it are steps 1, 2, …), or their first ``end_event`` (events before it are steps -1, -2, …),
+or, with neither, their first event. Persons without an anchor are not counted. Step 0 is the
+anchor; at most ``steps`` events per person (the anchor included) are counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlglot import exp
+
+from yunying.analytics.common import (
+    DateRange,
+    Filter,
+    InvalidQuery,
+    Source,
+    Sql,
+    as_int,
+    events_from,
+    lit,
+    run,
+    uses_person,
+)
+
+MAX_STEPS = 20
+
+
+@dataclass(frozen=True)
+class PathsQuery:
+    """Paths from ``start_event`` or to ``end_event`` (not both), up to ``steps`` events;
+    ``limit`` keeps the most frequent transitions per step."""
+
+    date_range: DateRange
+    start_event: str | None = None
+    end_event: str | None = None
+    steps: int = 5
+    filters: tuple[Filter, ...] = ()
+    include_events: tuple[str, ...] = ()
+    exclude_events: tuple[str, ...] = ()
+    limit: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("filters", "include_events", "exclude_events"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.start_event is not None and self.end_event is not None:
+            raise InvalidQuery("paths take a start_event or an end_event, not both")
+        if not isinstance(self.steps, int) or not 2 <= self.steps <= MAX_STEPS:
+            raise InvalidQuery(f"steps must be an integer from 2 to {MAX_STEPS}")
+        if self.limit < 1:
+            raise InvalidQuery("limit must be at least 1")
+        anchor = self.start_event or self.end_event
+        if anchor is not None and (
+            anchor in self.exclude_events
+            or (self.include_events and anchor not in self.include_events)
+        ):
+            raise InvalidQuery(f"the anchor event {anchor!r} is filtered out of the paths")
+
+    @property
+    def backwards(self) -> bool:
+        """Whether steps go back in time from an end event."""
+        return self.end_event is not None
+
+
+@dataclass(frozen=True)
+class PathNode:
+    """Persons whose step ``step`` was ``event``."""
+
+    step: int
+    event: str
+    persons: int
+
+
+@dataclass(frozen=True)
+class PathEdge:
+    """Persons who did ``source`` at step ``step`` and ``target`` right after it (in time)."""
+
+    step: int
+    source: str
+    target: str
+    persons: int
+
+
+@dataclass(frozen=True)
+class PathsResult:
+    """Nodes per step and transitions between consecutive steps, most persons first."""
+
+    nodes: tuple[PathNode, ...]
+    edges: tuple[PathEdge, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def _c(name: str, table: str | None = None) -> exp.Column:
+    return exp.column(name, table=table)
+
+
+def paths_sql(source: Source, project_id: int, q: PathsQuery) -> dict[str, exp.Select]:
+    """Queries for the nodes (step, event, persons) and edges (step, source, target, persons)."""
+    sql = Sql(source.dialect)
+    start, end = q.date_range.utc_bounds()
+    conds: list[exp.Expr] = [sql.time_between(start, end), sql.filters(q.filters)]
+    if q.include_events:
+        conds.append(exp.In(this=_c("event"), expressions=[lit(e) for e in q.include_events]))
+    if q.exclude_events:
+        conds.append(
+            exp.Not(this=exp.In(this=_c("event"), expressions=[lit(e) for e in q.exclude_events]))
+        )
+    order = exp.Order(
+        expressions=[exp.Ordered(this=_c("timestamp")), exp.Ordered(this=sql.text(_c("uuid")))]
+    )
+    rn = exp.Window(this=exp.RowNumber(), partition_by=[_c("person_id")], order=order)
+    seq = (
+        exp.select(
+            exp.alias_(sql.text(_c("person_id")), "person_id"), _c("event"), exp.alias_(rn, "i")
+        )
+        .from_(events_from(source, project_id, person=uses_person(q)))
+        .where(exp.and_(*conds))
+    )
+    anchor_event = q.start_event if q.start_event is not None else q.end_event
+    anchor_cond = exp.true() if anchor_event is None else _c("event").eq(lit(anchor_event))
+    anchors = (
+        exp.select(_c("person_id"), exp.alias_(exp.Min(this=_c("i")), "i0"))
+        .from_("seq")
+        .where(anchor_cond)
+        .group_by(_c("person_id"))
+    )
+    k = exp.Sub(this=_c("i", "s"), expression=_c("i0", "a"))
+    bound = lit(q.steps - 1)
+    within = (
+        exp.and_(exp.LTE(this=k, expression=lit(0)), exp.GTE(this=k.copy(), expression=exp.Neg(this=bound)))
+        if q.backwards
+        else exp.and_(exp.GTE(this=k, expression=lit(0)), exp.LTE(this=k.copy(), expression=bound))
+    )  # fmt: skip
+    stepped = (
+        exp.select(_c("person_id", "s"), _c("event", "s"), exp.alias_(k.copy(), "k"))
+        .from_(exp.to_table("seq").as_("s"))
+        .join(
+            exp.to_table("anchors").as_("a"),
+            on=_c("person_id", "a").eq(_c("person_id", "s")),
+            join_type="inner",
+        )
+        .where(within)
+    )
+
+    def ctes(tree: exp.Select) -> exp.Select:
+        return tree.with_("seq", as_=seq).with_("anchors", as_=anchors).with_("steps", as_=stepped)
+
+    nodes = ctes(
+        exp.select("k", "event", exp.alias_(exp.Count(this=exp.Star()), "n"))
+        .from_("steps")
+        .group_by("k", "event")
+    )
+    edges = ctes(
+        exp.select(
+            _c("k", "x"),
+            _c("event", "x").as_("source"),
+            _c("event", "y").as_("target"),
+            exp.alias_(exp.Count(this=exp.Star()), "n"),
+        )
+        .from_(exp.to_table("steps").as_("x"))
+        .join(
+            exp.to_table("steps").as_("y"),
+            on=exp.and_(
+                _c("person_id", "y").eq(_c("person_id", "x")),
+                _c("k", "y").eq(exp.Add(this=_c("k", "x"), expression=lit(1))),
+            ),
+            join_type="inner",
+        )
+        .group_by(_c("k", "x"), _c("event", "x"), _c("event", "y"))
+    )
+    return {"nodes": nodes, "edges": edges}
+
+
+def paths(source: Source, project_id: int, query: PathsQuery) -> PathsResult:
+    """Run a paths analysis on a store (or any :class:`Source`) for one project."""
+    trees = paths_sql(source, project_id, query)
+    nodes = sorted(
+        (PathNode(as_int(k), str(e), as_int(n)) for k, e, n in run(source, trees["nodes"])),
+        key=lambda x: (x.step, -x.persons, x.event),
+    )
+    edges = sorted(
+        (
+            PathEdge(as_int(k), str(s), str(t), as_int(n))
+            for k, s, t, n in run(source, trees["edges"])
+        ),
+        key=lambda x: (x.step, -x.persons, x.source, x.target),
+    )
+    kept: list[PathEdge] = []
+    per_step: dict[int, int] = {}
+    for e in edges:
+        per_step[e.step] = per_step.get(e.step, 0) + 1
+        if per_step[e.step] <= query.limit:
+            kept.append(e)
+    return PathsResult(tuple(nodes), tuple(kept))
