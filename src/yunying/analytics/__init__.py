@@ -48,15 +48,39 @@ from yunying.analytics.metrics import (
     metric,
     metric_definition,
 )
+from yunying.analytics.paths import PathEdge, PathNode, PathsQuery, PathsResult, paths
 from yunying.analytics.retention import (
     RetentionCohort,
     RetentionQuery,
     RetentionResult,
     retention,
 )
+from yunying.analytics.stickiness import (
+    CountBucket,
+    EventCountDistributionQuery,
+    EventCountDistributionResult,
+    StickinessPeriod,
+    StickinessQuery,
+    StickinessResult,
+    event_count_distribution,
+    stickiness,
+)
 from yunying.analytics.trends import Series, TrendSeries, TrendsQuery, TrendsResult, trends
 
 __all__ = [
+    "CountBucket",
+    "EventCountDistributionQuery",
+    "EventCountDistributionResult",
+    "PathEdge",
+    "PathNode",
+    "PathsQuery",
+    "PathsResult",
+    "StickinessPeriod",
+    "StickinessQuery",
+    "StickinessResult",
+    "event_count_distribution",
+    "paths",
+    "stickiness",
     "CATALOG",
     "Contribution",
     "Diagnosis",
