@@ -420,3 +420,8 @@ def demo(
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+from yunying.cli import analytics  # noqa: E402 - its commands take the options defined above
+
+analytics.register(app)

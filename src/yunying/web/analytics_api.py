@@ -84,7 +84,8 @@ class FieldRef(_Body):
     """A value of an event: a first-class column (``{"kind": "column", "name": "channel"}``) or a
     top-level key of its properties (``{"kind": "property", "name": "plan"}``)."""
 
-    kind: Literal["column", "property"] = Doc(
+    # checked by the analytics' own Field (not a Literal here), so kinds it gains are accepted
+    kind: str = Doc(
         "property",
         description="`column`: one of event, distinct_id, channel, utm_source, os, app_version, "
         "device_id, ip, amount. `property`: a top-level key of the event's properties.",
@@ -101,7 +102,7 @@ class FieldRef(_Body):
 
     def to_field(self) -> EventField:
         """The analytics :class:`~yunying.analytics.Field`."""
-        return EventField(self.name, self.kind)
+        return EventField(self.name, self.kind)  # type: ignore[arg-type]
 
 
 class FilterBody(_Body):

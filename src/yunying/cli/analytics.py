@@ -1,0 +1,463 @@
+"""``yunying funnel | retention | trend | lifecycle``: the analyses from the command line.
+
+Each command builds the body of ``POST /api/v1/analytics/<kind>`` (see
+:mod:`yunying.web.analytics_api`), sends it to the server advertised in ``DATA_DIR/server.json``
+when one runs (DuckDB allows one process), or else validates and runs it locally with the same
+models. ``--json`` prints the API's answer either way; without it, Rich tables.
+
+The commands are defined by :func:`register`, called at the end of :mod:`yunying.cli.main`, so
+that they share its options (``--data-dir``...) without this module importing it at load time.
+"""
+
+# no `from __future__ import annotations`: Typer reads the option types of the commands defined
+# inside register(), which refer to names local to it.
+
+import re
+from collections.abc import Callable
+from datetime import date
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from yunying.config import Settings
+
+#: ``--window 7d``: a number and a unit (s, m, h, d, w or the words); a bare number is days.
+WINDOW_UNITS = {
+    "s": "second", "sec": "second", "second": "second", "seconds": "second",
+    "m": "minute", "min": "minute", "minute": "minute", "minutes": "minute",
+    "h": "hour", "hour": "hour", "hours": "hour",
+    "": "day", "d": "day", "day": "day", "days": "day",
+    "w": "week", "week": "week", "weeks": "week",
+}  # fmt: skip
+FIELD_KINDS = {"col": "column", "column": "column", "prop": "property", "property": "property"}
+FILTER = re.compile(r"^(?P<field>[^=!<>~]+?)\s*(?P<op>>=|<=|!=|=|>|<|~)\s*(?P<value>.*)$")
+FILTER_OPS = {"=": "eq", "!=": "neq", ">": "gt", ">=": "gte", "<": "lt", "<=": "lte",
+              "~": "contains"}  # fmt: skip
+ANY_EVENT = "*"
+
+FILTER_HELP = (
+    "Condition on every event considered, repeatable: FIELD=V, FIELD!=V, FIELD~V (contains), "
+    "FIELD>N, >=, <, <=. FIELD is a column (channel, os, amount...) or a property; "
+    "prop:NAME forces a property."
+)
+
+
+class UsageError(Exception):
+    """An option value the command cannot turn into a request."""
+
+
+def parse_window(text: str) -> tuple[int, str]:
+    """``7d`` → (7, "day"); ``24h``, ``30m``, ``2w``, ``90s``; ``7`` is days."""
+    m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
+    unit = WINDOW_UNITS.get(m.group(2).lower()) if m else None
+    if m is None or unit is None:
+        raise UsageError(f"--window must be like 7d, 24h, 30m, 2w or 90s, not {text!r}")
+    return int(m.group(1)), unit
+
+
+def parse_field(text: str) -> dict[str, str]:
+    """A field as the API takes it: ``channel`` is a column (it is one), ``plan`` a property,
+    ``prop:NAME`` / ``column:NAME`` say which explicitly."""
+    from yunying.analytics.common import COLUMNS
+
+    kind, sep, name = text.partition(":")
+    if sep and kind in FIELD_KINDS:
+        return {"kind": FIELD_KINDS[kind], "name": name}
+    return {"kind": "column" if text in COLUMNS else "property", "name": text}
+
+
+def parse_filter(text: str) -> dict[str, Any]:
+    """``channel=douyin``, ``amount>=10``, ``prop:title~cat`` as the API's filter object."""
+    m = FILTER.match(text)
+    if m is None:
+        raise UsageError(f"--filter must be like channel=douyin or amount>10, not {text!r}")
+    op = FILTER_OPS[m.group("op")]
+    raw = m.group("value").strip()
+    value: Any = raw
+    if op in ("gt", "gte", "lt", "lte"):
+        try:
+            value = float(raw)
+        except ValueError:
+            raise UsageError(f"--filter {text!r}: {m.group('op')} needs a number") from None
+        value = int(value) if value.is_integer() else value
+    return {"field": parse_field(m.group("field").strip()), "op": op, "value": value}
+
+
+def parse_date(option: str, text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise UsageError(f"{option} must be a date like 2026-11-01, not {text!r}") from None
+
+
+def event_of(text: str) -> str | None:
+    """``*`` means any event."""
+    return None if text == ANY_EVENT else text
+
+
+def common_body(
+    project: str | None, date_from: str | None, date_to: str | None, filters: list[str] | None
+) -> dict[str, Any]:
+    return {
+        "project": project,
+        "date_from": parse_date("--from", date_from),
+        "date_to": parse_date("--to", date_to),
+        "filters": [parse_filter(f) for f in filters or []],
+    }
+
+
+def analyze(settings: "Settings", kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The API's answer to ``body``: from the running server, or computed here.
+
+    Raises :class:`~yunying.errors.YunyingError` (server refusals, unknown project, refused
+    query) or :class:`~yunying.web.http.HTTPProblem` (a body that does not validate).
+    """
+    from yunying.cli.main import open_runtime
+    from yunying.cli.remote import ServerError, find_server
+    from yunying.state import get_project
+    from yunying.web.analytics_api import parse_request, run_analysis
+
+    server = find_server(settings)
+    if server is not None:
+        import httpx
+
+        resp = httpx.post(
+            f"{server.url}/api/v1/analytics/{kind}",
+            json=body,
+            headers={"Authorization": f"Bearer {server.admin_token}"},
+            timeout=600,
+        )
+        if resp.status_code != 200:
+            try:
+                message = resp.json().get("error", resp.text)
+            except ValueError:
+                message = resp.text[:200]
+            raise ServerError(f"server answered {resp.status_code}: {message}")
+        return resp.json()
+    request = parse_request(kind, body)  # before opening anything
+    rt = open_runtime(settings)
+    try:
+        return run_analysis(rt.store, get_project(rt.state, request.project), request)
+    finally:
+        rt.close()
+
+
+# -- human output -----------------------------------------------------------------------------------
+
+
+def pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    if s < 86_400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86_400}d {s % 86_400 // 3600}h"
+
+
+def number(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.2f}"
+    return f"{int(value):,}"
+
+
+def funnel_tables(result: dict[str, Any]) -> list[Table]:
+    table = Table("step", "persons", "from first", "from previous", "median time", "avg time")
+    for s in result["steps"]:
+        table.add_row(
+            escape(f"{s['index'] + 1}. {s['name']}"),
+            number(s["count"]),
+            pct(s["conversion_from_first"]),
+            pct(s["conversion_from_previous"]) if s["index"] else "",
+            duration(s["median_seconds_from_previous"]),
+            duration(s["average_seconds_from_previous"]),
+        )
+    tables = [table]
+    if result.get("breakdowns"):
+        names = [escape(s["name"]) for s in result["steps"]]
+        by = Table("value", *names, "conversion")
+        for b in result["breakdowns"]:
+            counts = [number(s["count"]) for s in b["steps"]]
+            by.add_row(
+                "(not set)" if b["value"] is None else escape(b["value"]),
+                *counts,
+                pct(b["steps"][-1]["conversion_from_first"]),
+            )
+        tables.append(by)
+    return tables
+
+
+def retention_table(result: dict[str, Any]) -> Table:
+    width = len(result["weighted_mean"])
+    table = Table(result["period"], "persons", *[str(n) for n in range(width)])
+    for c in result["cohorts"]:
+        cells = [f"{r:,} ({pct(rate)})" if c["size"] else "" for r, rate in
+                 zip(c["retained"], c["rates"], strict=True)]  # fmt: skip
+        table.add_row(c["label"], number(c["size"]), *cells, *[""] * (width - len(cells)))
+    table.add_row("mean", "", *[pct(m) for m in result["weighted_mean"]], style="bold")
+    return table
+
+
+def trend_table(result: dict[str, Any]) -> Table:
+    lines = result["series"]
+    heads = []
+    for s in lines:
+        head = s["label"]
+        if s["breakdown_value"] is not None or len({x["series_index"] for x in lines}) < len(lines):
+            head += f" [{'(not set)' if s['breakdown_value'] is None else s['breakdown_value']}]"
+        if s["compare"] == "previous":
+            head += " (previous)"
+        heads.append(escape(head))
+    table = Table("period", *heads)
+    labels = lines[0]["labels"] if lines else []
+    for i, label in enumerate(labels):
+        table.add_row(label, *[number(s["values"][i]) for s in lines])
+    table.add_row("total", *[number(s["total"]) for s in lines], style="bold")
+    return table
+
+
+def lifecycle_table(result: dict[str, Any]) -> Table:
+    statuses = ("new", "returning", "resurrecting", "dormant")
+    table = Table("period", *statuses)
+    for i, label in enumerate(result["labels"]):
+        table.add_row(label, *[number(result[s][i]) for s in statuses])
+    return table
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``funnel``, ``retention``, ``trend`` and ``lifecycle`` to the ``yunying`` command."""
+    from yunying.cli.main import (
+        DataDir,
+        EventsURL,
+        JSONOut,
+        ProjectName,
+        StateURL,
+        console,
+        fail,
+        print_json,
+        settings_of,
+    )
+    from yunying.errors import YunyingError
+
+    DateFrom = Annotated[
+        str | None,
+        typer.Option("--from", help="First local day, YYYY-MM-DD (default: 29 days before --to)."),
+    ]
+    DateTo = Annotated[
+        str | None,
+        typer.Option("--to", help="Last local day, YYYY-MM-DD (default: today, project time)."),
+    ]
+    Filters = Annotated[
+        list[str] | None, typer.Option("--filter", metavar="CONDITION", help=FILTER_HELP)
+    ]
+    Breakdown = Annotated[
+        str | None,
+        typer.Option(help="Split by a column (channel, os...) or property (prop:NAME forces one)."),
+    ]
+
+    def execute(
+        kind: str,
+        body: dict[str, Any],
+        json_out: bool,
+        data_dir: Any,
+        events_url: str | None,
+        state_url: str | None,
+    ) -> dict[str, Any]:
+        from yunying.web.http import HTTPProblem  # the web stack loads only when a command runs
+
+        settings = settings_of(data_dir, events_url, state_url)
+        try:
+            result = analyze(settings, kind, body)
+        except HTTPProblem as exc:
+            fail(str(exc.body["error"]))
+        except YunyingError as exc:
+            fail(str(exc))
+        if json_out:
+            print_json(result)
+        return result
+
+    def body_of(make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Build the body now, turning option errors into the command's error."""
+        try:
+            return make()
+        except UsageError as exc:
+            fail(str(exc))
+
+    @app.command(rich_help_panel="Analytics")
+    def funnel(
+        steps: Annotated[
+            str, typer.Option(help="Comma-separated event names in order (* is any event).")
+        ],
+        window: Annotated[
+            str, typer.Option(help="Conversion window from step 1: 7d, 24h, 30m, 2w, 90s.")
+        ] = "14d",
+        order: Annotated[str, typer.Option(help="ordered, strict or unordered.")] = "ordered",
+        breakdown: Breakdown = None,
+        date_from: DateFrom = None,
+        date_to: DateTo = None,
+        filters: Filters = None,
+        project: ProjectName = None,
+        json_out: JSONOut = False,
+        data_dir: DataDir = None,
+        events_url: EventsURL = None,
+        state_url: StateURL = None,
+    ) -> None:
+        """Persons going through steps in order within a conversion window."""
+
+        def make() -> dict[str, Any]:
+            count, unit = parse_window(window)
+            names = [s.strip() for s in steps.split(",")]
+            if not all(names):
+                raise UsageError(f"--steps must be event names separated by commas: {steps!r}")
+            return {
+                **common_body(project, date_from, date_to, filters),
+                "steps": [event_of(s) for s in names],
+                "window": count,
+                "window_unit": unit,
+                "order": order,
+                "breakdown": None if breakdown is None else parse_field(breakdown),
+            }
+
+        result = execute("funnel", body_of(make), json_out, data_dir, events_url, state_url)
+        if not json_out:
+            for table in funnel_tables(result):
+                console.print(table)
+
+    @app.command(rich_help_panel="Analytics")
+    def retention(
+        start_event: Annotated[
+            str,
+            typer.Option(
+                "--start-event", "--target-event", help="Event entering a cohort (* is any)."
+            ),
+        ],
+        return_event: Annotated[
+            str, typer.Option(help="Event counting as coming back (* is any).")
+        ],
+        period: Annotated[str, typer.Option(help="day, week or month.")] = "day",
+        periods: Annotated[
+            int | None,
+            typer.Option(help="Cover this many periods ending at --to (instead of --from)."),
+        ] = None,
+        cohort: Annotated[str, typer.Option(help="first_time or recurring.")] = "first_time",
+        mode: Annotated[
+            str, typer.Option(help="on (exactly period N) or on_or_after (N or later).")
+        ] = "on",
+        date_from: DateFrom = None,
+        date_to: DateTo = None,
+        filters: Filters = None,
+        project: ProjectName = None,
+        json_out: JSONOut = False,
+        data_dir: DataDir = None,
+        events_url: EventsURL = None,
+        state_url: StateURL = None,
+    ) -> None:
+        """Cohorts by their first (or every) start event, and who came back N periods later."""
+
+        def make() -> dict[str, Any]:
+            return {
+                **common_body(project, date_from, date_to, filters),
+                "target_event": event_of(start_event),
+                "return_event": event_of(return_event),
+                "period": period,
+                "periods": periods,
+                "cohort": cohort,
+                "mode": mode,
+            }
+
+        result = execute("retention", body_of(make), json_out, data_dir, events_url, state_url)
+        if not json_out:
+            console.print(retention_table(result))
+
+    @app.command(rich_help_panel="Analytics")
+    def trend(
+        events: Annotated[
+            list[str],
+            typer.Option("--event", "-e", help="Event to count, repeatable: one series each."),
+        ],
+        math: Annotated[
+            str,
+            typer.Option(
+                help="total, unique_persons, dau, wau, mau, or sum/avg/min/max/median/p90 of "
+                "--math-field."
+            ),
+        ] = "total",
+        math_field: Annotated[
+            str | None, typer.Option(help="Numeric field of sum..p90 (default: amount).")
+        ] = None,
+        interval: Annotated[str, typer.Option(help="hour, day, week or month.")] = "day",
+        breakdown: Breakdown = None,
+        breakdown_limit: Annotated[int, typer.Option(help="Lines kept per series.")] = 25,
+        compare: Annotated[
+            bool, typer.Option("--compare", help="Add the previous range of equal length.")
+        ] = False,
+        date_from: DateFrom = None,
+        date_to: DateTo = None,
+        filters: Filters = None,
+        project: ProjectName = None,
+        json_out: JSONOut = False,
+        data_dir: DataDir = None,
+        events_url: EventsURL = None,
+        state_url: StateURL = None,
+    ) -> None:
+        """Events, persons or values of a field per interval (the API's `trends`)."""
+
+        def make() -> dict[str, Any]:
+            field = None if math_field is None else parse_field(math_field)
+            return {
+                **common_body(project, date_from, date_to, filters),
+                "series": [
+                    {"event": event_of(e), "math": math, "math_field": field} for e in events
+                ],
+                "interval": interval,
+                "breakdown": None if breakdown is None else parse_field(breakdown),
+                "breakdown_limit": breakdown_limit,
+                "compare": compare,
+            }
+
+        result = execute("trends", body_of(make), json_out, data_dir, events_url, state_url)
+        if not json_out:
+            console.print(trend_table(result))
+
+    @app.command(rich_help_panel="Analytics")
+    def lifecycle(
+        event: Annotated[str, typer.Option(help="Event that makes a person active (* is any).")],
+        interval: Annotated[str, typer.Option(help="day, week or month.")] = "day",
+        date_from: DateFrom = None,
+        date_to: DateTo = None,
+        filters: Filters = None,
+        project: ProjectName = None,
+        json_out: JSONOut = False,
+        data_dir: DataDir = None,
+        events_url: EventsURL = None,
+        state_url: StateURL = None,
+    ) -> None:
+        """New, returning, resurrecting and dormant persons per period."""
+
+        def make() -> dict[str, Any]:
+            return {
+                **common_body(project, date_from, date_to, filters),
+                "event": event_of(event),
+                "interval": interval,
+            }
+
+        result = execute("lifecycle", body_of(make), json_out, data_dir, events_url, state_url)
+        if not json_out:
+            console.print(lifecycle_table(result))
