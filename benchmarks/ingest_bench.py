@@ -63,6 +63,8 @@ import orjson
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: Environment of every ``yunying`` subprocess; ``--src`` puts another source tree first.
+ENV = dict(os.environ)
 
 # -- realistic events -----------------------------------------------------------------------------
 
@@ -341,6 +343,7 @@ def yunying(data_dir: Path, *args: str, timeout: float = 300) -> Any:
         capture_output=True,
         check=False,
         timeout=timeout,
+        env=ENV,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"yunying {' '.join(args)} failed: {proc.stderr.decode()[-2000:]}")
@@ -362,6 +365,31 @@ def stored_events(data_dir: Path, tries: int = 3) -> int:
     raise AssertionError("unreachable")
 
 
+def stored_via_api(port: int, data_dir: Path, tries: int = 3) -> int:
+    """Events of project ``bench`` read back through the running server's ``/api/v1/sql``,
+    authenticated by the installation's local admin token."""
+    token = (data_dir / ".admin_token").read_text().strip()
+    body = orjson.dumps({"sql": "SELECT count(*) FROM events", "project": "bench"})
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    for attempt in range(tries):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        try:
+            conn.request("POST", "/api/v1/sql", body, headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status == 200:
+                return int(orjson.loads(data)["rows"][0][0])
+            problem = f"{resp.status}: {data[:300]!r}"
+        except OSError as exc:
+            problem = repr(exc)
+        finally:
+            conn.close()
+        if attempt == tries - 1:
+            raise RuntimeError(f"reading the stored count failed: {problem}")
+        time.sleep(2)
+    raise AssertionError("unreachable")
+
+
 class ServerProcess:
     """A server subprocess on a free loopback port; stopped with SIGINT (graceful)."""
 
@@ -369,12 +397,12 @@ class ServerProcess:
         self.port = port
         self.logpath = log
         self.log = log.open("ab")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=ENV)
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
                 self.log.close()
-                tail = log.read_text(errors="replace")[-2000:]
+                tail = log.read_text(errors="replace")[-1000:]
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {tail}")
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -560,6 +588,17 @@ class Prepared:
     events: int
 
 
+def new_data_dir(workdir: Path, label: str) -> tuple[Path, str]:
+    """A fresh data dir holding project ``bench``, and its write key: a copy of a template
+    made once with ``yunying project create`` (one command start instead of one per line)."""
+    template = workdir / "template"
+    if not template.exists():
+        key = yunying(template, "project", "create", "bench")["write_key"]
+        (template / "write_key").write_text(key)
+    shutil.copytree(template, workdir / label)
+    return workdir / label, (template / "write_key").read_text()
+
+
 def prepare(
     label: str,
     proto: Protocol,
@@ -568,8 +607,7 @@ def prepare(
     batch_size: int,
     workdir: Path,
 ) -> Prepared:
-    data_dir = workdir / label
-    key = yunying(data_dir, "project", "create", "bench")["write_key"]
+    data_dir, key = new_data_dir(workdir, label)
     payloads = [proto.encode(b, key) for b in chunks(events, batch_size)]
     warm = [proto.encode(b, key) for b in chunks(warmup, batch_size)]
     return Prepared(data_dir, key, payloads, warm, batch_size, len(events))
@@ -609,7 +647,7 @@ def measure_yunying(
         if failures:
             m.error = f"{len(failures)} requests not answered 200: {failures[:3]}"
         m.expected = w.stored + load.stored
-        m.stored = stored_events(data_dir)
+        m.stored = stored_via_api(server.port, data_dir)
         if m.stored != m.expected:
             m.error += f" STORED {m.stored:,} EVENTS, EXPECTED {m.expected:,}"
     finally:
@@ -697,13 +735,13 @@ def run_import(
     path: Path, data_dir: Path, fmt: str, timeout: float
 ) -> tuple[float, float, dict[str, Any]]:
     """``yunying import`` into a new project: wall seconds, CPU seconds, its JSON report."""
-    yunying(data_dir, "project", "create", "bench")
+    new_data_dir(data_dir.parent, data_dir.name)
     argv = [PY, "-m", "yunying", "import", str(path), "--project", "bench", "--json"]
     argv += ["--format", fmt, "--data-dir", str(data_dir)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(argv, capture_output=True, check=False, timeout=timeout)
+        proc = subprocess.run(argv, capture_output=True, check=False, timeout=timeout, env=ENV)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"yunying import of {path.name} ran over {timeout:.0f} s") from None
     wall = time.perf_counter() - t0
@@ -724,7 +762,7 @@ def import_rate(
     wall, _, _ = run_import(many, workdir / "calibrate-n", "jsonl", timeout)
     one = write_file(factory.events(1), workdir / "calibrate-1.jsonl", "jsonl")
     fixed, _, _ = run_import(one, workdir / "calibrate-1", "jsonl", timeout)
-    return fixed, (n - 1) / max(wall - fixed, 0.2 * wall)
+    return fixed, (n - 1) / max(wall - fixed, 0.05)
 
 
 def measure_import(
@@ -732,14 +770,16 @@ def measure_import(
 ) -> list[Measurement]:
     n = len(events)
     path = write_file(events, workdir / f"events.{fmt}", fmt)
-    t0 = time.perf_counter()
-    parsed = parse_only(fmt, path)
-    parse_s = time.perf_counter() - t0
-    if parsed != n:
-        raise RuntimeError(f"parsed {parsed} rows of {n}")
+    parse_s = float("inf")
+    for _ in range(3):  # best of three: the first pass also pays for lazy imports
+        t0 = time.perf_counter()
+        parsed = parse_only(fmt, path)
+        parse_s = min(parse_s, time.perf_counter() - t0)
+        if parsed != n:
+            raise RuntimeError(f"parsed {parsed} rows of {n}")
     # the fixed cost of the command (interpreter start, imports, opening the engines, closing)
     one = write_file(events[:1], workdir / f"one.{fmt}", fmt)
-    fixed_s, _, _ = run_import(one, workdir / f"import-one-{fmt}", fmt, timeout)
+    fixed_s, fixed_cpu, _ = run_import(one, workdir / f"import-one-{fmt}", fmt, timeout)
     import_s, import_cpu, report = run_import(path, workdir / f"import-{fmt}", fmt, timeout)
     net_s = max(import_s - fixed_s, 1e-3)
     size_mb = path.stat().st_size / 1e6
@@ -751,10 +791,11 @@ def measure_import(
         seconds=net_s,
         events_per_s=n / net_s,
         expected=n,
-        server_cpu_s=import_cpu,
+        server_cpu_s=max(import_cpu - fixed_cpu, 1e-3),
         note=(
             f"{size_mb:.1f} MB file; whole command {import_s:.2f} s = {n / import_s:,.0f} "
-            f"events/s, of which {fixed_s:.2f} s fixed cost (importing a one-event file)"
+            f"events/s, of which {fixed_s:.2f} s ({fixed_cpu:.2f} CPU s) fixed cost "
+            "(importing a one-event file)"
         ),
     )
     if report["rejected"] or report["stored"] != n:
@@ -920,6 +961,7 @@ def print_markdown(out: dict[str, Any]) -> None:
         f"uvicorn {mach['uvicorn']}, FastAPI {mach['fastapi']}, orjson {mach['orjson']}. "
         f"Commit `{mach.get('commit', '')}`"
         + (" (plus uncommitted changes under src/)" if mach.get("src_uncommitted_changes") else "")
+        + (f", source: {mach['src']}" if mach.get("src") else "")
         + f"; run {out['when']}, {out['total_seconds']:.0f} s in all; load average (1 min) "
         f"{mach['loadavg_before'][0]:.2f} before the run, {mach['loadavg_after'][0]:.2f} after.\n"
     )
@@ -953,7 +995,8 @@ def run_section(results: list[Measurement], label: str, fn: Callable[[], Any]) -
     except Exception as exc:  # noqa: BLE001 - reported in the table and the exit status
         traceback.print_exc()
         section, scenario = label.split(": ", 1) if ": " in label else ("", label)
-        results.append(Measurement(section, scenario, "FAILED", 0, 0.0, 0.0, error=repr(exc)))
+        error = f"{type(exc).__name__}: {str(exc)[-600:]}"  # the end of a traceback says why
+        results.append(Measurement(section, scenario, "FAILED", 0, 0.0, 0.0, error=error))
         return
     for m in out if isinstance(out, list) else [out]:
         results.append(m)
@@ -1001,6 +1044,13 @@ def main() -> None:
     parser.add_argument(
         "--render", type=Path, metavar="JSON", help="print a saved result as Markdown and exit"
     )
+    parser.add_argument(
+        "--src",
+        metavar="DIR_OR_REV",
+        help="benchmark this source tree (a directory holding yunying/) or git revision "
+        "(e.g. HEAD: a snapshot of its src/, immune to edits during the run) instead of the "
+        "installed package, i.e. the working tree",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args()
 
@@ -1009,9 +1059,39 @@ def main() -> None:
         return
     sections = set(args.only.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="yunying-bench-"))
+    src = "working tree (installed package)"
+    if args.src:
+        src_dir = Path(args.src)
+        if not (src_dir / "yunying").is_dir():
+            snap = workdir / "src-snapshot"
+            snap.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(HERE.parent), "archive", args.src, "src"],
+                capture_output=True,
+                check=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(snap)], input=archive, check=True)
+            src_dir = snap / "src"
+        ENV["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(src_dir.resolve()), os.environ.get("PYTHONPATH")) if p
+        )
+        src = args.src if src_dir == Path(args.src) else f"git revision {args.src}"
     results: list[Measurement] = []
     started = time.perf_counter()
     info = machine()
+    info["src"] = src
+    if args.src and not (Path(args.src) / "yunying").is_dir():  # a revision
+        info["src_uncommitted_changes"] = False
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            info["commit"] = (
+                subprocess.run(
+                    ["git", "-C", str(HERE.parent), "log", "-1", "--format=%h %s", args.src],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip()
+                or info["commit"]
+            )
     load_before = os.getloadavg()
     print(
         f"{info['cpus']} CPUs ({info['cpu_model']}), Python {info['python']}, "
@@ -1050,8 +1130,8 @@ def main() -> None:
             timeout = 10 * args.seconds + 120
             n = args.import_events
             try:
-                fixed, rate = import_rate(factory, workdir, 5000, timeout)
-                n = max(2000, min(n, int(rate * args.seconds)))
+                fixed, rate = import_rate(factory, workdir, 10_000, timeout)
+                n = max(5000, min(n, int(rate * args.seconds)))
                 print(f"import: fixed cost {fixed:.2f} s, ~{rate:,.0f} events/s -> {n:,} events")
             except Exception:  # noqa: BLE001 - the measured runs will fail and say why
                 traceback.print_exc()
