@@ -93,17 +93,25 @@ def test_same_seed_gives_identical_rows_and_another_seed_does_not(
 def test_rerun_replaces_the_projects_data(tmp_path: Path) -> None:
     rt = open_runtime(tmp_path)
     try:
+        other = generate_demo(rt, "other", users=30, days=15, seed=9, end=END)
         one = generate_demo(rt, "demo", users=120, days=15, seed=1, end=END)
+        dumps = [tuple(raw(rt, sql) for sql in (DUMP_EVENTS, DUMP_PERSONS, DUMP_IDS))]
         two = generate_demo(rt, "demo", users=120, days=15, seed=1, end=END)
+        dumps.append(tuple(raw(rt, sql) for sql in (DUMP_EVENTS, DUMP_PERSONS, DUMP_IDS)))
+        assert dumps[0] == dumps[1]  # emptied and refilled with the same rows
         assert one["secret_key"] and one["secret_key"].startswith("ysk_")
         assert two["secret_key"] is None
         assert two["project_id"] == one["project_id"] and two["write_key"] == one["write_key"]
-        for table, key in [("raw_events", "events"), ("raw_persons", "persons")]:
-            assert raw(rt, f"SELECT count(*) FROM {table}") == [[one[key]]]
+        assert len(dumps[0][0]) == one["events"] + other["events"]
         smaller = generate_demo(rt, "demo", users=50, days=15, seed=2, end=END)
-        assert raw(rt, "SELECT count(*) FROM raw_events") == [[smaller["events"]]]
-        assert raw(rt, "SELECT count(*) FROM raw_person_distinct_ids") == [
-            [smaller["distinct_ids"]]
+        per_project = "SELECT project_id, count(*) FROM {} GROUP BY 1 ORDER BY 1"
+        assert raw(rt, per_project.format("raw_events")) == [
+            [other["project_id"], other["events"]],
+            [one["project_id"], smaller["events"]],
+        ]
+        assert raw(rt, per_project.format("raw_person_distinct_ids")) == [
+            [other["project_id"], other["distinct_ids"]],
+            [one["project_id"], smaller["distinct_ids"]],
         ]
     finally:
         rt.close()
