@@ -122,6 +122,9 @@ def check_answers(run: Any) -> None:
     ]
     dau = run(*TREND, "--event", "sign_up", "--math", "dau", "--filter", "channel=bilibili")
     assert [s["values"] for s in dau["series"]] == [[0, 0, 0, 0, 0], [0, 1, 0, 0, 0]]
+    # sign-ups per day: u1 03-02, u4 03-03, u3 03-04 -> edits minus sign-ups
+    diff = run(*TREND, "--event", "sign_up", "--formula", "A - B")
+    assert [s["values"] for s in diff["formula"]] == [[0, 0, 1, 0, 1]]
 
     lc = run(*LIFECYCLE)
     # active: 03-02 {u1}, 03-03 {u1}, 03-04 {u1, u3}, 03-05 {}, 03-06 {u3}

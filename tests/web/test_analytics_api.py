@@ -376,3 +376,38 @@ def test_openapi_documents_the_request_fields(live: LiveServer) -> None:
     } <= set(spec["paths"])
     funnel_schema = spec["components"]["schemas"]["FunnelRequest"]["properties"]
     assert "description" in funnel_schema["window"] and "description" in funnel_schema["order"]
+
+
+def test_exclusions_attribution_and_formulas_reach_the_analyses(
+    live: LiveServer, project: NewProject
+) -> None:
+    def ev(name: str, who: str, hour: int, minute: int, screen: str) -> dict[str, Any]:
+        at = local(START, hour, minute).isoformat()
+        return {"event": name, "distinct_id": who, "timestamp": at, "properties": {"s": screen}}
+
+    batch = [
+        # x1 closes the app between installing and signing up; x2 only after signing up
+        ev("app_install", "x1", 10, 0, "home"), ev("close_app", "x1", 10, 30, "home"),
+        ev("sign_up", "x1", 11, 0, "form"),
+        ev("app_install", "x2", 10, 0, "home"), ev("sign_up", "x2", 11, 0, "form"),
+        ev("close_app", "x2", 11, 30, "form"),
+    ]  # fmt: skip
+    assert live.post_events(project.project.write_key, {"batch": batch}).status_code == 200
+    key, day1 = project.secret_key, START.isoformat()
+    body: dict[str, Any] = {"steps": ["app_install", "sign_up"], "date_from": day1, "date_to": day1}
+    plain = post(live, "funnel", body, key).json()
+    assert [s["count"] for s in plain["steps"]] == [2, 2]
+    excluded = {**body, "exclusions": [{"event": "close_app", "from_step": 0, "to_step": 1}]}
+    assert [s["count"] for s in post(live, "funnel", excluded, key).json()["steps"]] == [1, 1]
+    by_screen = {**body, "breakdown": {"name": "s"}}
+    first = post(live, "funnel", by_screen, key).json()["breakdowns"]
+    last = post(live, "funnel", {**by_screen, "breakdown_attribution": "last_touch"}, key).json()
+    assert [b["value"] for b in first] == ["home"]
+    assert [b["value"] for b in last["breakdowns"]] == ["form"]
+
+    trend = {"series": ["sign_up", "close_app"], "formula": "A + B * 10"}
+    r = post(live, "trends", {**trend, "date_from": day1, "date_to": day1}, key)
+    assert r.status_code == 200, r.text
+    assert [s["values"] for s in r.json()["formula"]] == [[2 + 2 * 10]]
+    r = post(live, "trends", {**trend, "formula": "A + C"}, key)
+    assert r.status_code == 400 and "C" in r.json()["error"]

@@ -32,7 +32,8 @@ WINDOW_UNITS = {
     "": "day", "d": "day", "day": "day", "days": "day",
     "w": "week", "week": "week", "weeks": "week",
 }  # fmt: skip
-FIELD_KINDS = {"col": "column", "column": "column", "prop": "property", "property": "property"}
+FIELD_KINDS = {"col": "column", "column": "column", "prop": "property", "property": "property",
+               "person": "person"}  # fmt: skip
 FILTER = re.compile(r"^(?P<field>[^=!<>~]+?)\s*(?P<op>>=|<=|!=|=|>|<|~)\s*(?P<value>.*)$")
 FILTER_OPS = {"=": "eq", "!=": "neq", ">": "gt", ">=": "gte", "<": "lt", "<=": "lte",
               "~": "contains"}  # fmt: skip
@@ -60,7 +61,7 @@ def parse_window(text: str) -> tuple[int, str]:
 
 def parse_field(text: str) -> dict[str, str]:
     """A field as the API takes it: ``channel`` is a column (it is one), ``plan`` a property,
-    ``prop:NAME`` / ``column:NAME`` say which explicitly."""
+    ``prop:NAME`` / ``column:NAME`` say which explicitly, ``person:NAME`` is a person property."""
     from yunying.analytics.common import COLUMNS
 
     kind, sep, name = text.partition(":")
@@ -213,11 +214,13 @@ def retention_table(result: dict[str, Any]) -> Table:
 
 
 def trend_table(result: dict[str, Any]) -> Table:
-    lines = result["series"]
+    """Periods down, one column per line (series, then formula lines)."""
+    lines = [*result["series"], *result.get("formula", [])]
+    split = len({(x["series_index"], x["compare"]) for x in lines}) < len(lines)
     heads = []
     for s in lines:
         head = s["label"]
-        if s["breakdown_value"] is not None or len({x["series_index"] for x in lines}) < len(lines):
+        if split or s["breakdown_value"] is not None:
             head += f" [{'(not set)' if s['breakdown_value'] is None else s['breakdown_value']}]"
         if s["compare"] == "previous":
             head += " (previous)"
@@ -408,6 +411,10 @@ def register(app: typer.Typer) -> None:
         compare: Annotated[
             bool, typer.Option("--compare", help="Add the previous range of equal length.")
         ] = False,
+        formula: Annotated[
+            str | None,
+            typer.Option(help="Combine the series by letter, A = first --event: 'B / A * 100'."),
+        ] = None,
         date_from: DateFrom = None,
         date_to: DateTo = None,
         filters: Filters = None,
@@ -430,6 +437,7 @@ def register(app: typer.Typer) -> None:
                 "breakdown": None if breakdown is None else parse_field(breakdown),
                 "breakdown_limit": breakdown_limit,
                 "compare": compare,
+                "formula": formula,
             }
 
         result = execute("trends", body_of(make), json_out, data_dir, events_url, state_url)

@@ -39,6 +39,7 @@ from yunying.analytics import (
     AnalyticsError,
     DateRange,
     Filter,
+    FunnelExclusion,
     FunnelQuery,
     FunnelStep,
     InvalidQuery,
@@ -88,7 +89,8 @@ class FieldRef(_Body):
     kind: str = Doc(
         "property",
         description="`column`: one of event, distinct_id, channel, utm_source, os, app_version, "
-        "device_id, ip, amount. `property`: a top-level key of the event's properties.",
+        "device_id, ip, amount. `property`: a top-level key of the event's properties. "
+        "`person`: a top-level key of the current properties of the event's person.",
     )
     name: str = Doc(min_length=1, description="Column name or property key.")
 
@@ -155,6 +157,20 @@ class StepBody(_Body):
 
     def to_step(self) -> FunnelStep:
         return FunnelStep(self.event, tuple(f.to_filter() for f in self.filters), self.name)
+
+
+class ExclusionBody(_Body):
+    """An event that must not happen between two steps of a person's chain."""
+
+    event: str | None = Doc(description="Event name; null means any event.")
+    filters: Filters
+    from_step: int = Doc(0, ge=0, description="0-based index of the step it must not follow.")
+    to_step: int = Doc(1, ge=1, description="0-based index of the step it must not precede.")
+
+    def to_exclusion(self) -> FunnelExclusion:
+        return FunnelExclusion(
+            self.event, tuple(f.to_filter() for f in self.filters), self.from_step, self.to_step
+        )
 
 
 class SeriesBody(_Body):
@@ -236,7 +252,18 @@ class FunnelRequest(AnalysisRequest):
         "event between steps; unordered: steps in any order within the window.",
     )
     breakdown: FieldRef | None = Doc(
-        None, description="Split persons by this field's value on their step-1 event."
+        None, description="Split persons by this field's value on an event of their chain."
+    )
+    breakdown_attribution: Literal["first_touch", "last_touch", "step"] = Doc(
+        "first_touch",
+        description="Which event of the chain gives the breakdown value: step 1 (first_touch), "
+        "the last step reached (last_touch) or attribution_step (step).",
+    )
+    attribution_step: int = Doc(0, ge=0, description="0-based step index for attribution step.")
+    exclusions: list[ExclusionBody] = Doc(
+        default_factory=list,
+        max_length=20,
+        description="Drop persons whose chain has one of these events between two steps.",
     )
 
     def run(self, source: Source, project_id: int, timezone: str, today: date) -> dict[str, Any]:
@@ -248,6 +275,9 @@ class FunnelRequest(AnalysisRequest):
             order=self.order,
             filters=self._filters(),
             breakdown=None if self.breakdown is None else self.breakdown.to_field(),
+            breakdown_attribution=self.breakdown_attribution,
+            attribution_step=self.attribution_step,
+            exclusions=tuple(x.to_exclusion() for x in self.exclusions),
         )
         return funnel(source, project_id, query).as_dict()
 
@@ -332,6 +362,12 @@ class TrendsRequest(AnalysisRequest):
     compare: bool = Doc(
         False, description="Add the same lines for the previous range of equal length."
     )
+    formula: str | None = Doc(
+        None,
+        max_length=1000,
+        description="Combine series by letter (A is the first): 'B / A * 100'. Its lines come "
+        "in `formula`.",
+    )
 
     def run(self, source: Source, project_id: int, timezone: str, today: date) -> dict[str, Any]:
         query = TrendsQuery(
@@ -342,6 +378,7 @@ class TrendsRequest(AnalysisRequest):
             breakdown=None if self.breakdown is None else self.breakdown.to_field(),
             breakdown_limit=self.breakdown_limit,
             compare=self.compare,
+            formula=self.formula,
         )
         return trends(source, project_id, query).as_dict()
 
