@@ -257,6 +257,7 @@ def metric_journeys(
                     )
             if rng.random() < 0.12:
                 amount = rng.choice([6, 30, 30, 68, 0, -30])
-                emit("purchase_membership", current, t + timedelta(seconds=5),
-                     props(day, **{"$amount": amount}))  # fmt: skip
+                bought = props(day)
+                bought["$amount"] = amount
+                emit("purchase_membership", current, t + timedelta(seconds=5), bought)
     return raws

@@ -201,14 +201,24 @@ def diagnose(
     change first."""
     cfg = config or MetricConfig()
     definition = metric_definition(metric_name)
-    overall_a = metric(source, project_id, metric_name, period_a, cfg)
-    overall_b = metric(source, project_id, metric_name, period_b, cfg)
+    # a breakdown result carries the overall value too (computed without the breakdown)
+    pairs = [
+        (
+            dim,
+            metric(source, project_id, metric_name, period_a, cfg, breakdown=dim),
+            metric(source, project_id, metric_name, period_b, cfg, breakdown=dim),
+        )
+        for dim in dimensions
+    ]
+    if pairs:
+        overall_a, overall_b = pairs[0][1], pairs[0][2]
+    else:
+        overall_a = metric(source, project_id, metric_name, period_a, cfg)
+        overall_b = metric(source, project_id, metric_name, period_b, cfg)
     va, vb = overall_a.value, overall_b.value
     change = None if va is None or vb is None else vb - va
     found: list[DimensionDiagnosis] = []
-    for dim in dimensions:
-        a = metric(source, project_id, metric_name, period_a, cfg, breakdown=dim)
-        b = metric(source, project_id, metric_name, period_b, cfg, breakdown=dim)
+    for dim, a, b in pairs:
         if definition.kind == "additive":
             found.append(decompose_additive(a, b, dimension_name(dim)))
         elif change is not None:
