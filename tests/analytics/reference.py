@@ -379,3 +379,89 @@ def paths(
         for (k, a), (_, b) in zip(window, window[1:], strict=False):
             edges[(k, a, b)] += 1
     return dict(nodes), dict(edges)
+
+
+def retention_by(
+    events: list[Event], target: Match, ret: Match, d0: date, d1: date, tz: str, period: str,
+    cohort: str, mode: str, value: Callable[[Event], str | None],
+) -> dict[str | None, list[list[int]]]:  # fmt: skip
+    """Retention rows per value of the cohort-defining event: the person's first target event
+    (first_time) or their first target event of the cohort period (recurring); ties by uuid."""
+    lo, hi = bounds(d0, d1, tz)
+    periods = buckets(d0, d1, period)
+    index = {b: i for i, b in enumerate(periods)}
+    n = len(periods)
+    members: dict[str | None, list[set[str]]] = defaultdict(lambda: [set() for _ in range(n)])
+    returned: dict[str, set[int]] = defaultdict(set)
+    for person, evs in by_person(events).items():
+        evs = sorted(evs, key=lambda e: (e["timestamp"], e["uuid"]))
+        targets = [e for e in evs if target(e) and e["timestamp"] < hi]
+        if cohort == "first_time":
+            chosen = targets[:1] if targets and targets[0]["timestamp"] >= lo else []
+        else:
+            seen: set[date] = set()
+            chosen = []
+            for e in targets:
+                b = bucket(e["timestamp"], tz, period)
+                if e["timestamp"] >= lo and b not in seen:
+                    seen.add(b)
+                    chosen.append(e)
+        for e in chosen:
+            members[value(e)][index[bucket(e["timestamp"], tz, period)]].add(person)
+        for e in evs:
+            if ret(e) and lo <= e["timestamp"] < hi:
+                returned[person].add(index[bucket(e["timestamp"], tz, period)])
+    out: dict[str | None, list[list[int]]] = {}
+    for v, per in members.items():
+        rows = []
+        for i in range(n):
+            row = [len(per[i])]
+            for d in range(1, n - i):
+                if mode == "on":
+                    row.append(sum(1 for p in per[i] if i + d in returned[p]))
+                else:
+                    row.append(sum(1 for p in per[i] if any(r >= i + d for r in returned[p])))
+            rows.append(row)
+        out[v] = rows
+    return out
+
+
+def lifecycle_by(
+    events: list[Event], match: Match, d0: date, d1: date, tz: str, period: str,
+    value: Callable[[Event], str | None],
+) -> dict[str | None, dict[str, list[int]]]:  # fmt: skip
+    """Lifecycle per value of the person's first event (ties by uuid) of the period; dormant
+    persons take the value of their first event of the previous period."""
+    _, hi = bounds(d0, d1, tz)
+    periods = buckets(d0, d1, period)
+
+    def back(b: date) -> date:
+        if period == "day":
+            return b - timedelta(days=1)
+        if period == "week":
+            return b - timedelta(days=7)
+        m = b.year * 12 + b.month - 2
+        return date(m // 12, m % 12 + 1, 1)
+
+    out: dict[str | None, dict[str, list[int]]] = {}
+    for evs in by_person(events).values():
+        first_of: dict[date, Event] = {}
+        for e in sorted(evs, key=lambda e: (e["timestamp"], e["uuid"])):
+            if match(e) and e["timestamp"] < hi:
+                first_of.setdefault(bucket(e["timestamp"], tz, period), e)
+        if not first_of:
+            continue
+        first = min(first_of)
+        for i, b in enumerate(periods):
+            prev = back(b) in first_of
+            if b in first_of:
+                status = "new" if b == first else "returning" if prev else "resurrecting"
+                v, delta = value(first_of[b]), 1
+            elif prev:
+                status, v, delta = "dormant", value(first_of[back(b)]), -1
+            else:
+                continue
+            row = out.setdefault(v, {s: [0] * len(periods) for s in
+                                     ("new", "returning", "resurrecting", "dormant")})  # fmt: skip
+            row[status][i] += delta
+    return out

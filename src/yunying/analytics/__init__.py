@@ -38,7 +38,12 @@ from yunying.analytics.funnels import (
     funnel_time_to_convert,
     funnel_trends,
 )
-from yunying.analytics.lifecycle import LifecycleQuery, LifecycleResult, lifecycle
+from yunying.analytics.lifecycle import (
+    LifecycleBreakdown,
+    LifecycleQuery,
+    LifecycleResult,
+    lifecycle,
+)
 from yunying.analytics.metrics import (
     CATALOG,
     MetricConfig,
@@ -50,6 +55,7 @@ from yunying.analytics.metrics import (
 )
 from yunying.analytics.paths import PathEdge, PathNode, PathsQuery, PathsResult, paths
 from yunying.analytics.retention import (
+    RetentionBreakdown,
     RetentionCohort,
     RetentionQuery,
     RetentionResult,
@@ -68,6 +74,8 @@ from yunying.analytics.stickiness import (
 from yunying.analytics.trends import Series, TrendSeries, TrendsQuery, TrendsResult, trends
 
 __all__ = [
+    "LifecycleBreakdown",
+    "RetentionBreakdown",
     "CountBucket",
     "EventCountDistributionQuery",
     "EventCountDistributionResult",

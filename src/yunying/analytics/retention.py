@@ -8,13 +8,14 @@ which they did the target event. Periods are local calendar days/weeks (Monday)/
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from sqlglot import exp
 
 from yunying.analytics.common import (
     DateRange,
+    Field,
     Filter,
     InvalidQuery,
     Source,
@@ -42,6 +43,7 @@ class RetentionQuery:
     target_filters: tuple[Filter, ...] = ()
     return_filters: tuple[Filter, ...] = ()
     filters: tuple[Filter, ...] = ()
+    breakdown: Field | None = None
 
     def __post_init__(self) -> None:
         for name in ("target_filters", "return_filters", "filters"):
@@ -71,19 +73,33 @@ class RetentionCohort:
 
 
 @dataclass(frozen=True)
+class RetentionBreakdown:
+    """The retention table of the persons whose cohort-defining event had ``value``."""
+
+    value: str | None
+    cohorts: tuple[RetentionCohort, ...]
+    weighted_mean: tuple[float | None, ...]
+
+
+@dataclass(frozen=True)
 class RetentionResult:
     """The cohort matrix (row i has one value per period still inside the range) and, per
-    period N, the mean rate weighted by cohort size over cohorts that have period N."""
+    period N, the mean rate weighted by cohort size over cohorts that have period N; with a
+    breakdown, the same per value."""
 
     period: str
     cohorts: tuple[RetentionCohort, ...]
     weighted_mean: tuple[float | None, ...]
+    breakdowns: tuple[RetentionBreakdown, ...] = field(default_factory=tuple)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (with rates)."""
         out = asdict(self)
         for c, d in zip(self.cohorts, out["cohorts"], strict=True):
             d["rates"] = list(c.rates)
+        for b, bd in zip(self.breakdowns, out["breakdowns"], strict=True):
+            for c, d in zip(b.cohorts, bd["cohorts"], strict=True):
+                d["rates"] = list(c.rates)
         return out
 
 
@@ -91,8 +107,11 @@ def _c(name: str, table: str | None = None) -> exp.Column:
     return exp.column(name, table=table)
 
 
-def retention_sql(source: Source, project_id: int, q: RetentionQuery) -> dict[str, exp.Select]:
-    """The queries behind a retention table: cohort sizes and returns per (cohort, period)."""
+def retention_sql(
+    source: Source, project_id: int, q: RetentionQuery, by_breakdown: bool = False
+) -> dict[str, exp.Select]:
+    """The queries behind a retention table: cohort sizes and returns per (cohort, period)
+    (and per breakdown value of the cohort-defining event)."""
     sql = Sql(source.dialect)
     tz = q.date_range.timezone
     start, end = q.date_range.utc_bounds()
@@ -100,7 +119,39 @@ def retention_sql(source: Source, project_id: int, q: RetentionQuery) -> dict[st
     target = exp.and_(
         sql.event_is(q.target_event), sql.filters(q.target_filters), sql.filters(q.filters)
     )
-    if q.cohort == "first_time":
+    if by_breakdown:
+        assert q.breakdown is not None
+        first_time = q.cohort == "first_time"
+        rn = exp.Window(
+            this=exp.RowNumber(),
+            partition_by=[_c("person_id")] + ([] if first_time else [_c("pn")]),
+            order=exp.Order(
+                expressions=[exp.Ordered(this=_c("timestamp")), exp.Ordered(this=_c("uid"))]
+            ),
+        )
+        when = exp.LT(this=ts.copy(), expression=sql.ts_literal(end))
+        tagged = (
+            exp.select(
+                _c("person_id"), _c("timestamp"),
+                exp.alias_(sql.period(ts.copy(), q.period, tz), "pn"),
+                exp.alias_(sql.field_text(q.breakdown), "b"),
+                exp.alias_(sql.text(_c("uuid")), "uid"),
+            )
+            .from_(events_from(source, project_id, person=uses_person(q)))
+            .where(exp.and_(target, when if first_time else sql.time_between(start, end)))
+        )  # fmt: skip
+        ranked = exp.select("*", exp.alias_(rn, "rn")).from_(tagged.subquery("t"))
+        cohorts = (
+            exp.select(_c("person_id"), _c("pn"), _c("b"))
+            .from_(ranked.subquery("r"))
+            .where(
+                exp.and_(
+                    _c("rn").eq(1),
+                    exp.GTE(this=_c("timestamp"), expression=sql.ts_literal(start)),
+                )
+            )
+        )
+    elif q.cohort == "first_time":
         firsts = (
             exp.select(_c("person_id"), exp.alias_(exp.Min(this=ts), "first_ts"))
             .from_(events_from(source, project_id, person=uses_person(q)))
@@ -132,14 +183,16 @@ def retention_sql(source: Source, project_id: int, q: RetentionQuery) -> dict[st
             )
         )
     )
+    key = [_c("b")] if by_breakdown else [exp.cast(exp.null(), "TEXT").as_("b")]
     sizes = (
-        exp.select(_c("pn"), exp.alias_(exp.Count(this=exp.Star()), "n"))
+        exp.select(_c("pn"), *key, exp.alias_(exp.Count(this=exp.Star()), "n"))
         .from_("cohorts")
-        .group_by(_c("pn"))
+        .group_by(_c("pn"), *([_c("b")] if by_breakdown else []))
         .with_("cohorts", as_=cohorts)
     )
+    ckey = [_c("b", "c")] if by_breakdown else [exp.cast(exp.null(), "TEXT").as_("b")]
     joined = (
-        exp.select(_c("person_id", "c"), _c("pn", "c").as_("cp"), _c("pn", "r").as_("rp"))
+        exp.select(_c("person_id", "c"), _c("pn", "c").as_("cp"), _c("pn", "r").as_("rp"), *ckey)
         .from_(exp.to_table("cohorts").as_("c"))
         .join(
             exp.to_table("returns").as_("r"),
@@ -150,48 +203,84 @@ def retention_sql(source: Source, project_id: int, q: RetentionQuery) -> dict[st
     )
     if q.mode == "on_or_after":
         joined = (
-            exp.select(_c("person_id"), _c("cp"), exp.alias_(exp.Max(this=_c("rp")), "rp"))
+            exp.select(_c("person_id"), _c("cp"), _c("b"), exp.alias_(exp.Max(this=_c("rp")), "rp"))
             .from_(joined.subquery("j"))
-            .group_by(_c("person_id"), _c("cp"))
+            .group_by(_c("person_id"), _c("cp"), _c("b"))
         )
     counts = (
-        exp.select(_c("cp"), _c("rp"), exp.alias_(exp.Count(this=exp.Star()), "n"))
+        exp.select(_c("cp"), _c("rp"), _c("b"), exp.alias_(exp.Count(this=exp.Star()), "n"))
         .from_(joined.subquery("x"))
-        .group_by(_c("cp"), _c("rp"))
+        .group_by(_c("cp"), _c("rp"), _c("b"))
         .with_("cohorts", as_=cohorts)
         .with_("returns", as_=returns)
     )
     return {"sizes": sizes, "counts": counts}
 
 
-def retention(source: Source, project_id: int, query: RetentionQuery) -> RetentionResult:
-    """Run a retention analysis on a store (or any :class:`Source`) for one project."""
-    trees = retention_sql(source, project_id, query)
-    buckets = periods(query.date_range, query.period)
-    index = {p.number: i for i, p in enumerate(buckets)}
-    n = len(buckets)
-    sizes = [0] * n
-    for pn, count in run(source, trees["sizes"]):
-        if as_int(pn) in index:
-            sizes[index[as_int(pn)]] = as_int(count)
-    # exact[i][d]: persons of cohort i whose (last, for on_or_after) return is d periods later
-    exact = [[0] * n for _ in range(n)]
-    for cp, rp, count in run(source, trees["counts"]):
-        i = index.get(as_int(cp))
-        if i is not None:
-            exact[i][as_int(rp) - as_int(cp)] += as_int(count)
+def _table(
+    query: RetentionQuery,
+    n: int,
+    sizes: list[int],
+    exact: list[list[int]],
+    labels: list[str],
+) -> tuple[tuple[RetentionCohort, ...], tuple[float | None, ...]]:
     cohorts = []
-    for i, p in enumerate(buckets):
+    for i in range(n):
         values = [sizes[i]]
         for d in range(1, n - i):
             if query.mode == "on":
                 values.append(exact[i][d])
             else:
                 values.append(sum(exact[i][d:]))
-        cohorts.append(RetentionCohort(p.label, sizes[i], tuple(values)))
+        cohorts.append(RetentionCohort(labels[i], sizes[i], tuple(values)))
     mean: list[float | None] = []
     for d in range(n):
         num = sum(c.retained[d] for c in cohorts if len(c.retained) > d)
         den = sum(c.size for c in cohorts if len(c.retained) > d)
         mean.append(num / den if den else None)
-    return RetentionResult(query.period, tuple(cohorts), tuple(mean))
+    return tuple(cohorts), tuple(mean)
+
+
+def _run_tables(
+    source: Source, project_id: int, query: RetentionQuery, by_breakdown: bool
+) -> dict[str | None, tuple[tuple[RetentionCohort, ...], tuple[float | None, ...]]]:
+    trees = retention_sql(source, project_id, query, by_breakdown)
+    buckets = periods(query.date_range, query.period)
+    index = {p.number: i for i, p in enumerate(buckets)}
+    n = len(buckets)
+    sizes: dict[str | None, list[int]] = {}
+    # exact[i][d]: persons of cohort i whose (last, for on_or_after) return is d periods later
+    exact: dict[str | None, list[list[int]]] = {}
+
+    def ensure(key: str | None) -> None:
+        if key not in sizes:
+            sizes[key] = [0] * n
+            exact[key] = [[0] * n for _ in range(n)]
+
+    if not by_breakdown:
+        ensure(None)
+    for pn, b, count in run(source, trees["sizes"]):
+        key = None if b is None else str(b)
+        ensure(key)
+        if as_int(pn) in index:
+            sizes[key][index[as_int(pn)]] = as_int(count)
+    for cp, rp, b, count in run(source, trees["counts"]):
+        key = None if b is None else str(b)
+        i = index.get(as_int(cp))
+        if i is not None and key in exact:
+            exact[key][i][as_int(rp) - as_int(cp)] += as_int(count)
+    labels = [p.label for p in buckets]
+    return {k: _table(query, n, sizes[k], exact[k], labels) for k in sizes}
+
+
+def retention(source: Source, project_id: int, query: RetentionQuery) -> RetentionResult:
+    """Run a retention analysis on a store (or any :class:`Source`) for one project."""
+    cohorts, mean = _run_tables(source, project_id, query, False)[None]
+    breakdowns: list[RetentionBreakdown] = []
+    if query.breakdown is not None:
+        for value, (bc, bm) in _run_tables(source, project_id, query, True).items():
+            breakdowns.append(RetentionBreakdown(value, bc, bm))
+        breakdowns.sort(
+            key=lambda b: (-sum(c.size for c in b.cohorts), b.value is None, b.value or "")
+        )
+    return RetentionResult(query.period, cohorts, mean, tuple(breakdowns))
