@@ -108,6 +108,7 @@ def test_breakdown_attribution_equals_reference(
     assert len(want) > 3
 
 
+@pytest.mark.slow
 def test_time_to_convert_histogram_equals_reference(journeys: Dataset) -> None:
     fq = FunnelQuery(
         STEPS, RANGE, window=3, exclusions=(FunnelExclusion("purchase_membership", (), 0, 1),)
