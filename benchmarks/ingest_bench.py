@@ -20,7 +20,8 @@ Measures, each time in events per second, every figure next to a reference taken
 Every scenario is time-boxed (``--seconds``, or its event count, whichever comes first), so a
 slow server makes the run shorter in events, not longer in time. Every event is valid and has a
 unique uuid (or unique dedupe id in its protocol), so each one is really stored; after each
-scenario the stored count is read back with ``yunying sql`` and compared with what was sent. A
+scenario the stored count is read back (the server's ``/api/v1/sql``; ``yunying sql`` after an
+import) and compared with what was acknowledged. A
 mismatch or a refused request is reported loudly and makes the exit status 1.
 
 Prints a table, writes the figures as JSON to ``--out``; ``--markdown`` prints the table as
