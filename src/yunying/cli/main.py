@@ -41,7 +41,9 @@ DataDir = Annotated[
 EventsURL = Annotated[
     str | None,
     typer.Option(
-        "--events-url", envvar="YUNYING_EVENTS_URL", help="Events engine (duckdb:///PATH)."
+        "--events-url",
+        envvar="YUNYING_EVENTS_URL",
+        help="Events engine: duckdb:///PATH, chdb:///PATH or clickhouse://…",
     ),
 ]
 StateURL = Annotated[
