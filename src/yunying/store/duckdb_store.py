@@ -22,6 +22,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from yunying.store.base import PersonRecord, QueryResult
+from yunying.store.seen import SeenHashes
 
 if TYPE_CHECKING:
     from yunying.ingest.model import Event
@@ -86,14 +87,19 @@ ARROW_EVENTS = pa.schema(
     ]
 )
 
-INSERT_EVENTS = """
+INSERT_NEW_EVENTS = """
 INSERT INTO raw_events
 SELECT project_id, uuid::UUID, event, distinct_id, person_id::UUID, timestamp, received_at,
        properties::JSON, channel, utm_source, os, app_version, device_id, ip, amount
 FROM _batch
-ON CONFLICT DO NOTHING
-RETURNING uuid
 """
+INSERT_EVENTS = INSERT_NEW_EVENTS + "ON CONFLICT DO NOTHING\nRETURNING uuid\n"
+#: The same hash over stored events and over a batch about to be stored (same column types).
+HASH_STORED = "SELECT hash(project_id, uuid) AS h FROM raw_events"
+HASH_BATCH = "SELECT hash(project_id, uuid::UUID) AS h FROM _batch"
+#: Beyond this many stored events the writer stops keeping their hashes (8 bytes each) in memory
+#: and checks every batch with ON CONFLICT instead.
+MAX_SEEN_EVENTS = 50_000_000
 
 
 def jsonable(value: Any) -> Any:
@@ -142,8 +148,9 @@ def events_arrow(project_id: int, events: Sequence[Event], received_at: datetime
 class DuckDBTransaction:
     """The writer's view of one open DuckDB transaction."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, seen: SeenHashes | None = None) -> None:
         self.con = con
+        self.seen = seen
 
     def lookup_distinct_ids(self, project_id: int, distinct_ids: Sequence[str]) -> dict[str, str]:
         if not distinct_ids:
@@ -180,8 +187,18 @@ class DuckDBTransaction:
     ) -> set[str]:
         if not events:
             return set()
-        self.con.register("_batch", events_arrow(project_id, events, received_at))
+        unique: dict[str, Event] = {}
+        for ev in events:
+            unique.setdefault(ev.uuid, ev)
+        self.con.register("_batch", events_arrow(project_id, list(unique.values()), received_at))
         try:
+            if self.seen is not None:
+                hashes = self.con.execute(HASH_BATCH).fetchnumpy()["h"]
+                fresh = not self.seen.any_of(hashes)
+                self.seen.add(hashes)
+                if fresh:  # no uuid of the batch is stored: the conflict check can be skipped
+                    self.con.execute(INSERT_NEW_EVENTS)
+                    return set(unique)
             rows = self.con.execute(INSERT_EVENTS).fetchall()
         finally:
             self.con.unregister("_batch")
@@ -317,6 +334,7 @@ class DuckDBEventStore:
         self._con = duckdb.connect(self.path, config=config)
         self._con.execute(SCHEMA)
         self._write_lock = threading.Lock()
+        self._seen: SeenHashes | None = None  # built on the first write transaction
         self._local = threading.local()
 
     # -- writes -------------------------------------------------------------------------------
@@ -329,13 +347,22 @@ class DuckDBEventStore:
             try:
                 con.execute("BEGIN TRANSACTION")
                 try:
-                    yield DuckDBTransaction(con)
+                    yield DuckDBTransaction(con, self._seen_hashes(con))
                 except BaseException:
                     con.execute("ROLLBACK")
                     raise
                 con.execute("COMMIT")
             finally:
                 con.close()
+
+    def _seen_hashes(self, con: duckdb.DuckDBPyConnection) -> SeenHashes | None:
+        """The hashes of stored event uuids, read from the table once per process."""
+        if self._seen is None:
+            count = con.execute("SELECT count(*) FROM raw_events").fetchall()[0][0]
+            if count > MAX_SEEN_EVENTS:
+                return None
+            self._seen = SeenHashes(con.execute(HASH_STORED).fetchnumpy()["h"])
+        return self._seen
 
     def bulk_insert_arrow(self, table: str, data: pa.Table) -> None:
         """Append an Arrow table whose columns match ``table`` (demo data, bulk loads)."""
@@ -348,6 +375,7 @@ class DuckDBEventStore:
                 cols = ", ".join(data.column_names)
                 con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _bulk")
                 con.unregister("_bulk")
+                self._seen = None  # rebuilt from the table on the next write
             finally:
                 con.close()
 
