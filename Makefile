@@ -28,6 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest_bench.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/analytics_bench.py $(ANALYTICS_BENCH_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/yunying demo --data-dir $(DATA)
