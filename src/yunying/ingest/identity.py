@@ -33,7 +33,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from yunying.ingest.model import PERSON_OPERATIONS, Event
+from yunying.ingest.model import PERSON_OPERATION_SET, Event
 from yunying.store.base import EventTransaction, PersonRecord
 
 PERSON_NAMESPACE = uuid.UUID("9f1c2b4e-5a7d-4e0b-8c3f-2d6a1b9e7c50")
@@ -109,7 +109,7 @@ def apply_property_ops(props: dict[str, Any], event_props: dict[str, Any]) -> bo
 
 
 def _has_ops(props: dict[str, Any]) -> bool:
-    return any(op in props for op in PERSON_OPERATIONS)
+    return not PERSON_OPERATION_SET.isdisjoint(props)
 
 
 class IdentityResolver:

@@ -122,7 +122,7 @@ AMOUNT_SOURCES = ("$amount", "amount")
 _SPECIAL_PROPERTIES = frozenset(
     {*(s for sources in COLUMN_SOURCES.values() for s in sources), *AMOUNT_SOURCES}
 )
-_PERSON_OPERATION_SET = frozenset(PERSON_OPERATIONS)
+PERSON_OPERATION_SET = frozenset(PERSON_OPERATIONS)
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -280,7 +280,7 @@ def validate_event(
         for key in props:
             if key.startswith("$") and key not in PLATFORM_PROPERTIES:
                 add(f"properties.{key}", "names starting with $ are reserved for the platform")
-    if not _PERSON_OPERATION_SET.isdisjoint(props):
+    if not PERSON_OPERATION_SET.isdisjoint(props):
         _check_person_ops(props, add)
 
     if name == "$create_alias" and not isinstance(props.get("alias"), str | int):
