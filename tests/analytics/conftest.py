@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlglot import exp
 
+from tests.analytics.reference import assert_close
 from tests.conftest import chdb_url
 from yunying.config import load_settings
 from yunying.ingest.model import validate_batch
@@ -261,3 +262,11 @@ def metric_journeys(
                 bought["$amount"] = amount
                 emit("purchase_membership", current, t + timedelta(seconds=5), bought)
     return raws
+
+
+def both(ds: Dataset, analysis: Any, q: Any) -> Any:
+    """Run an analysis on DuckDB and ClickHouse, check they agree, return the DuckDB result."""
+    duck = analysis(ds.duck, ds.project_id, q)
+    ch = analysis(ds.chdb, ds.ch_project_id, q)
+    assert_close(duck.as_dict(), ch.as_dict())
+    return duck

@@ -12,7 +12,16 @@ from typing import Any
 import pytest
 
 from tests.analytics import reference as ref
-from tests.analytics.conftest import DAYS, START, TZ, Dataset, iso, make_dataset, random_journeys
+from tests.analytics.conftest import (
+    DAYS,
+    START,
+    TZ,
+    Dataset,
+    both,
+    iso,
+    make_dataset,
+    random_journeys,
+)
 from yunying.analytics import (
     DateRange,
     Filter,
@@ -33,13 +42,6 @@ from yunying.runtime import Runtime
 RANGE = DateRange(START, START + timedelta(days=DAYS - 1))
 END = RANGE.date_to
 LO, HI = ref.bounds(START, END, TZ)
-
-
-def both(ds: Dataset, analysis: Any, q: Any) -> Any:
-    duck = analysis(ds.duck, ds.project_id, q)
-    ch = analysis(ds.chdb, ds.ch_project_id, q)
-    ref.assert_close(duck.as_dict(), ch.as_dict())
-    return duck
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.analytics import reference as ref
-from tests.analytics.conftest import DAYS, START, TZ, Dataset
+from tests.analytics.conftest import DAYS, START, TZ, Dataset, both
 from yunying.analytics import (
     DateRange,
     LifecycleQuery,
@@ -23,13 +23,6 @@ from yunying.analytics import (
 
 RANGE = DateRange(START, START + timedelta(days=DAYS - 1))
 END = RANGE.date_to
-
-
-def both(ds: Dataset, analysis: Any, q: Any) -> Any:
-    duck = analysis(ds.duck, ds.project_id, q)
-    ch = analysis(ds.chdb, ds.ch_project_id, q)
-    ref.assert_close(duck.as_dict(), ch.as_dict())
-    return duck
 
 
 def step_value(e: ref.Event) -> str | None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.analytics import reference as ref
-from tests.analytics.conftest import DAYS, START, TZ, Dataset, iso
+from tests.analytics.conftest import DAYS, START, TZ, Dataset, both, iso
 from yunying.analytics import (
     DateRange,
     Filter,
@@ -27,14 +27,6 @@ from yunying.analytics.common import Sql
 
 RANGE = DateRange(START, START + timedelta(days=DAYS - 1))
 END = RANGE.date_to
-
-
-def both(ds: Dataset, analysis: Any, q: Any) -> Any:
-    """Run on DuckDB and ClickHouse, check they agree, return the DuckDB result."""
-    duck = analysis(ds.duck, ds.project_id, q)
-    ch = analysis(ds.chdb, ds.ch_project_id, q)
-    ref.assert_close(duck.as_dict(), ch.as_dict())
-    return duck
 
 
 def named(name: str | None) -> Any:
