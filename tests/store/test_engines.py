@@ -227,3 +227,39 @@ def test_many_merges_in_one_batch_repoint_every_id(both: tuple[Runtime, Runtime]
     assert len({p for _, p in got["person_distinct_ids"]}) == 1
     assert len(got["persons"]) == 1 and len(orjson.loads(got["persons"][0][2])) == 40
     assert str(uuid.UUID(got["persons"][0][0])) == got["persons"][0][0]
+
+
+def test_person_values_replace_a_scope_and_stay_in_their_project(
+    both: tuple[Runtime, Runtime],
+) -> None:
+    import pyarrow as pa
+
+    a, b = next(_project_ids), next(_project_ids)
+    p1, p2, p3 = (str(uuid.UUID(int=i)) for i in (1, 2, 3))
+    for rt in both:
+        rt.store.replace_person_values(a, "segment:1", pa.table({"person_id": [p1, p2]}))
+        rt.store.replace_person_values(
+            a, "rfm", pa.table({"person_id": [p1], "label": ["champion"], "value": [5.0]})
+        )
+        rt.store.replace_person_values(b, "segment:1", pa.table({"person_id": [p3]}))
+        rt.store.replace_person_values(a, "segment:1", pa.table({"person_id": [p2, p3]}))
+    answers = [
+        sorted(rows(rt, a, "SELECT scope, person_id, label, value FROM person_values"), key=repr)
+        for rt in both
+    ]
+    assert (
+        answers[0]
+        == answers[1]
+        == sorted(
+            [
+                ["segment:1", p2, None, None],
+                ["segment:1", p3, None, None],
+                ["rfm", p1, "champion", 5.0],
+            ],
+            key=repr,
+        )
+    )
+    for rt in both:
+        rt.store.replace_person_values(a, "rfm", pa.table({"person_id": pa.array([], pa.string())}))
+        assert rows(rt, a, "SELECT count() FROM person_values WHERE scope = 'rfm'") == [[0]]
+        assert rows(rt, b, "SELECT count() FROM person_values") == [[1]]

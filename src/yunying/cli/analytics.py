@@ -23,6 +23,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from yunying.config import Settings
+    from yunying.runtime import Runtime
 
 #: ``--window 7d``: a number and a unit (s, m, h, d, w or the words); a bare number is days.
 WINDOW_UNITS = {
@@ -118,34 +119,15 @@ def analyze(settings: "Settings", kind: str, body: dict[str, Any]) -> dict[str, 
     Raises :class:`~yunying.errors.YunyingError` (server refusals, unknown project, refused
     query) or :class:`~yunying.web.http.HTTPProblem` (a body that does not validate).
     """
-    from yunying.cli.main import open_runtime
-    from yunying.cli.remote import ServerError, find_server
+    from yunying.cli.remote import call_api
     from yunying.state import get_project
     from yunying.web.analytics_api import parse_request, run_analysis
 
-    server = find_server(settings)
-    if server is not None:
-        import httpx
-
-        resp = httpx.post(
-            f"{server.url}/api/v1/analytics/{kind}",
-            json=body,
-            headers={"Authorization": f"Bearer {server.admin_token}"},
-            timeout=600,
-        )
-        if resp.status_code != 200:
-            try:
-                message = resp.json().get("error", resp.text)
-            except ValueError:
-                message = resp.text[:200]
-            raise ServerError(f"server answered {resp.status_code}: {message}")
-        return resp.json()
-    request = parse_request(kind, body)  # before opening anything
-    rt = open_runtime(settings)
-    try:
+    def local(rt: "Runtime") -> dict[str, Any]:
+        request = parse_request(kind, body)
         return run_analysis(rt.store, get_project(rt.state, request.project), request)
-    finally:
-        rt.close()
+
+    return dict(call_api(settings, "POST", f"/api/v1/analytics/{kind}", local, json=body))
 
 
 # -- human output -----------------------------------------------------------------------------------

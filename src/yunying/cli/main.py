@@ -424,6 +424,8 @@ def main() -> None:  # pragma: no cover - console entry point
     app()
 
 
-from yunying.cli import analytics  # noqa: E402 - its commands take the options defined above
+# Capability modules add their commands; they take the options defined above.
+from yunying.cli import activities, analytics, audience, clv, risk, segments  # noqa: E402
 
-analytics.register(app)
+for _module in (analytics, segments, audience, clv, activities, risk):
+    _module.register(app)

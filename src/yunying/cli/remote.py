@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import orjson
 
 from yunying.config import Settings
 from yunying.errors import YunyingError
+
+if TYPE_CHECKING:
+    from yunying.runtime import Runtime
+
+T = TypeVar("T")
 
 
 class ServerError(YunyingError):
@@ -32,16 +38,29 @@ class RunningServer:
     pid: int
     admin_token: str
 
-    def sql(self, project: str | None, sql: str) -> dict[str, Any]:
-        resp = httpx.post(
-            f"{self.url}/api/v1/sql",
-            json={"project": project, "sql": sql},
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        """The JSON answer of a management endpoint (``ServerError`` for any non-2xx)."""
+        resp = httpx.request(
+            method,
+            f"{self.url}{path}",
+            json=json,
+            params={k: v for k, v in (params or {}).items() if v is not None},
             headers={"Authorization": f"Bearer {self.admin_token}"},
             timeout=600,
         )
-        if resp.status_code != 200:
+        if not 200 <= resp.status_code < 300:
             raise ServerError(_message(resp))
-        return resp.json()
+        return resp.json() if resp.content else None
+
+    def sql(self, project: str | None, sql: str) -> dict[str, Any]:
+        return dict(self.call("POST", "/api/v1/sql", json={"project": project, "sql": sql}))
 
     def send_events(
         self, client: httpx.Client, write_key: str, events: list[Any]
@@ -60,6 +79,32 @@ class RunningServer:
         if resp.status_code not in (200, 400) or "accepted" not in resp.json():
             raise ServerError(_message(resp))
         return resp.json()
+
+
+def call_api(
+    settings: Settings,
+    method: str,
+    path: str,
+    local: Callable[[Runtime], T],
+    *,
+    json: Any = None,
+    params: dict[str, Any] | None = None,
+) -> T | Any:
+    """Answer a CLI command: through the running server's management API ``method path`` when
+    one serves this data dir (it holds the DuckDB lock), else ``local(runtime)`` in this process.
+
+    ``local`` must return what the endpoint answers, so ``--json`` output is the same either way.
+    """
+    server = find_server(settings)
+    if server is not None:
+        return server.call(method, path, json=json, params=params)
+    from yunying.cli.main import open_runtime  # explains a DuckDB lock held elsewhere
+
+    rt = open_runtime(settings)
+    try:
+        return local(rt)
+    finally:
+        rt.close()
 
 
 def _message(resp: httpx.Response) -> str:

@@ -1,10 +1,19 @@
 """Events engines behind the :class:`EventStore` interface (DuckDB embedded by default)."""
 
-from yunying.store.base import RELATIONS, EventStore, EventTransaction, PersonRecord, QueryResult
+from yunying.store.base import (
+    PERSON_VALUES,
+    RELATIONS,
+    EventStore,
+    EventTransaction,
+    PersonRecord,
+    QueryResult,
+    person_values_table,
+)
 from yunying.store.duckdb_store import DuckDBEventStore
 from yunying.store.readonly_sql import rewrite, run_readonly_sql
 
 __all__ = [
+    "PERSON_VALUES",
     "RELATIONS",
     "DuckDBEventStore",
     "EventStore",
@@ -12,6 +21,7 @@ __all__ = [
     "PersonRecord",
     "QueryResult",
     "open_event_store",
+    "person_values_table",
     "rewrite",
     "run_readonly_sql",
 ]

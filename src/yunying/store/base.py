@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+import pyarrow as pa
 from sqlglot import exp
 
 if TYPE_CHECKING:
@@ -20,7 +21,22 @@ if TYPE_CHECKING:
 
 
 #: The relations ``yunying sql`` and the analytics see, each scoped to one project.
-RELATIONS = ("events", "persons", "person_distinct_ids")
+RELATIONS = ("events", "persons", "person_distinct_ids", "person_values")
+
+#: Columns a caller hands to :meth:`EventStore.replace_person_values`.
+PERSON_VALUES = pa.schema(
+    [("person_id", pa.string()), ("label", pa.string()), ("value", pa.float64())]
+)
+
+
+def person_values_table(data: pa.Table) -> pa.Table:
+    """``data`` with exactly the :data:`PERSON_VALUES` columns (missing ones as nulls)."""
+    n = data.num_rows
+    columns = [
+        data.column(f.name).cast(f.type) if f.name in data.column_names else pa.nulls(n, f.type)
+        for f in PERSON_VALUES
+    ]
+    return pa.Table.from_arrays(columns, schema=PERSON_VALUES)
 
 
 @dataclass(slots=True)
@@ -108,8 +124,18 @@ class EventStore(Protocol):
         """Append rows to a raw table in one go (demo data, bulk loads); bypasses identity."""
         ...
 
+    def replace_person_values(self, project_id: int, scope: str, data: Any) -> None:
+        """Replace every row of ``scope`` in ``person_values`` with ``data``.
+
+        ``data`` is an Arrow table with columns ``person_id`` (string), ``label`` (string, may be
+        null) and ``value`` (float64, may be null). Derived per-person facts live here (segment
+        membership ``segment:ID``, tags ``tag:NAME``, lifecycle stage, RFM class, CLV scores) so
+        analyses can filter and break down by them with a join inside the events engine.
+        """
+        ...
+
     def delete_project_data(self, project_id: int) -> None:
-        """Remove every event, person and distinct id of a project."""
+        """Remove every event, person, distinct id and person value of a project."""
         ...
 
     def close(self) -> None:

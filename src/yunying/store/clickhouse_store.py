@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -35,7 +35,7 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
-from yunying.store.base import PersonRecord, QueryResult
+from yunying.store.base import PersonRecord, QueryResult, person_values_table
 from yunying.store.duckdb_store import EVENT_COLUMNS, events_arrow, jsonable
 
 if TYPE_CHECKING:
@@ -89,6 +89,18 @@ CREATE TABLE IF NOT EXISTS raw_person_distinct_ids (
     INDEX person_idx person_id TYPE bloom_filter GRANULARITY 1
 ) ENGINE = ReplacingMergeTree(version, is_deleted)
 ORDER BY (project_id, distinct_id)
+SETTINGS {_DURABLE}
+""",
+    f"""
+CREATE TABLE IF NOT EXISTS person_values (
+    project_id  Int32,
+    scope       String,
+    person_id   UUID,
+    label       Nullable(String),
+    value       Nullable(Float64),
+    computed_at DateTime64(6, 'UTC')
+) ENGINE = MergeTree
+ORDER BY (project_id, scope, person_id)
 SETTINGS {_DURABLE}
 """,
 )
@@ -460,7 +472,17 @@ def _scoped_sql(relation: str, project_id: int) -> str:
             "SELECT distinct_id, person_id "
             f"FROM raw_person_distinct_ids FINAL WHERE project_id = {pid}"
         )
+    if relation == "person_values":
+        return (
+            "SELECT scope, person_id, label, value, computed_at "
+            f"FROM person_values WHERE project_id = {pid}"
+        )
     raise KeyError(relation)
+
+
+def _quote(value: str) -> str:
+    """A ClickHouse string literal (rendered by SQLGlot, which escapes quotes)."""
+    return exp.Literal.string(value).sql(dialect="clickhouse")
 
 
 class ClickHouseEventStore:
@@ -517,10 +539,35 @@ class ClickHouseEventStore:
         with self._write_lock:
             self.db.insert_arrow(table, data)
 
-    def delete_project_data(self, project_id: int) -> None:
-        """Remove every event, person and distinct id of a project (a synchronous mutation)."""
+    def replace_person_values(self, project_id: int, scope: str, data: pa.Table) -> None:
+        """Swap the rows of one ``scope`` in ``person_values`` (a synchronous delete, then an
+        insert: readers may briefly see the scope empty, never half old and half new)."""
+        data = person_values_table(data)
+        n = data.num_rows
+        now = datetime.now(UTC).replace(tzinfo=None)
+        rows = pa.table(
+            {
+                "project_id": pa.array([project_id] * n, pa.int32()),
+                "scope": pa.array([scope] * n, pa.string()),
+                "person_id": data.column("person_id"),
+                "label": data.column("label"),
+                "value": data.column("value"),
+                "computed_at": pa.array([now] * n, pa.timestamp("us")),
+            }
+        )
         with self._write_lock:
-            for table in RAW_TABLES:
+            self.db.command(
+                f"ALTER TABLE person_values DELETE WHERE project_id = {int(project_id)} "
+                f"AND scope = {_quote(scope)} SETTINGS mutations_sync = 2"
+            )
+            if n:
+                self.db.insert_arrow("person_values", rows)
+
+    def delete_project_data(self, project_id: int) -> None:
+        """Remove every event, person, distinct id and person value of a project (a synchronous
+        mutation)."""
+        with self._write_lock:
+            for table in (*RAW_TABLES, "person_values"):
                 self.db.command(
                     f"ALTER TABLE {table} DELETE WHERE project_id = {int(project_id)} "
                     "SETTINGS mutations_sync = 2"

@@ -21,7 +21,7 @@ import orjson
 import pyarrow as pa
 from sqlglot import exp
 
-from yunying.store.base import PersonRecord, QueryResult
+from yunying.store.base import PersonRecord, QueryResult, person_values_table
 from yunying.store.seen import SeenHashes
 
 if TYPE_CHECKING:
@@ -59,6 +59,14 @@ CREATE TABLE IF NOT EXISTS raw_person_distinct_ids (
     distinct_id VARCHAR NOT NULL,
     person_id   UUID    NOT NULL,
     PRIMARY KEY (project_id, distinct_id)
+);
+CREATE TABLE IF NOT EXISTS person_values (
+    project_id  INTEGER   NOT NULL,
+    scope       VARCHAR   NOT NULL,
+    person_id   UUID      NOT NULL,
+    label       VARCHAR,
+    value       DOUBLE,
+    computed_at TIMESTAMP NOT NULL
 );
 """
 
@@ -379,13 +387,40 @@ class DuckDBEventStore:
             finally:
                 con.close()
 
+    def replace_person_values(self, project_id: int, scope: str, data: pa.Table) -> None:
+        """Swap the rows of one ``scope`` in ``person_values`` atomically."""
+        data = person_values_table(data)
+        with self._write_lock:
+            con = self._con.cursor()
+            try:
+                con.register("_values", data)
+                con.execute("BEGIN TRANSACTION")
+                con.execute(
+                    "DELETE FROM person_values WHERE project_id = ? AND scope = ?",
+                    [project_id, scope],
+                )
+                con.execute(
+                    "INSERT INTO person_values SELECT ?, ?, person_id::UUID, label, value, "
+                    "now()::TIMESTAMP FROM _values",
+                    [project_id, scope],
+                )
+                con.execute("COMMIT")
+                con.unregister("_values")
+            finally:
+                con.close()
+
     def delete_project_data(self, project_id: int) -> None:
-        """Remove every event, person and distinct id of a project (demo reset)."""
+        """Remove every event, person, distinct id and person value of a project (demo reset)."""
         with self._write_lock:
             con = self._con.cursor()
             try:
                 con.execute("BEGIN TRANSACTION")
-                for table in ("raw_events", "raw_persons", "raw_person_distinct_ids"):
+                for table in (
+                    "raw_events",
+                    "raw_persons",
+                    "raw_person_distinct_ids",
+                    "person_values",
+                ):
                     con.execute(f"DELETE FROM {table} WHERE project_id = ?", [project_id])
                 con.execute("COMMIT")
             finally:
@@ -435,6 +470,12 @@ class DuckDBEventStore:
             return (
                 exp.select("distinct_id", "person_id")
                 .from_("raw_person_distinct_ids")
+                .where(_project_filter(project_id))
+            )
+        if relation == "person_values":
+            return (
+                exp.select("scope", "person_id", "label", "value", "computed_at")
+                .from_("person_values")
                 .where(_project_filter(project_id))
             )
         raise KeyError(relation)

@@ -20,7 +20,6 @@ when no server is running, so its ``--json`` output is the API's answer in both 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import date, datetime, timedelta
@@ -56,10 +55,10 @@ from yunying.analytics import (
 from yunying.analytics import Field as EventField
 from yunying.analytics.common import FilterOp
 from yunying.analytics.trends import Math
-from yunying.errors import NotFound
-from yunying.runtime import Runtime, ensure_admin_token
-from yunying.state import Project, get_project, project_by_secret_key
-from yunying.web.http import HTTPProblem, bearer, json_response, read_body
+from yunying.runtime import Runtime
+from yunying.state import Project
+from yunying.web.auth import ManagementAuth
+from yunying.web.http import HTTPProblem, json_response, read_body
 
 log = logging.getLogger("yunying.web")
 
@@ -482,19 +481,7 @@ class _ReadRequest(Request):
 
 def analytics_router(runtime: Runtime) -> APIRouter:
     """The four analyses under ``/api/v1/analytics``, authenticated as ``/api/v1/sql``."""
-    admin_token = ensure_admin_token(runtime.settings.admin_token_file)
-
-    def principal(request: Request) -> Project | None:
-        """The project a secret key belongs to, or None for the local admin token (401 else)."""
-        token = bearer(request)
-        if token is None:
-            raise HTTPProblem(401, "missing secret key: send 'Authorization: Bearer <secret_key>'")
-        if hmac.compare_digest(token, admin_token):
-            return None
-        project = project_by_secret_key(runtime.state, token)
-        if project is None:
-            raise HTTPProblem(401, "unknown secret key")
-        return project
+    auth = ManagementAuth(runtime)
 
     class AnalyticsRoute(APIRoute):
         """Authenticate and read the body (bounded) before FastAPI validates it, and answer
@@ -504,7 +491,7 @@ def analytics_router(runtime: Runtime) -> APIRouter:
             handler = super().get_route_handler()
 
             async def guarded(request: Request) -> Response:
-                who = principal(request)
+                who = auth.principal(request)
                 body = await read_body(request, BODY_LIMIT)
                 request = _ReadRequest(request, body)
                 request.state.principal = who
@@ -518,15 +505,7 @@ def analytics_router(runtime: Runtime) -> APIRouter:
     router = APIRouter(prefix="/api/v1/analytics", tags=["analytics"], route_class=AnalyticsRoute)
 
     def project_of(request: Request, name: str | None) -> Project:
-        who: Project | None = request.state.principal
-        if who is None:
-            try:
-                return get_project(runtime.state, name)
-            except NotFound as exc:
-                raise HTTPProblem(404, str(exc)) from None
-        if name is not None and name != who.name:
-            raise HTTPProblem(403, f"this secret key belongs to project {who.name!r}")
-        return who
+        return auth.project_for(request.state.principal, name)
 
     async def answer(request: Request, body: AnalysisRequest) -> Response:
         project = project_of(request, body.project)

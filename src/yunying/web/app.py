@@ -7,7 +7,6 @@ Handlers stay thin: they authenticate, read the body within limits, and call pla
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,11 +18,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from yunying import __version__
-from yunying.errors import NotFound, ReadOnlyViolation
-from yunying.runtime import Runtime, ensure_admin_token
-from yunying.state import Project, get_project, project_by_secret_key
+from yunying.errors import ReadOnlyViolation
+from yunying.runtime import Runtime
 from yunying.store import run_readonly_sql
+from yunying.web.activities_api import activities_router
 from yunying.web.analytics_api import analytics_router
+from yunying.web.audience_api import audience_router
+from yunying.web.auth import ManagementAuth
+from yunying.web.clv_api import clv_router
 from yunying.web.http import (
     HTTPProblem,
     bearer,
@@ -32,14 +34,16 @@ from yunying.web.http import (
     read_body,
     store_events,
 )
+from yunying.web.risk_api import risk_router
 from yunying.web.sdk import include_sdk_routes
+from yunying.web.segments_api import segments_router
 
 log = logging.getLogger("yunying.web")
 
 
 def create_app(runtime: Runtime) -> FastAPI:
     """Build the ASGI app serving one installation."""
-    admin_token = ensure_admin_token(runtime.settings.admin_token_file)
+    auth = ManagementAuth(runtime)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -119,22 +123,6 @@ def create_app(runtime: Runtime) -> FastAPI:
             return json_response(body_out, 400)
         return json_response(body_out)
 
-    def management_project(request: Request, name: str | None) -> Project:
-        token = bearer(request)
-        if token is None:
-            raise HTTPProblem(401, "missing secret key: send 'Authorization: Bearer <secret_key>'")
-        if hmac.compare_digest(token, admin_token):
-            try:
-                return get_project(runtime.state, name)
-            except NotFound as exc:
-                raise HTTPProblem(404, str(exc)) from None
-        project = project_by_secret_key(runtime.state, token)
-        if project is None:
-            raise HTTPProblem(401, "unknown secret key")
-        if name is not None and name != project.name:
-            raise HTTPProblem(403, f"this secret key belongs to project {project.name!r}")
-        return project
-
     @app.post("/api/v1/sql")
     async def sql(request: Request) -> Response:
         """Read-only SQL over the project's events, persons and person_distinct_ids."""
@@ -147,7 +135,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         name = payload.get("project")
         if name is not None and not isinstance(name, str):
             raise HTTPProblem(400, "field 'project' must be a project name")
-        project = management_project(request, name)
+        project = auth.project(request, name)
         try:
             result = await asyncio.to_thread(
                 run_readonly_sql, runtime.store, project.id, payload["sql"]
@@ -158,7 +146,15 @@ def create_app(runtime: Runtime) -> FastAPI:
             raise HTTPProblem(400, f"query failed: {exc}") from None
         return json_response({"columns": result.columns, "rows": result.rows})
 
-    app.include_router(analytics_router(runtime))
+    for router in (
+        analytics_router,
+        segments_router,
+        audience_router,
+        clv_router,
+        activities_router,
+        risk_router,
+    ):
+        app.include_router(router(runtime))
     include_sdk_routes(app, runtime)
     return app
 

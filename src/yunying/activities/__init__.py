@@ -1,0 +1,1 @@
+"""Operations engine: activities from templates, rewards ledger, live rules."""

@@ -1,0 +1,9 @@
+"""Activities, rewards ledger: `yunying activity ...`, `yunying ledger ...`."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ``yunying`` app."""

@@ -1,0 +1,9 @@
+"""Anti-fraud review queue and blocklist: `yunying review ...`, `yunying blocklist ...`."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ``yunying`` app."""

@@ -1,0 +1,1 @@
+"""Anti-fraud (风控): signals, per-activity policy, review queue, blocklist."""
