@@ -58,6 +58,8 @@ class RiskReason:
 class RiskDecision:
     outcome: Outcome
     reasons: tuple[RiskReason, ...] = ()
+    #: The review-queue item created for a ``hold`` (None otherwise).
+    review_id: int | None = None
 
 
 @dataclass(frozen=True)
