@@ -51,7 +51,7 @@ class ActivitySettings(_Section):
         description="Events that count as activity; empty: every event (see include_platform).",
     )
     include_platform: bool = Doc(
-        False,
+        default=False,
         description="Whether `$`-prefixed platform events ($identify, $pageview...) count "
         "when `events` is empty.",
     )
@@ -65,21 +65,26 @@ class ActivitySettings(_Section):
 class LifecycleSettings(_Section):
     """Thresholds of the lifecycle stages, in local calendar days (see docs/audience-reports.md)."""
 
-    new_days: int = Doc(7, ge=1, le=365, description="New: first active within the last N days.")
+    new_days: int = Doc(
+        default=7, ge=1, le=365, description="New: first active within the last N days."
+    )
     silent_days: int = Doc(
-        7, ge=1, le=3650, description="Silent: no activity for at least this many days."
+        default=7, ge=1, le=3650, description="Silent: no activity for at least this many days."
     )
     churned_days: int = Doc(
-        30, ge=2, le=3650, description="Churned: no activity for at least this many days."
+        default=30, ge=2, le=3650, description="Churned: no activity for at least this many days."
     )
     returned_days: int = Doc(
-        7, ge=1, le=365, description="Returned: for M days after coming back from churned."
+        default=7, ge=1, le=365, description="Returned: for M days after coming back from churned."
     )
     active_window_days: int = Doc(
-        7, ge=1, le=365, description="Active vs retained: look at the last this many days..."
+        default=7,
+        ge=1,
+        le=365,
+        description="Active vs retained: look at the last this many days...",
     )
     active_min_days: int = Doc(
-        3,
+        default=3,
         ge=1,
         le=365,
         description="...active on at least this many of them: active, else retained.",
@@ -103,7 +108,7 @@ class RevenueSettings(_Section):
         description="Purchase events; empty: any event with a positive amount.",
     )
     amount_property: str | None = Doc(
-        None,
+        default=None,
         max_length=200,
         description="Numeric event property holding the amount; null: the amount column "
         "($amount / amount).",
@@ -123,23 +128,27 @@ Thresholds = list[float]
 class HighScores(_Section):
     """Fixed cut-offs: a score at or above this is high."""
 
-    r: int = Doc(3, ge=1, le=5)
-    f: int = Doc(3, ge=1, le=5)
-    m: int = Doc(3, ge=1, le=5)
+    r: int = Doc(default=3, ge=1, le=5)
+    f: int = Doc(default=3, ge=1, le=5)
+    m: int = Doc(default=3, ge=1, le=5)
 
 
 class RFMSettings(_Section):
     """RFM: purchases in a window, 1-5 scores and which scores count as high."""
 
     events: EventNames | None = Doc(
-        None, description="Purchase events; null: the revenue settings' events."
+        default=None, description="Purchase events; null: the revenue settings' events."
     )
     amount_property: str | None = Doc(
-        None, max_length=200, description="Amount property; null: the revenue settings' amount."
+        default=None,
+        max_length=200,
+        description="Amount property; null: the revenue settings' amount.",
     )
-    window_days: int = Doc(365, ge=1, le=3650, description="Purchases within the last N days.")
+    window_days: int = Doc(
+        default=365, ge=1, le=3650, description="Purchases within the last N days."
+    )
     scoring: Literal["quintile", "fixed"] = Doc(
-        "quintile", description="quintile: rank into fifths; fixed: the thresholds below."
+        default="quintile", description="quintile: rank into fifths; fixed: the thresholds below."
     )
     recency_thresholds: Thresholds = Doc(
         default_factory=lambda: [7.0, 30.0, 90.0, 180.0],
@@ -154,9 +163,10 @@ class RFMSettings(_Section):
         description="Fixed scoring: M = 1 + number of thresholds <= amount.",
     )
     high: Literal["mean", "fixed"] = Doc(
-        "mean", description="mean: a score is high when >= the mean score; fixed: high_scores."
+        default="mean",
+        description="mean: a score is high when >= the mean score; fixed: high_scores.",
     )
-    high_scores: HighScores = Doc(default_factory=HighScores)
+    high_scores: HighScores = HighScores()
 
     @model_validator(mode="after")
     def _check(self) -> RFMSettings:
@@ -176,10 +186,10 @@ class RFMSettings(_Section):
 class AudienceSettings(_Section):
     """All audience settings of a project."""
 
-    activity: ActivitySettings = Doc(default_factory=ActivitySettings)
-    lifecycle: LifecycleSettings = Doc(default_factory=LifecycleSettings)
-    rfm: RFMSettings = Doc(default_factory=RFMSettings)
-    revenue: RevenueSettings = Doc(default_factory=RevenueSettings)
+    activity: ActivitySettings = ActivitySettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
+    rfm: RFMSettings = RFMSettings()
+    revenue: RevenueSettings = RevenueSettings()
 
     def rfm_events(self) -> list[str]:
         """Purchase events of RFM (its own, else the revenue ones; empty: any with amount)."""
