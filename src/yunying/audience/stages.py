@@ -99,9 +99,15 @@ def day_list(sql: Sql, days: list[int]) -> exp.Select:
 
 
 def stage_rows_sql(
-    source: Source, project_id: int, settings: AudienceSettings, days: list[int], timezone: str
+    source: Source,
+    project_id: int,
+    settings: AudienceSettings,
+    days: list[int],
+    timezone: str,
+    person_id: str | None = None,
 ) -> exp.Select:
-    """(person_id, d, stage) for every person with activity up to each day number ``d``."""
+    """(person_id, d, stage) for every person (or only ``person_id``) with activity up to each
+    day number ``d``."""
     if not days:
         raise InvalidQuery("no days to compute stages for")
     sql = Sql(source.dialect)
@@ -119,6 +125,7 @@ def stage_rows_sql(
             exp.and_(
                 activity_condition(settings.activity),
                 exp.LT(this=ts.copy(), expression=sql.ts_literal(end)),
+                exp.true() if person_id is None else sql.text(_c("person_id")).eq(lit(person_id)),
             )
         )
         .group_by(_c("person_id"), _c("day"))
@@ -197,10 +204,16 @@ def stage_rows_sql(
 
 
 def person_stages(
-    source: Source, project_id: int, settings: AudienceSettings, as_of: date, timezone: str
+    source: Source,
+    project_id: int,
+    settings: AudienceSettings,
+    as_of: date,
+    timezone: str,
+    person_id: str | None = None,
 ) -> dict[str, str]:
-    """The stage of every person with activity up to ``as_of`` (person id → stage)."""
-    tree = stage_rows_sql(source, project_id, settings, [day_number(as_of)], timezone)
+    """The stage of every person (or of ``person_id`` only) with activity up to ``as_of``
+    (person id → stage)."""
+    tree = stage_rows_sql(source, project_id, settings, [day_number(as_of)], timezone, person_id)
     return {str(pid): str(stage) for pid, _d, stage in run(source, tree)}
 
 
