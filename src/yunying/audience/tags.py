@@ -1,0 +1,215 @@
+"""Tags (标签): named rule trees that stamp persons, e.g. "heavy_editor" or "coupon_only_buyer".
+
+A tag is a rule tree like a dynamic segment's; computing it writes its members into the
+``tag:NAME`` scope of ``person_values`` (so rules, analytics and the operations engine can read
+it). Tags are recomputed with the segments (see :func:`yunying.audience.segments.recompute_all`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from yunying.audience.rules import TAG_NAME, InvalidRule, parse_rule, rule_json
+from yunying.audience.segment_tables import tags
+from yunying.errors import Conflict, NotFound, YunyingError
+from yunying.state import Project
+
+
+class InvalidTag(YunyingError):
+    """A tag definition is not acceptable; ``field`` names the offending field."""
+
+    def __init__(self, message: str, field: str = "", errors: list[dict[str, str]] | None = None):
+        super().__init__(message)
+        self.field = field
+        self.errors = errors or [{"field": field, "message": message}]
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A tag as stored: its rule tree and when it was last computed, with how many persons."""
+
+    id: int
+    project_id: int
+    name: str
+    description: str
+    rules: dict[str, Any]
+    schedule_minutes: int | None
+    last_computed_at: datetime | None
+    size: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def scope(self) -> str:
+        """Its ``person_values`` scope."""
+        return f"tag:{self.name}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "rules": self.rules,
+            "schedule_minutes": self.schedule_minutes,
+            "scope": self.scope,
+            "last_computed_at": _iso(self.last_computed_at),
+            "size": self.size,
+            "last_error": self.last_error,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return None if ts is None else aware(ts).isoformat()
+
+
+def aware(ts: datetime) -> datetime:
+    """A stored timestamp as an aware UTC datetime (SQLite hands back naive ones)."""
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def _row(r: Any) -> Tag:
+    return Tag(
+        r.id,
+        r.project_id,
+        r.name,
+        r.description,
+        r.rules,
+        r.schedule_minutes,
+        None if r.last_computed_at is None else aware(r.last_computed_at),
+        r.size,
+        r.last_error,
+        aware(r.created_at),
+        aware(r.updated_at),
+    )
+
+
+def check_name(name: str) -> str:
+    """A valid tag name (letters of any script, digits, ``_ - .``), else :class:`InvalidTag`."""
+    name = name.strip() if isinstance(name, str) else name
+    if not isinstance(name, str) or not TAG_NAME.match(name):
+        raise InvalidTag(
+            f"tag name {name!r} must be 1 to 100 letters, digits, '_', '-' or '.'", "name"
+        )
+    return name
+
+
+def check_schedule(minutes: Any) -> int | None:
+    """A schedule in minutes (1 to 1 week), or None for on demand only."""
+    if minutes is None:
+        return None
+    if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= 10_080:
+        raise InvalidTag(
+            "schedule_minutes must be a whole number of minutes from 1 to 10080 (or null)",
+            "schedule_minutes",
+        )
+    return minutes
+
+
+def parse_rules(data: Any) -> Any:
+    """A tag's rule tree, validated (:class:`InvalidTag` naming the field)."""
+    try:
+        return parse_rule(data, "rules")
+    except InvalidRule as exc:
+        raise InvalidTag(str(exc), exc.field, exc.errors) from None
+
+
+def list_tags(engine: sa.Engine, project_id: int) -> list[Tag]:
+    """Every tag of a project, by name."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(tags).where(tags.c.project_id == project_id).order_by(tags.c.name)
+        )
+        return [_row(r) for r in rows]
+
+
+def get_tag(engine: sa.Engine, project_id: int, ref: int | str) -> Tag:
+    """A tag by id or name (:class:`NotFound` otherwise)."""
+    where = tags.c.project_id == project_id
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        cond = sa.or_(tags.c.id == int(ref), tags.c.name == str(ref))
+    else:
+        cond = tags.c.name == ref
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(tags).where(where, cond).order_by(tags.c.id)).all()
+    if not rows:
+        raise NotFound(f"no tag {ref!r} in this project")
+    by_id = [r for r in rows if str(r.id) == str(ref)]
+    return _row(by_id[0] if by_id else rows[0])
+
+
+def create_tag(
+    engine: sa.Engine,
+    project: Project,
+    name: str,
+    rules: Any,
+    description: str = "",
+    schedule_minutes: int | None = None,
+) -> Tag:
+    """Store a new tag (not computed yet); :class:`Conflict` if the name is taken."""
+    from yunying.audience.segments import check_graph
+
+    name = check_name(name)
+    rule = parse_rules(rules)
+    schedule = check_schedule(schedule_minutes)
+    check_graph(engine, project.id, ("tag", name), rule)
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        taken = conn.execute(
+            sa.select(tags.c.id).where(tags.c.project_id == project.id, tags.c.name == name)
+        ).first()
+        if taken:
+            raise Conflict(f"a tag named {name!r} already exists in this project")
+        tid = conn.execute(
+            tags.insert().values(
+                project_id=project.id,
+                name=name,
+                description=description or "",
+                rules=rule_json(rule),
+                schedule_minutes=schedule,
+                created_at=now,
+                updated_at=now,
+            )
+        ).inserted_primary_key[0]  # type: ignore[index]
+    return get_tag(engine, project.id, int(tid))
+
+
+def update_tag(engine: sa.Engine, project: Project, ref: int | str, changes: dict[str, Any]) -> Tag:
+    """Change a tag's description, rules or schedule (its name is its scope: fixed)."""
+    from yunying.audience.segments import check_graph
+
+    tag = get_tag(engine, project.id, ref)
+    values: dict[str, Any] = {"updated_at": datetime.now(UTC)}
+    if "rules" in changes:
+        rule = parse_rules(changes["rules"])
+        check_graph(engine, project.id, ("tag", tag.name), rule)
+        values["rules"] = rule_json(rule)
+    if "description" in changes:
+        values["description"] = str(changes["description"] or "")
+    if "schedule_minutes" in changes:
+        values["schedule_minutes"] = check_schedule(changes["schedule_minutes"])
+    with engine.begin() as conn:
+        conn.execute(tags.update().where(tags.c.id == tag.id).values(**values))
+    return get_tag(engine, project.id, tag.id)
+
+
+def record_tag(
+    engine: sa.Engine, tag_id: int, at: datetime, size: int | None, error: str | None
+) -> None:
+    """Remember a computation (size) or its failure (error, size unchanged)."""
+    values: dict[str, Any] = {"last_error": error}
+    if error is None:
+        values.update(last_computed_at=at, size=size)
+    with engine.begin() as conn:
+        conn.execute(tags.update().where(tags.c.id == tag_id).values(**values))
+
+
+def delete_tag_row(engine: sa.Engine, tag_id: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(tags.delete().where(tags.c.id == tag_id))
