@@ -92,7 +92,22 @@ activity_seen_events = sa.Table(
     "activity_seen_events",
     metadata,
     sa.Column("activity_id", sa.Integer, _fk_activity(), primary_key=True),
-    sa.Column("event_uuid", sa.String(64), primary_key=True),
+    sa.Column("event_uuid", sa.String(300), primary_key=True),
+)
+
+#: Rewards due from progress already committed, granted (through risk) right after; a restart
+#: finishes whatever is left, and the claim key makes a second attempt a no-op.
+activity_outbox = sa.Table(
+    "activity_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, _fk_project(), nullable=False),
+    sa.Column("activity_id", sa.Integer, _fk_activity(), nullable=False),
+    sa.Column("key", sa.String(300), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("created_at", _TS, nullable=False),
+    sa.Column("done", sa.Boolean, nullable=False, server_default=sa.false(), index=True),
+    sa.UniqueConstraint("project_id", "key", name="uq_outbox_key"),
 )
 
 #: Per project: events received up to here are processed (catch-up restarts a little before).
@@ -245,6 +260,7 @@ TABLES = (
     activity_audit,
     activity_progress,
     activity_seen_events,
+    activity_outbox,
     activity_watermarks,
     invite_codes,
     invites,

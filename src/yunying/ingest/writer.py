@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +32,11 @@ class WriteResult:
     duplicates: int
 
 
+#: Called after COMMIT with (project id, the events newly stored, their ``received_at``); runs on
+#: the writer thread, so it must only hand the events over (e.g. put them on a queue).
+Subscriber = Callable[[int, list[Event], datetime], None]
+
+
 class WriterStopped(RuntimeError):
     """The writer is shut down; nothing submitted now will be stored."""
 
@@ -49,7 +54,16 @@ class Writer:
         self._queue: queue.Queue[object] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="yunying-writer", daemon=True)
         self._stopped = False
+        self._subscribers: list[Subscriber] = []
         self._thread.start()
+
+    def subscribe(self, callback: Subscriber) -> None:
+        """Have ``callback`` told about every newly stored event after its batch commits."""
+        self._subscribers.append(callback)
+
+    def unsubscribe(self, callback: Subscriber) -> None:
+        if callback in self._subscribers:
+            self._subscribers.remove(callback)
 
     def submit(self, project_id: int, events: Sequence[Event]) -> Future[WriteResult]:
         """Queue events for writing; the future resolves after they are committed."""
@@ -116,6 +130,8 @@ class Writer:
             for _, _, fut in pending:
                 fut.set_exception(exc)
             return
+        if self._subscribers:
+            self._notify(by_project, inserted, received_at)
         for project_id, events, fut in pending:
             new = inserted[project_id]
             stored = 0
@@ -130,3 +146,26 @@ class Writer:
             len(pending),
             (time.perf_counter() - started) * 1000,
         )
+
+    def _notify(
+        self,
+        by_project: dict[int, list[Event]],
+        inserted: dict[int, set[str]],
+        received_at: datetime,
+    ) -> None:
+        """Hand each subscriber the first copy of every event this batch stored."""
+        for project_id, events in by_project.items():
+            new = inserted[project_id]
+            seen: set[str] = set()
+            fresh = []
+            for ev in events:
+                if ev.uuid in new and ev.uuid not in seen:
+                    seen.add(ev.uuid)
+                    fresh.append(ev)
+            if not fresh:
+                continue
+            for callback in list(self._subscribers):
+                try:
+                    callback(project_id, fresh, received_at)
+                except Exception:  # a subscriber's bug must not fail ingestion
+                    log.exception("writer subscriber failed")
