@@ -401,6 +401,129 @@ def _chain_ctes(q: FunnelQuery, end_us: int) -> list[tuple[str, exp.Query]]:
     return ctes
 
 
+def _uses_arrays(q: FunnelQuery, sql: Sql) -> bool:
+    """Whether the per-person array pass computes this funnel: ordered, on DuckDB, every step a
+    named event different from the others (so no event can fill two steps and the chain from a
+    start depends only on times; repeated or overlapping steps take the chain joins)."""
+    events = [s.event for s in q.steps]
+    return (
+        q.order == "ordered"
+        and not sql.ch
+        and None not in events
+        and len(set(events)) == len(events)
+    )
+
+
+def _sx(struct: exp.Expr, name: str) -> exp.Expr:
+    return exp.StructExtract(this=struct, expression=lit(name))
+
+
+def _array_fields(q: FunnelQuery, interval: str | None) -> list[list[str]]:
+    """Per step, what the array pass keeps of each event: ``t`` (time), ``u`` (uuid text: ties
+    between starts, exclusions), ``b`` (breakdown value), ``p`` (period, step 1 of trends)."""
+    n = len(q.steps)
+    out: list[list[str]] = []
+    for k in range(n):
+        names = ["t"]
+        valued = q.breakdown is not None and (
+            q.breakdown_attribution == "last_touch"
+            or k == (q.attribution_step if q.breakdown_attribution == "step" else 0)
+        )
+        if q.exclusions or valued:
+            names.append("u")
+        if valued:
+            names.append("b")
+        if k == 0 and interval:
+            names.append("p")
+        out.append(names)
+    return out
+
+
+def _array_ctes(q: FunnelQuery, end_us: int, interval: str | None) -> list[tuple[str, exp.Query]]:
+    """Ordered funnels with disjoint steps, one pass per person instead of a join per step.
+
+    ``per``: one row per person with, for each step k, the list ``l{k}`` of its step-k events
+    (step 1 only inside the range): their times in µs, or ``{t, u, b, p}`` structs when uuids,
+    breakdown values or periods are needed (:func:`_array_fields`). ``a0``: one row per start.
+    ``a{k}``: the chain's step-k event is the earliest (then smallest uuid) step-k event not
+    before step k-1 — with disjoint steps no event is already used, so this is exactly the chain
+    of docs/analytics.md — taken as the minimum of the list filtered by a lambda (no join).
+    ``paths``: one row per start with its level (steps no later than the window after the
+    start) and the chain's times, uuids and attributed value."""
+    n = len(q.steps)
+    fields = _array_fields(q, interval)
+    source = {"t": "ts", "u": "uid", "b": "b", "p": "pn"}
+
+    def element(k: int) -> exp.Expr:
+        if fields[k] == ["t"]:
+            return _c("ts")
+        return exp.Struct(
+            expressions=[
+                exp.PropertyEQ(this=exp.to_identifier(f), expression=_c(source[f]))
+                for f in fields[k]
+            ]
+        )
+
+    def get(k: int, e: exp.Expr, name: str) -> exp.Expr:
+        return e if fields[k] == ["t"] else _sx(e, name)
+
+    lists: list[exp.Expr] = []
+    for k in range(n):
+        cond: exp.Expr = _c(f"s{k}").eq(1)
+        if k == 0:
+            cond = exp.and_(cond, exp.LT(this=_c("ts"), expression=lit(end_us)))
+        agg = exp.Filter(this=exp.ArrayAgg(this=element(k)), expression=exp.Where(this=cond))
+        lists.append(exp.alias_(agg, f"l{k}"))
+    ctes: list[tuple[str, exp.Query]] = [
+        ("per", exp.select(_c("person_id"), *lists).from_("ev").group_by(_c("person_id")))
+    ]
+    rest = [_c(f"l{k}") for k in range(1, n)]
+    start = exp.alias_(exp.Explode(this=_c("l0")), "e0")
+    ctes.append(("a0", exp.select(_c("person_id"), *rest, start).from_("per")))
+    for k in range(1, n):
+        x = exp.to_identifier("x")
+        later = exp.GTE(this=get(k, x, "t"), expression=get(k - 1, _c(f"e{k - 1}"), "t"))
+        pick = exp.ArrayMin(
+            this=exp.ArrayFilter(
+                this=_c(f"l{k}"), expression=exp.Lambda(this=later, expressions=[x.copy()])
+            )
+        )
+        ctes.append((f"a{k}", exp.select("*", exp.alias_(pick, f"e{k}")).from_(f"a{k - 1}")))
+    deadline = exp.Add(this=get(0, _c("e0"), "t"), expression=lit(q.window_us))
+    level: exp.Expr = lit(1)
+    for k in range(1, n):
+        inside = _flag(exp.LTE(this=get(k, _c(f"e{k}"), "t"), expression=deadline.copy()))
+        level = exp.Add(this=level, expression=inside)
+    ctes.append(("al", exp.select("*", exp.alias_(level, "level")).from_(f"a{n - 1}")))
+
+    def at(k: int, name: str) -> exp.Expr:
+        if name not in fields[k]:
+            return _null("TEXT")
+        value = get(k, _c(f"e{k}"), name)
+        if k == 0:
+            return value
+        return exp.Case(ifs=[exp.If(this=exp.GT(this=_c("level"), expression=lit(k)), true=value)])
+
+    b: exp.Expr = _null("TEXT")
+    if q.breakdown is not None and q.breakdown_attribution == "last_touch":
+        b = exp.Case(
+            ifs=[
+                exp.If(this=_c("level").eq(lit(k + 1)), true=get(k, _c(f"e{k}"), "b"))
+                for k in range(n)
+            ]
+        )
+    elif q.breakdown is not None:
+        b = at(q.attribution_step if q.breakdown_attribution == "step" else 0, "b")
+    times = [exp.alias_(at(k, "t"), f"t{k}") for k in range(n)]
+    uids = [exp.alias_(at(k, "u"), f"u{k}") for k in range(n)]
+    pn = get(0, _c("e0"), "p") if interval else lit(0)
+    paths = exp.select(
+        "person_id", exp.alias_(pn, "pn"), exp.alias_(b, "b"), "level", *times, *uids
+    ).from_("al")
+    ctes.append(("paths", paths))
+    return ctes
+
+
 def _unordered_ctes(q: FunnelQuery, end_us: int, classes: list[int]) -> list[tuple[str, exp.Query]]:
     """Unordered: from every anchor event, how many steps have a matching event in the window."""
     n = len(q.steps)
@@ -515,6 +638,8 @@ def _prepared(
         # number classes densely so class c is the c-th distinct condition
         dense = {c: i for i, c in enumerate(dict.fromkeys(classes))}
         ctes += _unordered_ctes(q, end_us, [dense[c] for c in classes])
+    elif _uses_arrays(q, sql):
+        ctes += _array_ctes(q, end_us, interval)
     else:
         ctes += _chain_ctes(q, end_us)
     scored: exp.Select = exp.select("*", lit(0).as_("excluded")).from_("paths")
