@@ -156,6 +156,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     ):
         app.include_router(router(runtime))
     include_sdk_routes(app, runtime)
+    from yunying.console import include_console  # web pages for the team (login, dashboards)
+
+    include_console(app, runtime)
     return app
 
 

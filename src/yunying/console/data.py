@@ -1,0 +1,346 @@
+"""What each console page shows, computed with :mod:`yunying.analytics` (no SQL of its own
+beyond the data stamp and the list of event names).
+
+Every function takes the events store, a project and plain parameters and returns a
+:class:`Table`-bearing result, so the page, its CSV download and tests use the same numbers.
+Labels are English message ids marked with :func:`N_`; templates translate them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlglot import exp
+
+from yunying.analytics import (
+    DateRange,
+    FunnelQuery,
+    FunnelResult,
+    FunnelStep,
+    LifecycleQuery,
+    LifecycleResult,
+    MetricResult,
+    RetentionQuery,
+    RetentionResult,
+    Series,
+    TrendsQuery,
+    TrendsResult,
+    col,
+    funnel,
+    lifecycle,
+    metric,
+    retention,
+    trends,
+)
+from yunying.analytics.common import Source
+from yunying.state import Project
+
+
+def N_(message: str) -> str:  # noqa: N802 - the conventional name for "translate later"
+    """Mark ``message`` for extraction; templates translate it when shown."""
+    return message
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows of a page's data: what the CSV download holds and the HTML table shows."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+
+@dataclass(frozen=True)
+class DataSpan:
+    """How much data a project has: the stamp pages cache on, and the local days it covers."""
+
+    events: int
+    first_day: date | None
+    last_day: date | None
+
+    @property
+    def stamp(self) -> tuple[int, str | None]:
+        return (self.events, self.last_day.isoformat() if self.last_day else None)
+
+
+def data_span(store: Source, project: Project) -> DataSpan:
+    """Event count and the first/last local day with events (one scan of the project)."""
+    q = exp.select("count(*)", "min(timestamp)", "max(timestamp)").from_(
+        store.scoped("events", project.id).subquery("e")
+    )
+    count, first, last = store.query(q.sql(dialect=store.dialect)).rows[0]
+    return DataSpan(
+        int(count or 0), _local_day(first, project.timezone), _local_day(last, project.timezone)
+    )
+
+
+def _local_day(value: Any, tz: str) -> date | None:
+    if value is None:
+        return None
+    ts = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return ts.replace(tzinfo=ZoneInfo("UTC")).astimezone(ZoneInfo(tz)).date()
+
+
+def event_names(store: Source, project: Project, limit: int = 300) -> list[str]:
+    """The project's event names, most frequent first (for the pickers)."""
+    q = (
+        exp.select("event", "count(*) AS n")
+        .from_(store.scoped("events", project.id).subquery("e"))
+        .group_by("event")
+        .order_by("n DESC", "event")
+        .limit(limit)
+    )
+    return [str(r[0]) for r in store.query(q.sql(dialect=store.dialect)).rows]
+
+
+def default_range(project: Project, span: DataSpan, days: int = 30) -> DateRange:
+    """The last ``days`` local days ending at the newest data (never after today)."""
+    today = datetime.now(ZoneInfo(project.timezone)).date()
+    end = min(span.last_day, today) if span.last_day else today
+    return DateRange(end - timedelta(days=days - 1), end, project.timezone)
+
+
+# -- dashboard -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KPISpec:
+    """One card: a catalog metric and how its value is shown."""
+
+    metric: str
+    label: str
+    kind: str  # count | money | percent
+
+
+KPIS: tuple[KPISpec, ...] = (
+    KPISpec("new_users", N_("New users"), "count"),
+    KPISpec("dau", N_("DAU"), "count"),
+    KPISpec("mau", N_("MAU"), "count"),
+    KPISpec("retention_d1", N_("D1 retention"), "percent"),
+    KPISpec("retention_d7", N_("D7 retention"), "percent"),
+    KPISpec("paying_rate", N_("Paying rate"), "percent"),
+    KPISpec("gmv", N_("Revenue"), "money"),
+    KPISpec("arpu", N_("ARPU"), "money"),
+)
+
+
+@dataclass(frozen=True)
+class KPI:
+    """A card's numbers: value now, value in the previous period, and one value per day."""
+
+    spec: KPISpec
+    value: float | None
+    previous: float | None
+    labels: tuple[str, ...]
+    daily: tuple[float | None, ...]
+    definition: str
+
+    @property
+    def change(self) -> float | None:
+        """Relative change against the previous period of the same length."""
+        if self.value is None or not self.previous:
+            return None
+        return (self.value - self.previous) / abs(self.previous)
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """The overview: KPI cards over one range."""
+
+    date_range: DateRange
+    kpis: tuple[KPI, ...]
+
+    def table(self) -> Table:
+        rows = [(k.spec.metric, k.value, k.previous, k.change) for k in self.kpis]
+        daily = [
+            (f"{k.spec.metric}@{label}", v, None, None)
+            for k in self.kpis
+            for label, v in zip(k.labels, k.daily, strict=True)
+        ]
+        return Table(("metric", "value", "previous_period", "change"), tuple(rows + daily))
+
+
+def dashboard(store: Source, project: Project, dr: DateRange) -> Dashboard:
+    """The eight KPI cards: each metric over ``dr`` per day, and over the range before it."""
+    kpis = []
+    for spec in KPIS:
+        now: MetricResult = metric(store, project.id, spec.metric, dr, interval="day")
+        before = metric(store, project.id, spec.metric, dr.previous())
+        kpis.append(
+            KPI(
+                spec,
+                now.value,
+                before.value,
+                tuple(p.key or "" for p in now.periods),
+                tuple(p.value for p in now.periods),
+                now.definition.definition,
+            )
+        )
+    return Dashboard(dr, tuple(kpis))
+
+
+# -- trends ----------------------------------------------------------------------------------------
+
+TREND_MATHS = ("total", "unique_persons", "dau", "sum", "avg_per_person")
+INTERVALS = ("day", "week", "month")
+BREAKDOWNS = ("", "channel", "os", "utm_source", "app_version")
+
+
+@dataclass(frozen=True)
+class TrendsPage:
+    """The explorer's lines."""
+
+    result: TrendsResult
+
+    def table(self) -> Table:
+        rows: list[tuple[Any, ...]] = []
+        for s in self.result.series:
+            for label, v in zip(s.labels, s.values, strict=True):
+                rows.append((s.label, s.breakdown_value, s.compare, label, v))
+        return Table(("series", "breakdown", "compare", "period", "value"), tuple(rows))
+
+
+def trends_page(
+    store: Source,
+    project: Project,
+    dr: DateRange,
+    events: Sequence[tuple[str | None, str]],
+    interval: str = "day",
+    breakdown: str = "",
+    compare: bool = False,
+) -> TrendsPage:
+    """Lines for ``(event or None for any, math)`` pairs."""
+    series = tuple(Series(e, m) for e, m in events)  # type: ignore[arg-type]
+    q = TrendsQuery(
+        series,
+        dr,
+        interval=interval,  # type: ignore[arg-type]
+        breakdown=col(breakdown) if breakdown else None,
+        breakdown_limit=10,
+        compare=compare,
+    )
+    return TrendsPage(trends(store, project.id, q))
+
+
+# -- funnels ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FunnelPage:
+    """Persons per step, overall and per breakdown value."""
+
+    result: FunnelResult
+
+    def table(self) -> Table:
+        rows: list[tuple[Any, ...]] = []
+        for s in self.result.steps:
+            rows.append(
+                ("", s.index + 1, s.name, s.count, s.conversion_from_first,
+                 s.conversion_from_previous, s.median_seconds_from_previous)
+            )  # fmt: skip
+        for b in self.result.breakdowns:
+            for s in b.steps:
+                rows.append(
+                    (b.value or "(none)", s.index + 1, s.name, s.count, s.conversion_from_first,
+                     s.conversion_from_previous, s.median_seconds_from_previous)
+                )  # fmt: skip
+        return Table(
+            ("breakdown", "step", "event", "persons", "conversion_from_first",
+             "conversion_from_previous", "median_seconds_from_previous"),
+            tuple(rows),
+        )  # fmt: skip
+
+
+def funnel_page(
+    store: Source,
+    project: Project,
+    dr: DateRange,
+    steps: Sequence[str],
+    window_days: int = 14,
+    breakdown: str = "",
+) -> FunnelPage:
+    """An ordered funnel over ``steps`` within ``window_days``."""
+    q = FunnelQuery(
+        tuple(FunnelStep(s) for s in steps),
+        dr,
+        window=window_days,
+        window_unit="day",
+        breakdown=col(breakdown) if breakdown else None,
+    )
+    return FunnelPage(funnel(store, project.id, q))
+
+
+# -- retention -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetentionPage:
+    """The cohort matrix."""
+
+    result: RetentionResult
+
+    def table(self) -> Table:
+        n = max((len(c.retained) for c in self.result.cohorts), default=0)
+        rows: list[tuple[Any, ...]] = []
+        for c in self.result.cohorts:
+            rates = list(c.rates) + [None] * (n - len(c.rates))
+            rows.append((c.label, c.size, *rates))
+        rows.append(("weighted_mean", None, *self.result.weighted_mean))
+        return Table(("cohort", "size", *(f"period_{i}" for i in range(n))), tuple(rows))
+
+
+def retention_page(
+    store: Source,
+    project: Project,
+    dr: DateRange,
+    target_event: str | None,
+    return_event: str | None,
+    period: str = "day",
+) -> RetentionPage:
+    """First-time cohorts of ``target_event`` coming back with ``return_event``."""
+    q = RetentionQuery(target_event, return_event, dr, period=period)  # type: ignore[arg-type]
+    return RetentionPage(retention(store, project.id, q))
+
+
+# -- lifecycle -------------------------------------------------------------------------------------
+
+LIFECYCLE_STATES = (
+    ("new", N_("New")),
+    ("returning", N_("Returning")),
+    ("resurrecting", N_("Resurrecting")),
+    ("dormant", N_("Dormant")),
+)
+
+
+@dataclass(frozen=True)
+class LifecyclePage:
+    """Persons per lifecycle state per period."""
+
+    result: LifecycleResult
+
+    def table(self) -> Table:
+        r = self.result
+        rows = tuple(
+            (label, r.new[i], r.returning[i], r.resurrecting[i], r.dormant[i])
+            for i, label in enumerate(r.labels)
+        )
+        return Table(("period", "new", "returning", "resurrecting", "dormant"), rows)
+
+
+def lifecycle_page(
+    store: Source, project: Project, dr: DateRange, event: str | None, interval: str = "day"
+) -> LifecyclePage:
+    """New / returning / resurrecting / dormant persons per period."""
+    q = LifecycleQuery(event, dr, interval=interval)  # type: ignore[arg-type]
+    return LifecyclePage(lifecycle(store, project.id, q))
+
+
+@dataclass
+class Chart:
+    """A Plotly figure as plain JSON (``data`` traces and ``layout``), drawn in the browser."""
+
+    data: list[dict[str, Any]] = field(default_factory=list)
+    layout: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,95 @@
+"""Settings pages: the project (keys, time zone, SDK snippets) and the team (users and roles).
+
+Both need admin rights ("keys", "users"): the write key is public, but the page also shows who
+may do what, and only the director's role manages keys and people.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from yunying.console.data import N_
+from yunying.console.snippets import snippets
+from yunying.console.users import (
+    ROLES,
+    InvalidUser,
+    create_user,
+    generate_password,
+    list_users,
+    update_user,
+)
+from yunying.console.web import ConsoleApp, NavItem, redirect
+from yunying.errors import Conflict, NotFound
+
+
+def register(console: ConsoleApp) -> None:
+    """Add the project and team pages."""
+    state = console.runtime.state
+    console.nav(
+        NavItem("project", "/settings/project", N_("Project & SDKs"), N_("Settings"), "keys", 900)
+    )
+    console.nav(NavItem("team", "/settings/team", N_("Team"), N_("Settings"), "users", 910))
+
+    @console.router.get("/settings/project")
+    def project_settings(request: Request) -> Response:
+        """Keys, time zone and set-up code for every supported SDK."""
+        ctx = console.context(request, "keys")
+        base = str(request.base_url).rstrip("/")
+        items = snippets(base, ctx.project.write_key, ctx.project.name) if ctx.project else []
+        span = console.span(ctx.project) if ctx.project else None
+        return console.render(
+            ctx, "settings_project.html", snippets=items, base_url=base, span=span
+        )
+
+    @console.router.get("/settings/team")
+    def team(request: Request) -> Response:
+        """Who can sign in, with which role."""
+        ctx = console.context(request, "users")
+        return console.render(
+            ctx,
+            "settings_team.html",
+            users=list_users(state),
+            roles=ROLES,
+            created=None,
+            error=None,
+        )
+
+    @console.router.post("/settings/team")
+    async def team_change(request: Request) -> Response:
+        """Create a user (with a generated password shown once), change a role, (de)activate."""
+        ctx = console.context(request, "users")
+        form = await request.form()
+        console.check_csrf(ctx, form)
+        action = str(form.get("action") or "")
+        name = str(form.get("username") or "").strip()
+        created = None
+        error = None
+        try:
+            if action == "create":
+                password = generate_password()
+                create_user(state, name, password, str(form.get("role") or "viewer"))
+                created = (name, password)
+            elif action == "role":
+                if name == ctx.user.name:
+                    raise InvalidUser(ctx.gettext("You cannot change your own role."))
+                update_user(state, name, role=str(form.get("role") or ""))
+                return redirect("/settings/team")
+            elif action in ("deactivate", "activate"):
+                if name == ctx.user.name:
+                    raise InvalidUser(ctx.gettext("You cannot deactivate yourself."))
+                update_user(state, name, active=action == "activate")
+                return redirect("/settings/team")
+            else:
+                error = ctx.gettext("Unknown action.")
+        except (InvalidUser, Conflict, NotFound) as exc:
+            error = str(exc)
+        return console.render(
+            ctx,
+            "settings_team.html",
+            400 if error else 200,
+            users=list_users(state),
+            roles=ROLES,
+            created=created,
+            error=error,
+        )
