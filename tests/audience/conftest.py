@@ -354,7 +354,9 @@ def evaluate(
         ]
         return ok if rule.get("did", True) else not ok
     if kind in ("first_time", "last_time"):
-        stamps = [e["timestamp"] for e in evs if event_matches(e, rule) and e["timestamp"] < now_utc]
+        stamps = [
+            e["timestamp"] for e in evs if event_matches(e, rule) and e["timestamp"] < now_utc
+        ]
         if not stamps:
             return False
         at = min(stamps) if kind == "first_time" else max(stamps)

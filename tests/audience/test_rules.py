@@ -140,19 +140,44 @@ def test_user_text_is_a_literal(loaded: Loaded) -> None:
     ("rule", "field", "text"),
     [
         ({"type": "event", "event": "x", "times": -1}, "rules.times", "greater than or equal"),
-        ({"type": "and", "rules": [{"type": "tag", "name": "ok"}, {"type": "event", "event": "x",
-          "window": {"last_days": 3, "from": "2024-01-01"}}]}, "rules.rules.1.window",
-         "either last_days"),
+        (
+            {
+                "type": "and",
+                "rules": [
+                    {"type": "tag", "name": "ok"},
+                    {
+                        "type": "event",
+                        "event": "x",
+                        "window": {"last_days": 3, "from": "2024-01-01"},
+                    },
+                ],
+            },
+            "rules.rules.1.window",
+            "either last_days",
+        ),
         ({"type": "nope"}, "rules", "unknown rule type"),
         ({"rules": []}, "rules", "needs a 'type'"),
         ({"type": "not", "rule": {"type": "stage", "in": ["zombie"]}}, "rules.rule.in.0", "new"),
         ({"type": "property", "name": "age", "op": "gt", "value": "old"}, "rules", "number"),
-        ({"type": "event", "event": "x", "filters": [{"field": {"kind": "column",
-          "name": "nope"}}]}, "rules.filters.0.field", "unknown column"),
-        ({"type": "event", "event": "x", "window": {"from": "2024-02-01", "to": "2024-01-01"}},
-         "rules.window", "empty"),
-        ({"type": "aggregate", "event": "x", "field": "channel", "value": 1}, "rules",
-         "not numeric"),
+        (
+            {
+                "type": "event",
+                "event": "x",
+                "filters": [{"field": {"kind": "column", "name": "nope"}}],
+            },
+            "rules.filters.0.field",
+            "unknown column",
+        ),
+        (
+            {"type": "event", "event": "x", "window": {"from": "2024-02-01", "to": "2024-01-01"}},
+            "rules.window",
+            "empty",
+        ),
+        (
+            {"type": "aggregate", "event": "x", "field": "channel", "value": 1},
+            "rules",
+            "not numeric",
+        ),
         ({"type": "segment", "id": 0}, "rules.id", "greater than"),
         ({"type": "tag", "name": "a b"}, "rules.name", "pattern"),
         ({"type": "first_time", "event": "x"}, "rules.window", "required"),
@@ -206,11 +231,14 @@ def windows(draw: st.DrawFn) -> dict[str, Any] | None:
 def event_filters() -> st.SearchStrategy[list[dict[str, Any]]]:
     one = st.one_of(
         st.builds(lambda v: {"field": "plan", "op": "eq", "value": v}, st.sampled_from(PLANS)),
-        st.builds(lambda v: {"field": "duration_s", "op": "gte", "value": v},
-                  st.integers(0, 300)),  # fmt: skip
+        st.builds(
+            lambda v: {"field": "duration_s", "op": "gte", "value": v}, st.integers(0, 300)
+        ),  # fmt: skip
         st.just({"field": "ok", "op": "is_set"}),
-        st.builds(lambda v: {"field": "channel", "op": "neq", "value": v},
-                  st.sampled_from(["douyin", "zhihu"])),  # fmt: skip
+        st.builds(
+            lambda v: {"field": "channel", "op": "neq", "value": v},
+            st.sampled_from(["douyin", "zhihu"]),
+        ),  # fmt: skip
     )
     return st.lists(one, max_size=2)
 
@@ -260,7 +288,9 @@ trees = st.recursive(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(rule=trees)
 def test_random_trees_match_the_reference(loaded: Loaded, rule: dict[str, Any]) -> None:
     want = reference_members(loaded.world, rule)
