@@ -400,10 +400,13 @@ def transition_members(
         .from_(rows.subquery("t"))
         .where(exp.and_(_c("from_stage").eq(lit(from_stage)), _c("stage").eq(lit(to_stage))))
     )
-    total = as_int(
-        run(source, exp.select(exp.Count(this=exp.Star())).from_(matching.subquery("m")))[0][0]
-    )
-    page = matching.order_by(_c("person_id")).limit(limit).offset(offset)
+    counted = matching.select(exp.alias_(exp.Window(this=exp.Count(this=exp.Star())), "total"))
+    page = run(source, counted.order_by(_c("person_id")).limit(limit).offset(offset))
+    if page:
+        total = as_int(page[0][1])
+    else:  # past the end (or none): count separately
+        count = exp.select(exp.Count(this=exp.Star())).from_(matching.subquery("m"))
+        total = as_int(run(source, count)[0][0])
     return {
         "label": period.label,
         "from_as_of": period.previous_as_of.isoformat(),
@@ -413,7 +416,7 @@ def transition_members(
         "total": total,
         "limit": limit,
         "offset": offset,
-        "persons": [str(r[0]) for r in run(source, page)],
+        "persons": [str(r[0]) for r in page],
     }
 
 
