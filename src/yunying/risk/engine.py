@@ -139,16 +139,14 @@ def _event_persons(
     signals: EventSignals, policy: RiskPolicy, claim: Claim, at: datetime, subnet: str | None
 ) -> dict[str, set[str]]:
     """Persons the events engine saw on the claim's device, IP and subnet in each window."""
-    out: dict[str, set[str]] = {}
+    device = ip = net = None
     if policy.device.enabled and claim.device_id:
-        since = at - timedelta(days=policy.device.window_days)
-        out["device"] = signals.persons_with("device_id", claim.device_id, since, at)
+        device = (claim.device_id, at - timedelta(days=policy.device.window_days))
     if policy.network.enabled and claim.ip:
         since = at - timedelta(hours=policy.network.window_hours)
-        out["ip"] = signals.persons_with("ip", claim.ip, since, at)
-        if subnet:
-            out["subnet"] = signals.persons_in_subnet(subnet, since, at)
-    return out
+        ip = (claim.ip, since)
+        net = None if subnet is None else (subnet, since)
+    return signals.persons_seen(at, device=device, ip=ip, subnet=net)
 
 
 def _account_age(

@@ -6,6 +6,7 @@ and how active invitees are. Every query is a SQLGlot tree over the project-scop
 from __future__ import annotations
 
 import ipaddress
+import weakref
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +19,11 @@ from yunying.store.base import EventStore
 ROW_LIMIT = 5_000
 #: Events up to this long after the claim's time still count (client clocks run ahead).
 CLOCK_SKEW = timedelta(hours=1)
+
+
+_SCOPED: weakref.WeakKeyDictionary[EventStore, dict[tuple[str, int], exp.Query]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def network_of(ip: str | None, ipv4_prefix: int = 24, ipv6_prefix: int = 64) -> str | None:
@@ -45,8 +51,20 @@ class EventSignals:
         self.project_id = project_id
         self.sql = Sql(store.dialect)
 
+    def _scoped(self, relation: str) -> exp.Query:
+        """The engine's project-scoped relation, built once per store and project (building it
+        costs more than running a small query)."""
+        try:
+            cache = _SCOPED.setdefault(self.store, {})
+        except TypeError:  # a store that cannot be weakly referenced: no caching
+            return self.store.scoped(relation, self.project_id)
+        key = (relation, self.project_id)
+        if key not in cache:
+            cache[key] = self.store.scoped(relation, self.project_id)
+        return cache[key].copy()
+
     def _events(self) -> exp.Expr:
-        return self.store.scoped("events", self.project_id).subquery("e")
+        return self._scoped("events").subquery("e", copy=False)
 
     def _window(self, since: datetime, until: datetime) -> exp.Expr:
         return self.sql.time_between(naive_utc(since), naive_utc(until) + CLOCK_SKEW)
@@ -54,59 +72,82 @@ class EventSignals:
     def _rows(self, tree: exp.Expr) -> list[list[object]]:
         return self.store.query(self.sql.render(tree)).rows
 
-    def persons_with(self, column: str, value: str, since: datetime, until: datetime) -> set[str]:
-        """Distinct persons with an event whose ``column`` (device_id, ip) is ``value``."""
-        person = self.sql.text(exp.column("person_id"))
-        tree = (
-            exp.select(exp.alias_(person, "pid"))
-            .distinct()
-            .from_(self._events())
-            .where(exp.column(column).eq(lit(value)), self._window(since, until))
-            .limit(ROW_LIMIT)
-        )
-        return {str(r[0]) for r in self._rows(tree)}
+    def persons_seen(
+        self,
+        until: datetime,
+        *,
+        device: tuple[str, datetime] | None = None,
+        ip: tuple[str, datetime] | None = None,
+        subnet: tuple[str, datetime] | None = None,
+    ) -> dict[str, set[str]]:
+        """Distinct persons with an event on a device, from an IP, from inside a subnet, each
+        since its own time: ``{"device": {...}, "ip": {...}, "subnet": {...}}`` in one query.
+        (The IP and subnet windows should start at the same time: rows are read once for both.)
 
-    def persons_in_subnet(self, subnet: str, since: datetime, until: datetime) -> set[str]:
-        """Distinct persons with an event from an address inside ``subnet``.
-
-        The engine narrows by the textual prefix every address of the subnet shares (whole
-        octets of IPv4, the first group of IPv6); exact containment is checked here.
+        For the subnet the engine narrows by the textual prefix all its addresses share (whole
+        IPv4 octets, the first IPv6 group); exact containment is checked here.
         """
-        net = ipaddress.ip_network(subnet, strict=False)
-        if net.version == 4:
-            octets = str(net.network_address).split(".")[: net.prefixlen // 8]
-            prefix = ".".join(octets) + "." if octets else ""
-        else:
-            first = net.network_address.exploded.split(":")[0].lstrip("0")
-            prefix = f"{first}:" if first and net.prefixlen >= 16 else ""
-        person = self.sql.text(exp.column("person_id"))
-        ip = exp.column("ip")
-        cond: exp.Expr = exp.not_(exp.Is(this=ip, expression=exp.null()))
-        if prefix:
-            cond = exp.Like(this=ip.copy(), expression=lit(prefix + "%"))
+        out: dict[str, set[str]] = {}
+        conds: list[exp.Expr] = []
+        ts = exp.column("timestamp")
+        device_flag: exp.Expr = exp.false()
+        if device is not None:
+            out["device"] = set()
+            device_flag = exp.and_(
+                exp.column("device_id").eq(lit(device[0])), self._window(device[1], until)
+            )
+            conds.append(device_flag.copy())
+        net = None
+        net_since = until
+        if ip is not None:
+            out["ip"] = set()
+            conds.append(exp.and_(exp.column("ip").eq(lit(ip[0])), self._window(ip[1], until)))
+            net_since = min(net_since, ip[1])
+        if subnet is not None:
+            out["subnet"] = set()
+            net = ipaddress.ip_network(subnet[0], strict=False)
+            conds.append(exp.and_(_prefix_condition(net), self._window(subnet[1], until)))
+            net_since = min(net_since, subnet[1])
+        if not conds:
+            return out
         tree = (
-            exp.select(exp.alias_(person, "pid"), exp.column("ip"))
-            .distinct()
-            .from_(self._events())
-            .where(cond, self._window(since, until))
-            .limit(ROW_LIMIT)
+            exp.select(
+                exp.alias_(self.sql.text(exp.column("person_id")), "pid"),
+                exp.alias_(device_flag, "on_device"),
+                exp.column("ip"),
+                exp.alias_(
+                    exp.GTE(this=ts, expression=self.sql.ts_literal(naive_utc(net_since))),
+                    "recent",
+                ),
+            )
+            .distinct(copy=False)
+            .from_(self._events(), copy=False)
+            .where(exp.or_(*conds), copy=False)
+            .limit(ROW_LIMIT * 3, copy=False)
         )
-        out: set[str] = set()
-        for pid, text in self._rows(tree):
-            try:
-                if ipaddress.ip_address(str(text).strip()) in net:
-                    out.add(str(pid))
-            except ValueError:
+        for pid, on_device, text, recent in self._rows(tree):
+            person = str(pid)
+            if on_device and device is not None:
+                out["device"].add(person)
+            if text is None or not recent:  # a device-window event outside the network window
                 continue
+            if ip is not None and text == ip[0]:
+                out["ip"].add(person)
+            if net is not None:
+                try:
+                    if ipaddress.ip_address(str(text).strip()) in net:
+                        out["subnet"].add(person)
+                except ValueError:
+                    continue
         return out
 
     def created_at(self, person_id: str) -> datetime | None:
         """When the person was first seen (aware UTC), ``None`` if the engine does not know it."""
-        persons = self.store.scoped("persons", self.project_id).subquery("p")
+        persons = self._scoped("persons").subquery("p", copy=False)
         tree = (
             exp.select(exp.func("MIN", exp.column("created_at")))
-            .from_(persons)
-            .where(self.sql.text(exp.column("id")).eq(lit(person_id)))
+            .from_(persons, copy=False)
+            .where(self.sql.text(exp.column("id")).eq(lit(person_id)), copy=False)
         )
         rows = self._rows(tree)
         value = rows[0][0] if rows else None
@@ -138,10 +179,24 @@ class EventSignals:
             )
         tree = (
             exp.select(exp.alias_(person, "pid"), exp.alias_(exp.func("COUNT", exp.Star()), "n"))
-            .from_(self._events())
-            .where(*conds)
-            .group_by(exp.column("pid"))
+            .from_(self._events(), copy=False)
+            .where(*conds, copy=False)
+            .group_by(exp.column("pid"), copy=False)
         )
         for pid, n in self._rows(tree):
             counts[str(pid)] = int(n)  # type: ignore[call-overload]
         return counts
+
+
+def _prefix_condition(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> exp.Expr:
+    """``ip LIKE 'a.b.c.%'``: the text every address of ``net`` starts with (or any IP)."""
+    if net.version == 4:
+        octets = str(net.network_address).split(".")[: net.prefixlen // 8]
+        prefix = ".".join(octets) + "." if octets else ""
+    else:
+        first = net.network_address.exploded.split(":")[0].lstrip("0")
+        prefix = f"{first}:" if first and net.prefixlen >= 16 else ""
+    ip = exp.column("ip")
+    if not prefix:
+        return exp.not_(exp.Is(this=ip, expression=exp.null()))
+    return exp.Like(this=ip, expression=lit(prefix + "%"))
