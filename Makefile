@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DATA   ?= yunying-data
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast lint bench demo clean
+.PHONY: install test test-fast lint bench demo clean i18n
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,17 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/yunying demo --data-dir $(DATA)
+
+# Console translations: re-extract the strings of templates and code, merge them into the .po
+# catalogs (translate the new entries in zh_CN), then check. The .po files are compiled in memory.
+CONSOLE := src/yunying/console
+i18n: $(STAMP)
+	$(BIN)/pybabel extract -F $(CONSOLE)/babel.cfg -k N_ --no-location --sort-output \
+		--project Yunying -o $(CONSOLE)/locale/messages.pot $(CONSOLE)
+	$(BIN)/pybabel update -i $(CONSOLE)/locale/messages.pot -d $(CONSOLE)/locale \
+		--no-fuzzy-matching --ignore-obsolete
+	$(BIN)/pybabel compile --statistics -d $(CONSOLE)/locale -o /dev/null -l zh_CN \
+		-i $(CONSOLE)/locale/zh_CN/LC_MESSAGES/messages.po
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -407,6 +407,9 @@ def demo(
             console=None if json_out else err,
             end=last_day,
         )
+        from yunying.cli.users import ensure_demo_user  # the console's admin, printed below
+
+        summary["console_user"], summary["console_password"] = ensure_demo_user(rt.state)
     except YunyingError as exc:
         fail(str(exc))
     finally:
@@ -416,6 +419,10 @@ def demo(
         print_json({**summary, "data_dir": str(settings.data_dir), "url": url})
     else:
         print_summary(console, summary, settings.data_dir, url)
+        console.print(
+            f"console: {url or 'yunying serve'} → sign in as [bold]{summary['console_user']}[/] "
+            f"with password [bold]{summary['console_password']}[/] (a new one on every demo run)"
+        )
     if not no_serve:
         run_server(settings, host, port)
 
@@ -425,7 +432,7 @@ def main() -> None:  # pragma: no cover - console entry point
 
 
 # Capability modules add their commands; they take the options defined above.
-from yunying.cli import activities, analytics, audience, clv, risk, segments  # noqa: E402
+from yunying.cli import activities, analytics, audience, clv, risk, segments, users  # noqa: E402
 
-for _module in (analytics, segments, audience, clv, activities, risk):
+for _module in (analytics, segments, audience, clv, activities, risk, users):
     _module.register(app)
