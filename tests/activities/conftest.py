@@ -57,7 +57,7 @@ class App:
         for e in events:
             e.setdefault("uuid", str(uuid.uuid4()))
             e.setdefault("timestamp", datetime.now(UTC).isoformat())
-        r = self.live.post_events(self.project.project.write_key, {"batch": events})
+        r = self.live.post_events(self.project.project.write_key, {"batch": events}, timeout=120)
         assert r.status_code == 200, r.text
         assert live_rules(self.live.runtime).wait_idle(30)
 

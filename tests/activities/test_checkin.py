@@ -74,7 +74,7 @@ def test_app_checkin_needs_key_and_token_and_is_idempotent(app: App) -> None:
     assert r.status_code == 401
     first = app.as_user("u3", "POST", path, key="day-1")
     assert first.status_code == 200, first.text
-    assert first.json()["claims"][0]["status"] == "granted"
+    assert first.json()["results"][0]["status"] == "granted"
     again = app.as_user("u3", "POST", path, key="day-1")
     assert again.status_code == 200 and again.json()["duplicate"] is True
     assert app.as_user("u3", "GET", "/v1/rewards").json()["points"] == 5

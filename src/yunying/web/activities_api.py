@@ -372,7 +372,7 @@ def activities_router(runtime: Runtime) -> APIRouter:
             raise problem(exc) from None
         progress = await run(service.progress_of, runtime.state, act, user)
         return json_response(
-            {"duplicate": dup, "claims": [r.as_dict() for r in results], **progress}
+            {"duplicate": dup, **progress, "results": [r.as_dict() for r in results]}
         )
 
     @router.get("/v1/activities/{activity_id}/progress")
