@@ -9,6 +9,7 @@ from yunying.risk.blocklist import (
     BlockEntry,
     InvalidBlockEntry,
     add_block,
+    get_block,
     list_blocks,
     remove_block,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "add_block",
     "assess",
     "decide",
+    "get_block",
     "get_review",
     "list_blocks",
     "list_reviews",

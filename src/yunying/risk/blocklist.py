@@ -28,6 +28,11 @@ MAX_SUBNETS = 10_000
 class InvalidBlockEntry(YunyingError):
     """A blocklist entry cannot be added as given (bad kind, empty value, malformed IP)."""
 
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        #: The request field at fault (``kind``, ``value``, ``reason``, ``expires_at``).
+        self.field = field
+
 
 @dataclass(frozen=True)
 class BlockEntry:
@@ -79,22 +84,24 @@ def normalise(kind: str, value: str) -> str:
     """The stored form of ``value`` for ``kind``; :class:`InvalidBlockEntry` if unusable."""
     if kind not in BLOCK_KINDS:
         raise InvalidBlockEntry(
-            f"field 'kind' must be one of {', '.join(BLOCK_KINDS)}, not {kind!r}"
+            f"field 'kind' must be one of {', '.join(BLOCK_KINDS)}, not {kind!r}", "kind"
         )
     value = value.strip() if isinstance(value, str) else ""
     if not value or len(value) > 200:
-        raise InvalidBlockEntry("field 'value' must be 1 to 200 characters")
+        raise InvalidBlockEntry("field 'value' must be 1 to 200 characters", "value")
     if kind == "ip":
         try:
             return str(ipaddress.ip_address(value))
         except ValueError:
-            raise InvalidBlockEntry(f"field 'value': {value!r} is not an IP address") from None
+            raise InvalidBlockEntry(
+                f"field 'value': {value!r} is not an IP address", "value"
+            ) from None
     if kind == "subnet":
         try:
             return str(ipaddress.ip_network(value, strict=False))
         except ValueError:
             raise InvalidBlockEntry(
-                f"field 'value': {value!r} is not a subnet such as 203.0.113.0/24"
+                f"field 'value': {value!r} is not a subnet such as 203.0.113.0/24", "value"
             ) from None
     return value
 
@@ -113,12 +120,12 @@ def add_block(
     value = normalise(kind, value)
     reason = (reason or "").strip()
     if not reason:
-        raise InvalidBlockEntry("field 'reason' is required: say why this is blocked")
+        raise InvalidBlockEntry("field 'reason' is required: say why this is blocked", "reason")
     now = datetime.now(UTC)
     if expires_at is not None:
         expires_at = utc(expires_at)
         if expires_at <= now:
-            raise InvalidBlockEntry("field 'expires_at' must be in the future")
+            raise InvalidBlockEntry("field 'expires_at' must be in the future", "expires_at")
     values = {
         "reason": reason,
         "created_by": created_by,
@@ -145,6 +152,16 @@ def add_block(
     return _entry(row)
 
 
+def get_block(engine: Engine, project_id: int, entry_id: int) -> BlockEntry:
+    """One entry; :class:`NotFound` if the project has no entry ``entry_id``."""
+    where = (risk_blocklist.c.project_id == project_id) & (risk_blocklist.c.id == entry_id)
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(risk_blocklist).where(where)).first()
+    if row is None:
+        raise NotFound(f"no blocklist entry {entry_id} in this project")
+    return _entry(row)
+
+
 def remove_block(engine: Engine, project_id: int, entry_id: int) -> BlockEntry:
     """Delete an entry; :class:`NotFound` if the project has no entry ``entry_id``."""
     where = (risk_blocklist.c.project_id == project_id) & (risk_blocklist.c.id == entry_id)
@@ -168,7 +185,7 @@ def list_blocks(
     """Entries of a project, newest first."""
     if kind is not None and kind not in BLOCK_KINDS:
         raise InvalidBlockEntry(
-            f"field 'kind' must be one of {', '.join(BLOCK_KINDS)}, not {kind!r}"
+            f"field 'kind' must be one of {', '.join(BLOCK_KINDS)}, not {kind!r}", "kind"
         )
     q = sa.select(risk_blocklist).where(risk_blocklist.c.project_id == project_id)
     if kind is not None:

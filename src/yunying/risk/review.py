@@ -44,9 +44,18 @@ ReviewHandler = Callable[["Runtime", "Review", bool], None]
 class InvalidReviewQuery(YunyingError):
     """A review-queue filter or decision is malformed (unknown status, empty reviewer...)."""
 
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        #: The request field at fault (``status``, ``limit``, ``reviewer``...).
+        self.field = field
+
 
 class ReviewAlreadyDecided(Conflict):
     """The review was decided before; the message names its current status."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ReviewHandlerFailed(YunyingError):
@@ -193,12 +202,12 @@ def list_reviews(
     """Items of a project, oldest pending first (newest first for decided ones)."""
     if status is not None and status not in STATUSES:
         raise InvalidReviewQuery(
-            f"field 'status' must be one of {', '.join(STATUSES)}, not {status!r}"
+            f"field 'status' must be one of {', '.join(STATUSES)}, not {status!r}", "status"
         )
     if not 1 <= limit <= 1000:
-        raise InvalidReviewQuery("field 'limit' must be between 1 and 1000")
+        raise InvalidReviewQuery("field 'limit' must be between 1 and 1000", "limit")
     if offset < 0:
-        raise InvalidReviewQuery("field 'offset' must not be negative")
+        raise InvalidReviewQuery("field 'offset' must not be negative", "offset")
     q = sa.select(risk_reviews).where(risk_reviews.c.project_id == project_id)
     if status is not None:
         q = q.where(risk_reviews.c.status == status)
@@ -258,7 +267,7 @@ def decide(
     """
     reviewer = (reviewer or "").strip()
     if not reviewer:
-        raise InvalidReviewQuery("field 'reviewer' is required: who decides")
+        raise InvalidReviewQuery("field 'reviewer' is required: who decides", "reviewer")
     status = "approved" if approved else "denied"
     now = datetime.now(UTC)
     where = (risk_reviews.c.project_id == project_id) & (risk_reviews.c.id == review_id)
@@ -274,7 +283,9 @@ def decide(
         if not done:
             by = f" by {row.reviewer}" if row.reviewer else ""
             when = f" at {utc(row.decided_at).isoformat()}" if row.decided_at else ""
-            raise ReviewAlreadyDecided(f"review {review_id} is already {row.status}{by}{when}")
+            raise ReviewAlreadyDecided(
+                f"review {review_id} is already {row.status}{by}{when}", row.status
+            )
     review = _review(row)
     handler = _handler_for(review.activity_kind)
     if handler is None:
