@@ -96,7 +96,11 @@ class ClvError(YunyingError):
 
 
 class InvalidClvRequest(ClvError):
-    """A fit request names a bad unit, horizon, date or field; the message says which."""
+    """A fit request names a bad unit, horizon, date or field; ``field`` names the input."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class NotEnoughData(ClvError):
@@ -401,10 +405,14 @@ def amount_of(amount_field: str | None) -> Field | None:
     if name.startswith("prop:"):
         name = name[5:]
         if not name:
-            raise InvalidClvRequest("amount_field 'prop:' needs a property name after the colon")
+            raise InvalidClvRequest(
+                "amount_field 'prop:' needs a property name after the colon", "amount_field"
+            )
         return prop(name)
     if not name:
-        raise InvalidClvRequest("amount_field must not be empty (leave it out for no spend model)")
+        raise InvalidClvRequest(
+            "amount_field must not be empty (leave it out for no spend model)", "amount_field"
+        )
     return col("amount") if name == "amount" else prop(name)
 
 
@@ -477,7 +485,7 @@ def customers(
 ) -> Customers:
     """The BG/NBD summary of every purchaser (see :func:`summary_tree`) in ``unit``."""
     if unit not in UNIT_DAYS:
-        raise InvalidClvRequest(f"unit must be one of {', '.join(UNITS)}, not {unit!r}")
+        raise InvalidClvRequest(f"unit must be one of {', '.join(UNITS)}, not {unit!r}", "unit")
     rows = run(
         source,
         summary_tree(source, project_id, event, calibration_end, timezone, amount_of(amount_field)),
@@ -522,16 +530,20 @@ class ClvRequest:
 
     def __post_init__(self) -> None:
         if not self.event or not self.event.strip():
-            raise InvalidClvRequest("event must name the purchase event")
+            raise InvalidClvRequest("event must name the purchase event", "event")
         if self.unit not in UNIT_DAYS:
-            raise InvalidClvRequest(f"unit must be one of {', '.join(UNITS)}, not {self.unit!r}")
+            raise InvalidClvRequest(
+                f"unit must be one of {', '.join(UNITS)}, not {self.unit!r}", "unit"
+            )
         if not (0 < self.horizon <= MAX_HORIZON):
             raise InvalidClvRequest(
-                f"horizon must be above 0 and at most {MAX_HORIZON} units, not {self.horizon}"
+                f"horizon must be above 0 and at most {MAX_HORIZON} units, not {self.horizon}",
+                "horizon",
             )
         if not (0 <= self.discount_rate < 1):
             raise InvalidClvRequest(
-                f"discount_rate is a rate per unit in [0, 1), not {self.discount_rate}"
+                f"discount_rate is a rate per unit in [0, 1), not {self.discount_rate}",
+                "discount_rate",
             )
         amount_of(self.amount_field)
 
@@ -809,7 +821,7 @@ def calibration_day(text: str) -> date:
         return date.fromisoformat(text)
     except (TypeError, ValueError):
         raise InvalidClvRequest(
-            f"calibration_end must be a date like 2026-11-01, not {text!r}"
+            f"calibration_end must be a date like 2026-11-01, not {text!r}", "calibration_end"
         ) from None
 
 
