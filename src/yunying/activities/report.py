@@ -313,3 +313,12 @@ def live_numbers(runtime: Runtime, act: Activity) -> dict[str, Any]:
     if act.spec.goal is not None:
         numbers["goal"] = goal_progress(act, numbers)
     return numbers
+
+
+def activity_detail(runtime: Runtime, act: Activity) -> dict[str, Any]:
+    """An activity as the API shows it: spec, state, live numbers, seats."""
+    out = act.as_dict()
+    out["live"] = live_numbers(runtime, act)
+    if act.template == "signup":
+        out["seats"] = seat_counts(runtime.state, act)
+    return out

@@ -148,11 +148,7 @@ def activities_router(runtime: Runtime) -> APIRouter:
         return await run(service.get_activity, runtime.state, project.id, activity_id)
 
     def detail(act: service.Activity) -> dict[str, Any]:
-        out = act.as_dict()
-        out["live"] = report.live_numbers(runtime, act)
-        if act.template == "signup":
-            out["seats"] = service.seat_counts(runtime.state, act)
-        return out
+        return report.activity_detail(runtime, act)
 
     # -- management ---------------------------------------------------------------------------
 
