@@ -1,0 +1,76 @@
+"""A small demo installation shared by a module's console tests, with one user per role, served
+by a real uvicorn server on loopback."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer, start_server
+from yunying.config import load_settings
+from yunying.console.users import create_user
+from yunying.demo import generate_demo
+from yunying.runtime import Runtime
+
+#: One account per role (name = role), all with this password.
+PASSWORD = "correct-horse-42"
+ROLES = ("admin", "operator", "analyst", "viewer")
+DEMO_USERS = 300
+DEMO_DAYS = 35
+
+
+@pytest.fixture(scope="module")
+def demo_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    """An installation with a small demo project ending yesterday and the four users."""
+    root = tmp_path_factory.mktemp("console")
+    rt = Runtime.open(load_settings(data_dir=root / "data"))
+    generate_demo(
+        rt, "demo", users=DEMO_USERS, days=DEMO_DAYS, seed=7, end=date.today() - timedelta(days=1)
+    )
+    for role in ROLES:
+        create_user(rt.state, role, PASSWORD, role)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="module")
+def console_live(demo_runtime: Runtime) -> Iterator[LiveServer]:
+    """The demo installation served on a loopback port."""
+    srv = start_server(demo_runtime)
+    yield srv
+    srv.server.should_exit = True
+    srv.thread.join(10)
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token in a page's first form."""
+    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert m, "no csrf_token field in the page"
+    return m.group(1)
+
+
+def login(url: str, name: str, password: str = PASSWORD) -> httpx.Client:
+    """An HTTP client signed in as ``name`` (cookies kept, redirects not followed)."""
+    client = httpx.Client(base_url=url, follow_redirects=False, timeout=120)
+    page = client.get("/login")
+    r = client.post(
+        "/login",
+        data={"csrf_token": csrf_of(page.text), "username": name, "password": password},
+    )
+    assert r.status_code == 303, r.text[:500]
+    return client
+
+
+def artifacts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: ``$YUNYING_TEST_ARTIFACTS/console`` or a pytest temp dir."""
+    import os
+
+    base = os.environ.get("YUNYING_TEST_ARTIFACTS")
+    path = Path(base) / "console" if base else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
