@@ -7,6 +7,7 @@ never by string concatenation.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, fields, is_dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any, Literal, Protocol
@@ -154,23 +155,40 @@ def periods(date_range: DateRange, interval: str) -> list[Period]:
 # -- fields and filters -----------------------------------------------------------------------------
 
 
+FIELD_KINDS = ("column", "property", "person", "segment", "value")
+
+
 @dataclass(frozen=True)
 class Field:
-    """A value of an event: a first-class column (``channel``), an event property (``plan``) or
-    a property of the event's person as it is now (``person``: see docs/analytics.md)."""
+    """A value of an event: a first-class column (``channel``), an event property (``plan``),
+    a property of the event's person as it is now (``person``: see docs/analytics.md), or a
+    derived fact of the person read from ``person_values``: membership of a segment
+    (``segment``, name = segment id; text ``true``/``false``) or the label of any scope
+    (``value``, name = scope such as ``stage``, ``rfm``, ``clv:churn_risk``, ``tag:NAME``)."""
 
     name: str
-    kind: Literal["column", "property", "person"] = "property"
+    kind: Literal["column", "property", "person", "segment", "value"] = "property"
 
     def __post_init__(self) -> None:
         if self.kind == "column" and self.name not in COLUMNS:
             raise InvalidQuery(f"unknown column {self.name!r}; columns are {', '.join(COLUMNS)}")
-        if self.kind not in ("column", "property", "person"):
+        if self.kind not in FIELD_KINDS:
             raise InvalidQuery(
-                f"field kind must be 'column', 'property' or 'person', not {self.kind!r}"
+                f"field kind must be one of {', '.join(FIELD_KINDS)}, not {self.kind!r}"
             )
         if not self.name:
             raise InvalidQuery("a property name must not be empty")
+        if self.kind == "segment" and not (self.name.isascii() and self.name.isdigit()):
+            raise InvalidQuery(f"a segment field's name is the segment id, not {self.name!r}")
+
+    @property
+    def scope(self) -> str | None:
+        """The ``person_values`` scope a segment or value field reads."""
+        if self.kind == "segment":
+            return f"segment:{int(self.name)}"
+        if self.kind == "value":
+            return self.name
+        return None
 
 
 def col(name: str) -> Field:
@@ -188,15 +206,50 @@ def person_prop(name: str) -> Field:
     return Field(name, "person")
 
 
-def uses_person(obj: Any) -> bool:
-    """Whether a query (or any part of it) names a person property."""
-    if isinstance(obj, Field):
-        return obj.kind == "person"
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return any(uses_person(getattr(obj, f.name)) for f in fields(obj))
-    if isinstance(obj, list | tuple):
-        return any(uses_person(x) for x in obj)
-    return False
+def segment_field(segment_id: int) -> Field:
+    """Membership of a segment (text ``true``/``false``) for filters and breakdowns."""
+    return Field(str(segment_id), "segment")
+
+
+@dataclass(frozen=True)
+class Joins:
+    """What the events relation must carry for a query: the person's properties, and the
+    ``person_values`` scopes its segment/value fields read. True when anything is needed."""
+
+    person: bool = False
+    scopes: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.person or bool(self.scopes)
+
+
+def uses_person(obj: Any) -> Joins:
+    """Whether a query (or any part of it) names a person property or a person value (segment
+    membership...): the :class:`Joins` to pass to :func:`events_from` as ``person``."""
+    person = False
+    scopes: dict[str, None] = {}
+
+    def visit(o: Any) -> None:
+        nonlocal person
+        if isinstance(o, Field):
+            person = person or o.kind == "person"
+            if o.scope is not None:
+                scopes[o.scope] = None
+        elif is_dataclass(o) and not isinstance(o, type):
+            for f in fields(o):
+                visit(getattr(o, f.name))
+        elif isinstance(o, list | tuple):
+            for x in o:
+                visit(x)
+
+    visit(obj)
+    return Joins(person, tuple(scopes))
+
+
+def value_column(scope: str, part: Literal["label", "value", "member"]) -> str:
+    """Name of the column :func:`events_from` adds for a ``person_values`` scope (a hash, so
+    any scope text makes a plain identifier)."""
+    return f"pv_{hashlib.sha1(scope.encode()).hexdigest()[:12]}_{part}"
 
 
 FilterOp = Literal[
@@ -393,6 +446,8 @@ class Sql:
 
     def field_text(self, field: Field) -> exp.Expr:
         """A field as text (breakdowns, text filters)."""
+        if field.scope is not None:
+            return self.value_text(field, field.scope)
         if field.kind == "column":
             c = exp.column(field.name)
             return self.number_text(c) if field.name == "amount" else c
@@ -410,8 +465,25 @@ class Sql:
             default=exp.cast(e.copy(), "VARCHAR"),
         )
 
+    def value_text(self, field: Field, scope: str) -> exp.Expr:
+        """A person value as text: ``true``/``false`` for segment membership, else the label
+        (or the number when a scope has no label)."""
+        if field.kind == "segment":
+            member = exp.func("coalesce", exp.column(value_column(scope, "member")), lit(0))
+            return exp.Case(ifs=[exp.If(this=member.eq(lit(1)), true=lit("true"))],
+                            default=lit("false"))  # fmt: skip
+        return exp.func(
+            "coalesce",
+            exp.column(value_column(scope, "label")),
+            self.number_text(exp.column(value_column(scope, "value"))),
+        )
+
     def field_number(self, field: Field) -> exp.Expr:
         """A field as a double (aggregations, numeric filters)."""
+        if field.kind == "value" and field.scope is not None:
+            return exp.column(value_column(field.scope, "value"))
+        if field.kind == "segment":
+            raise InvalidQuery("a segment field is not numeric: compare it with eq true/false")
         if field.kind == "column":
             if field.name != "amount":
                 raise InvalidQuery(f"column {field.name!r} is not numeric; only amount is")
@@ -495,24 +567,44 @@ PERSON_PROPERTIES = "person_properties"
 
 
 def events_from(
-    source: Source, project_id: int, alias: str = "events", person: bool = False
+    source: Source, project_id: int, alias: str = "events", person: bool | Joins = False
 ) -> exp.Expr:
     """The project's ``events`` relation as a FROM item; with ``person``, each event also
-    carries ``person_properties``: the current properties of its (merged) person."""
-    if not person:
+    carries ``person_properties``: the current properties of its (merged) person; with
+    :class:`Joins` naming scopes, the person's values of each (see :func:`value_column`)."""
+    joins = person if isinstance(person, Joins) else Joins(person=bool(person))
+    if not joins:
         return source.scoped("events", project_id).subquery(alias)
-    joined = (
-        exp.select(
-            exp.Column(this=exp.Star(), table=exp.to_identifier("ev0")),
-            exp.column("properties", "pp").as_(PERSON_PROPERTIES),
-        )
-        .from_(source.scoped("events", project_id).subquery("ev0"))
-        .join(
+    columns: list[exp.Expr] = [exp.Column(this=exp.Star(), table=exp.to_identifier("ev0"))]
+    if joins.person:
+        columns.append(exp.column("properties", "pp").as_(PERSON_PROPERTIES))
+    for n, scope in enumerate(joins.scopes):
+        for part, column in (("label", "l"), ("value", "v"), ("member", "m")):
+            columns.append(exp.column(column, f"pv{n}").as_(value_column(scope, part)))
+    joined = exp.select(*columns).from_(source.scoped("events", project_id).subquery("ev0"))
+    if joins.person:
+        joined = joined.join(
             source.scoped("persons", project_id).subquery("pp"),
             on=exp.column("person_id", "ev0").eq(exp.column("id", "pp")),
             join_type="left",
         )
-    )
+    for n, scope in enumerate(joins.scopes):
+        values = (
+            exp.select(
+                exp.column("person_id").as_("k"),
+                exp.Max(this=exp.column("label")).as_("l"),
+                exp.Max(this=exp.column("value")).as_("v"),
+                lit(1).as_("m"),
+            )
+            .from_(source.scoped("person_values", project_id).subquery("pvs"))
+            .where(exp.column("scope").eq(lit(scope)))
+            .group_by(exp.column("person_id"))
+        )
+        joined = joined.join(
+            values.subquery(f"pv{n}"),
+            on=exp.column("person_id", "ev0").eq(exp.column("k", f"pv{n}")),
+            join_type="left",
+        )
     return joined.subquery(alias)
 
 

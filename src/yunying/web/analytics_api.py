@@ -81,15 +81,20 @@ class _Body(BaseModel):
 
 
 class FieldRef(_Body):
-    """A value of an event: a first-class column (``{"kind": "column", "name": "channel"}``) or a
-    top-level key of its properties (``{"kind": "property", "name": "plan"}``)."""
+    """A value of an event: a first-class column (``{"kind": "column", "name": "channel"}``), a
+    top-level key of its properties (``{"kind": "property", "name": "plan"}``), or a fact of its
+    person (``person``, ``segment``, ``value``)."""
 
     # checked by the analytics' own Field (not a Literal here), so kinds it gains are accepted
     kind: str = Doc(
         "property",
         description="`column`: one of event, distinct_id, channel, utm_source, os, app_version, "
         "device_id, ip, amount. `property`: a top-level key of the event's properties. "
-        "`person`: a top-level key of the current properties of the event's person.",
+        "`person`: a top-level key of the current properties of the event's person. "
+        "`segment`: membership of a segment (name = segment id; text `true`/`false`, e.g. "
+        '`{"field": {"kind": "segment", "name": "12"}, "op": "eq", "value": true}`). '
+        "`value`: the person's label in a person-values scope (name = `stage`, `rfm`, "
+        "`clv:churn_risk`, `clv:value_band`, `tag:NAME`, `segment:ID`).",
     )
     name: str = Doc(min_length=1, description="Column name or property key.")
 
