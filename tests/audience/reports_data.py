@@ -184,7 +184,7 @@ def ref_rfm(
         d = local_day(e["timestamp"], tz)
         if first <= d <= as_of:
             buys[str(e["person_id"])].append((d, float(amount)))
-    base = {
+    base: dict[str, dict[str, Any]] = {
         pid: {
             "recency": (as_of - max(d for d, _ in b)).days,
             "frequency": len(b),
@@ -212,7 +212,7 @@ def ref_rfm(
             bars[k] = getattr(rfm.high_scores, k)
     for x in base.values():
         highs = tuple(x[k] >= bars[k] for k in ("r", "f", "m"))
-        x["class"] = CLASSES[highs][0]  # type: ignore[index]
+        x["class"] = CLASSES[(highs[0], highs[1], highs[2])][0]
     return base
 
 

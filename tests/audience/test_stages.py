@@ -91,7 +91,7 @@ def test_stages_match_reference_on_both_engines(
             got = person_stages(store, pid, settings, as_of, TZ)
             assert got == want, (store.dialect, as_of)
     # the data exercises every stage
-    seen = Counter()
+    seen: Counter[str] = Counter()
     for offset in range(0, 135, 3):
         seen.update(ref_stages(journeys.events, SETTINGS, START + timedelta(days=offset)).values())
     assert set(seen) == set(STAGES)
