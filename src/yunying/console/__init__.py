@@ -68,6 +68,7 @@ def include_console(app: FastAPI, runtime: Runtime) -> ConsoleApp:
         """The sign-in form (with a double-submit CSRF token)."""
         if console.session_of(request) is not None:
             return redirect(safe_next(request.query_params.get("next")))
+        console.warm_up()  # the dashboard computes while the user types the password
         token = new_login_csrf()
         response = console.render_public(
             request,

@@ -12,7 +12,9 @@ from __future__ import annotations
 import csv
 import hmac
 import io
+import logging
 import secrets
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -26,7 +28,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from yunying.analytics import DateRange, InvalidQuery
 from yunying.console.cache import STAMP_SECONDS, PageCache
-from yunying.console.data import DataSpan, Table, data_span, default_range, event_names
+from yunying.console.data import (
+    Dashboard,
+    DataSpan,
+    Table,
+    dashboard,
+    data_span,
+    default_range,
+    event_names,
+)
 from yunying.console.i18n import (
     DEFAULT_LOCALE,
     LOCALE_NAMES,
@@ -38,6 +48,8 @@ from yunying.console.i18n import (
 from yunying.console.users import Session, session_for
 from yunying.runtime import Runtime
 from yunying.state import Project, list_projects
+
+log = logging.getLogger("yunying.console")
 
 SESSION_COOKIE = "yy_session"
 LOGIN_CSRF_COOKIE = "yy_login_csrf"
@@ -111,6 +123,7 @@ class ConsoleApp:
         self.cache = PageCache()
         self._stamps: dict[int, tuple[float, DataSpan]] = {}
         self.navigation: list[NavItem] = []
+        self._warming: threading.Thread | None = None
         self.envs = {loc: self._env(loc) for loc in LOCALES}
 
     # -- templates --------------------------------------------------------------------------------
@@ -215,6 +228,32 @@ class ConsoleApp:
     def cached(self, project: Project, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
         """``compute()`` cached for this project's current data."""
         return self.cache.get((project.id, *key), self.span(project).stamp, compute)
+
+    def dashboard(self, project: Project, dr: DateRange) -> Dashboard:
+        """The overview's KPI cards for ``dr`` (cached)."""
+        store = self.runtime.store
+        board: Dashboard = self.cached(
+            project, ("dashboard", dr), lambda: dashboard(store, project, dr)
+        )
+        return board
+
+    def warm_up(self) -> None:
+        """Compute every project's default dashboard in a background thread, so the first page
+        after signing in is already cached (started from the login page; one run at a time)."""
+        if self._warming is not None and self._warming.is_alive():
+            return
+
+        def run() -> None:
+            try:
+                for project in list_projects(self.runtime.state):
+                    dr = default_range(project, self.span(project))
+                    if not self.cache.peek((project.id, "dashboard", dr), self.span(project).stamp):
+                        self.dashboard(project, dr)
+            except Exception:  # noqa: BLE001 - a warm-up failure only means a slower first page
+                log.debug("console warm-up failed", exc_info=True)
+
+        self._warming = threading.Thread(target=run, name="yunying-console-warm", daemon=True)
+        self._warming.start()
 
     def events(self, project: Project) -> list[str]:
         """Event names of the project, for pickers."""

@@ -1,0 +1,152 @@
+"""Console page timings on the default demo data (20,000 users × 90 days, ~1.1M events).
+
+Generates the demo once into ``--data-dir`` (reused by later runs with the same size: the demo
+ends on a fixed day, ``--end``), creates a user, serves the app with uvicorn on a loopback port in
+this process and signs in like a browser. Each page is then fetched:
+
+* **cold**: the page cache emptied first, so every analysis behind the page runs (what the first
+  visitor after new data waits for; the dashboard is also warmed in the background from the login
+  page, which this does not count);
+* **warm**: ``--runs`` times with the cache filled (what every later visitor waits for).
+
+Times are wall-clock round trips over loopback HTTP (server time plus well under a millisecond of
+client overhead); the table gives the median and the process CPU time per request. Prints a
+table, ``--json`` prints JSON. Scale down with ``--users`` / ``--days``.
+
+    .venv/bin/python benchmarks/console_bench.py [--users 20000 --days 90 --runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import threading
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+PAGES = {
+    "dashboard": "/",
+    "trends": "/trends",
+    "trends (3 series, breakdown)": "/trends?event=app_install&math=total&event=sign_up"
+    "&math=unique_persons&event=purchase_membership&math=sum&breakdown=channel",
+    "funnels": "/funnels",
+    "funnels (by channel)": "/funnels?breakdown=channel",
+    "retention": "/retention",
+    "lifecycle": "/lifecycle",
+    "project settings": "/settings/project",
+    "team": "/settings/team",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--end", default="2026-11-22", help="Last demo day (fixed: reusable data).")
+    parser.add_argument("--runs", type=int, default=5, help="Warm requests per page (median).")
+    parser.add_argument("--cold-runs", type=int, default=1, help="Cold requests per page.")
+    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/yunying-console-bench"))
+    parser.add_argument("--json", action="store_true", help="Print JSON.")
+    args = parser.parse_args()
+
+    import httpx
+    import uvicorn
+
+    from yunying.config import load_settings
+    from yunying.console.users import create_user, get_user, set_password
+    from yunying.demo import generate_demo
+    from yunying.errors import NotFound
+    from yunying.runtime import Runtime
+    from yunying.web import create_app
+
+    data_dir = args.data_dir / f"{args.users}x{args.days}-{args.end}"
+    marker = data_dir / "console-bench.json"
+    rt = Runtime.open(load_settings(data_dir=data_dir))
+    if not marker.exists():
+        started = time.perf_counter()
+        summary = generate_demo(
+            rt, "demo", users=args.users, days=args.days, seed=7, end=date.fromisoformat(args.end)
+        )
+        marker.write_text(json.dumps({"events": summary["events"]}))
+        print(f"demo: {summary['events']:,} events in {time.perf_counter() - started:.1f} s",
+              file=sys.stderr)  # fmt: skip
+    events = json.loads(marker.read_text())["events"]
+    password = "bench-password-1"
+    try:
+        get_user(rt.state, "bench")
+        set_password(rt.state, "bench", password)
+    except NotFound:
+        create_user(rt.state, "bench", password, "admin")
+
+    app = create_app(rt)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    console = app.state.console
+    client = httpx.Client(base_url=url, timeout=600)
+    login = client.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
+    assert token
+    # the login page starts the background warm-up: wait for it so it does not run during cold
+    # measurements
+    if console._warming is not None:
+        console._warming.join()
+    r = client.post(
+        "/login", data={"csrf_token": token.group(1), "username": "bench", "password": password}
+    )
+    assert r.status_code == 303, r.status_code
+
+    def timed(path: str) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        resp = client.get(path)
+        assert resp.status_code == 200, (path, resp.status_code, resp.text[:300])
+        return (time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000
+
+    rows: list[dict[str, Any]] = []
+    for name, path in PAGES.items():
+        cold = []
+        for _ in range(args.cold_runs):
+            console.cache.clear()
+            console._stamps.clear()
+            cold.append(timed(path))
+        warm = [timed(path) for _ in range(args.runs)]
+        rows.append(
+            {
+                "page": name,
+                "path": path,
+                "cold_ms": round(statistics.median(w for w, _ in cold), 1),
+                "cold_cpu_ms": round(statistics.median(c for _, c in cold), 1),
+                "warm_ms": round(statistics.median(w for w, _ in warm), 1),
+                "warm_cpu_ms": round(statistics.median(c for _, c in warm), 1),
+            }
+        )
+    server.should_exit = True
+    thread.join(10)
+    rt.close()
+    out = {"users": args.users, "days": args.days, "events": events, "runs": args.runs,
+           "pages": rows}  # fmt: skip
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"{args.users:,} users × {args.days} days, {events:,} events; warm = median of "
+          f"{args.runs}")  # fmt: skip
+    print(f"{'page':32} {'cold ms':>10} {'cold CPU':>10} {'warm ms':>9} {'warm CPU':>9}")
+    for row in rows:
+        print(f"{row['page']:32} {row['cold_ms']:>10,.1f} {row['cold_cpu_ms']:>10,.1f} "
+              f"{row['warm_ms']:>9,.1f} {row['warm_cpu_ms']:>9,.1f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
