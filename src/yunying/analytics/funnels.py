@@ -272,15 +272,18 @@ def _ev(
     sql: Sql,
     conds: list[exp.Expr],
     interval: str | None,
+    arrays: bool = False,
 ) -> exp.Select:
     """One row per relevant event: person, uuid, time in µs, start period, breakdown value and
-    step flags."""
+    step flags. The array pass keeps the person id as the engine stores it (grouping on text
+    costs a cast per event) and only step-1 events inside the range."""
     start, end = q.date_range.utc_bounds()
     end_w = end + timedelta(microseconds=q.window_us)
     breakdown = sql.field_text(q.breakdown) if q.breakdown else _null("TEXT")
     pn = sql.period(_c("timestamp"), interval, q.date_range.timezone) if interval else lit(0)
+    person = _c("person_id") if arrays else sql.text(_c("person_id"))
     cols: list[exp.Expr] = [
-        exp.alias_(sql.text(_c("person_id")), "person_id"),
+        exp.alias_(person, "person_id"),
         exp.alias_(sql.text(_c("uuid")), "uid"),
         exp.alias_(sql.epoch_us(_c("timestamp")), "ts"),
         exp.alias_(pn, "pn"),
@@ -288,7 +291,12 @@ def _ev(
     ]
     cols += [exp.alias_(_flag(c), f"s{i}") for i, c in enumerate(conds)]
     where = exp.and_(sql.time_between(start, end_w), sql.filters(q.filters))
-    if q.order != "strict":
+    if arrays:
+        first = exp.and_(
+            conds[0].copy(), exp.LT(this=_c("timestamp"), expression=sql.ts_literal(end))
+        )
+        where = exp.and_(where, exp.Paren(this=exp.or_(first, *conds[1:])))
+    elif q.order != "strict":
         where = exp.and_(where, exp.Paren(this=exp.or_(*conds)))
     relation = events_from(source, project_id, person=uses_person(q))
     inner = exp.select(*cols).from_(relation).where(where)
@@ -298,13 +306,17 @@ def _ev(
     return exp.select("*", exp.alias_(rn, "rn")).from_(inner.subquery("x"))
 
 
-def _xev(source: Source, project_id: int, q: FunnelQuery, sql: Sql) -> exp.Select:
-    """Exclusion events: person, uuid, time in µs and one flag per exclusion."""
+def _xev(
+    source: Source, project_id: int, q: FunnelQuery, sql: Sql, arrays: bool = False
+) -> exp.Select:
+    """Exclusion events: person (as in :func:`_ev`), uuid, time in µs and one flag per
+    exclusion."""
     start, end = q.date_range.utc_bounds()
     end_w = end + timedelta(microseconds=q.window_us)
     conds = [_cond(sql, x.event, x.filters) for x in q.exclusions]
+    person = _c("person_id") if arrays else sql.text(_c("person_id"))
     cols: list[exp.Expr] = [
-        exp.alias_(sql.text(_c("person_id")), "person_id"),
+        exp.alias_(person, "person_id"),
         exp.alias_(sql.text(_c("uuid")), "uid"),
         exp.alias_(sql.epoch_us(_c("timestamp")), "ts"),
     ]
@@ -470,7 +482,7 @@ def _array_ctes(q: FunnelQuery, end_us: int, interval: str | None) -> list[tuple
     lists: list[exp.Expr] = []
     for k in range(n):
         cond: exp.Expr = _c(f"s{k}").eq(1)
-        if k == 0:
+        if k == 0:  # step-1 events at or after the range's end are not starts
             cond = exp.and_(cond, exp.LT(this=_c("ts"), expression=lit(end_us)))
         agg = exp.Filter(this=exp.ArrayAgg(this=element(k)), expression=exp.Where(this=cond))
         lists.append(exp.alias_(agg, f"l{k}"))
@@ -517,10 +529,30 @@ def _array_ctes(q: FunnelQuery, end_us: int, interval: str | None) -> list[tuple
     times = [exp.alias_(at(k, "t"), f"t{k}") for k in range(n)]
     uids = [exp.alias_(at(k, "u"), f"u{k}") for k in range(n)]
     pn = get(0, _c("e0"), "p") if interval else lit(0)
-    paths = exp.select(
+    cands = exp.select(
         "person_id", exp.alias_(pn, "pn"), exp.alias_(b, "b"), "level", *times, *uids
     ).from_("al")
-    ctes.append(("paths", paths))
+    ctes.append(("cands", cands))
+    # the chosen chain per person (and start period): furthest, earliest start, smaller uuid
+    names = ["b", "level"] + [f"t{k}" for k in range(n)] + [f"u{k}" for k in range(n)]
+    row = exp.Struct(
+        expressions=[exp.PropertyEQ(this=exp.to_identifier(c), expression=_c(c)) for c in names]
+    )
+    key = exp.Struct(
+        expressions=[
+            exp.PropertyEQ(this=exp.to_identifier("l"), expression=exp.Neg(this=_c("level"))),
+            exp.PropertyEQ(this=exp.to_identifier("t"), expression=_c("t0")),
+            exp.PropertyEQ(this=exp.to_identifier("u"), expression=_c("u0")),
+        ]
+    )
+    best = (
+        exp.select("person_id", "pn", exp.alias_(exp.ArgMin(this=row, expression=key), "c"))
+        .from_("cands")
+        .group_by(_c("person_id"), _c("pn"))
+    )
+    ctes.append(("best", best))
+    unpacked = [exp.alias_(_sx(_c("c"), c), c) for c in names]
+    ctes.append(("paths", exp.select("person_id", "pn", *unpacked).from_("best")))
     return ctes
 
 
@@ -631,20 +663,23 @@ def _prepared(
     conds: list[exp.Expr] = [_cond(sql, s.event, s.filters) for s in q.steps]
     _, end = q.date_range.utc_bounds()
     end_us = _epoch_us(end)
-    ctes: list[tuple[str, exp.Query]] = [("ev", _ev(source, project_id, q, sql, conds, interval))]
+    arrays = _uses_arrays(q, sql)
+    ctes: list[tuple[str, exp.Query]] = [
+        ("ev", _ev(source, project_id, q, sql, conds, interval, arrays))
+    ]
     if q.order == "unordered":
         rendered = [sql.render(c) for c in conds]
         classes = [rendered.index(r) for r in rendered]
         # number classes densely so class c is the c-th distinct condition
         dense = {c: i for i, c in enumerate(dict.fromkeys(classes))}
         ctes += _unordered_ctes(q, end_us, [dense[c] for c in classes])
-    elif _uses_arrays(q, sql):
+    elif arrays:
         ctes += _array_ctes(q, end_us, interval)
     else:
         ctes += _chain_ctes(q, end_us)
     scored: exp.Select = exp.select("*", lit(0).as_("excluded")).from_("paths")
     if q.exclusions:
-        ctes.append(("xev", _xev(source, project_id, q, sql)))
+        ctes.append(("xev", _xev(source, project_id, q, sql, arrays)))
         ctes += _exclusion_ctes(q)
         n = len(q.steps)
         cols = [_c(c, "p") for c in ("person_id", "pn", "b", "level")]
@@ -663,6 +698,10 @@ def _prepared(
                 join_type="left",
             )
         )
+    if arrays:  # paths already holds one chain per person (and period): the chosen one
+        ctes.append(("scored", scored))
+        ctes.append(("chosen", exp.select("*").from_("scored").where(_c("excluded").eq(0))))
+        return ctes
     partition: list[exp.Expr] = [_c("person_id")]
     if interval:
         partition.append(_c("pn"))
