@@ -214,7 +214,7 @@ def chdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
 
 @pytest.fixture(params=["duck", "chdb"])
 def inst(request: pytest.FixtureRequest) -> Installation:
-    return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
+    return request.getfixturevalue(request.param)
 
 
 # -- independent references: numerical integration of the model definitions ------------------------
