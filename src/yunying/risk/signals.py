@@ -21,7 +21,7 @@ ROW_LIMIT = 5_000
 CLOCK_SKEW = timedelta(hours=1)
 
 
-_SCOPED: weakref.WeakKeyDictionary[EventStore, dict[tuple[str, int], exp.Query]] = (
+_SCOPED: weakref.WeakKeyDictionary[EventStore, dict[tuple[str, int], str]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -51,20 +51,26 @@ class EventSignals:
         self.project_id = project_id
         self.sql = Sql(store.dialect)
 
-    def _scoped(self, relation: str) -> exp.Query:
-        """The engine's project-scoped relation, built once per store and project (building it
-        costs more than running a small query)."""
+    def _scoped(self, relation: str, alias: str) -> exp.Expr:
+        """The engine's project-scoped ``relation`` as a FROM item.
+
+        Its SQL is the engine's own tree rendered once per store and project and embedded as
+        is: building, copying and rendering that tree for every claim cost more than running
+        the query. No caller-supplied text is in it (values go into the outer tree as literals).
+        """
+        key = (relation, self.project_id)
         try:
             cache = _SCOPED.setdefault(self.store, {})
         except TypeError:  # a store that cannot be weakly referenced: no caching
-            return self.store.scoped(relation, self.project_id)
-        key = (relation, self.project_id)
+            cache = {}
         if key not in cache:
-            cache[key] = self.store.scoped(relation, self.project_id)
-        return cache[key].copy()
+            cache[key] = self.sql.render(self.store.scoped(relation, self.project_id))
+        return exp.Subquery(
+            this=exp.Var(this=cache[key]), alias=exp.TableAlias(this=exp.to_identifier(alias))
+        )
 
     def _events(self) -> exp.Expr:
-        return self._scoped("events").subquery("e", copy=False)
+        return self._scoped("events", "e")
 
     def _window(self, since: datetime, until: datetime) -> exp.Expr:
         return self.sql.time_between(naive_utc(since), naive_utc(until) + CLOCK_SKEW)
@@ -143,7 +149,7 @@ class EventSignals:
 
     def created_at(self, person_id: str) -> datetime | None:
         """When the person was first seen (aware UTC), ``None`` if the engine does not know it."""
-        persons = self._scoped("persons").subquery("p", copy=False)
+        persons = self._scoped("persons", "p")
         tree = (
             exp.select(exp.func("MIN", exp.column("created_at")))
             .from_(persons, copy=False)
