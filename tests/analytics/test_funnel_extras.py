@@ -280,3 +280,83 @@ def test_invalid_funnel_extras_are_refused() -> None:
         FunnelTimeToConvertQuery(FunnelQuery(steps, DAY, order="unordered"))
     with pytest.raises(InvalidQuery, match="interval"):
         FunnelTrendsQuery(FunnelQuery(steps, DAY), "year")  # type: ignore[arg-type]
+
+
+# -- the per-person array pass (ordered funnels whose steps are distinct events) ----------------------
+
+
+def test_array_pass_is_used_only_where_its_chains_are_exact() -> None:
+    from yunying.analytics.common import Sql
+    from yunying.analytics.funnels import _uses_arrays
+
+    duck, ch = Sql("duckdb"), Sql("clickhouse")
+    abc = (FunnelStep("A"), FunnelStep("B"), FunnelStep("C"))
+    assert _uses_arrays(FunnelQuery(abc, DAY), duck)
+    assert not _uses_arrays(FunnelQuery(abc, DAY), ch)  # ClickHouse keeps the chain joins
+    assert not _uses_arrays(FunnelQuery(abc, DAY, order="strict"), duck)
+    assert not _uses_arrays(FunnelQuery(abc, DAY, order="unordered"), duck)
+    repeated = (FunnelStep("A"), FunnelStep("B"), FunnelStep("A"))
+    assert not _uses_arrays(FunnelQuery(repeated, DAY), duck)
+    overlapping = (FunnelStep("A"), FunnelStep(None))
+    assert not _uses_arrays(FunnelQuery(overlapping, DAY), duck)
+
+
+def test_array_pass_ties_pick_the_smaller_uuid(small: Any) -> None:
+    # two starts at the same instant (values by uuid), step B tied twice at one instant, and a
+    # C tied with B: ties are "not before", the chain takes the smaller uuid at each step
+    ds = small(
+        [
+            ev("A", "p", minutes(0), 20, src="a-late-uuid"), ev("A", "p", minutes(0), 10, src="a-first"),
+            ev("B", "p", minutes(1), 31, src="b-second"), ev("B", "p", minutes(1), 30, src="b-first"),
+            ev("C", "p", minutes(1), 5, src="c"),
+            # q: B before A in uuid order at the same instant still counts
+            ev("B", "q", minutes(0), 40, src="qb"), ev("A", "q", minutes(0), 41, src="qa"),
+        ]
+    )  # fmt: skip
+    steps = (FunnelStep("A"), FunnelStep("B"), FunnelStep("C"))
+
+    def groups(attribution: Any, step: int = 0) -> dict[str | None, list[int]]:
+        q = FunnelQuery(
+            steps, DAY, breakdown=prop("src"), breakdown_attribution=attribution,
+            attribution_step=step,
+        )  # fmt: skip
+        return {b.value: [s.count for s in b.steps] for b in both(ds, funnel, q).breakdowns}
+
+    assert groups("first_touch") == {"a-first": [1, 1, 1], "qa": [1, 1, 0]}
+    assert groups("step", 1) == {"b-first": [1, 1, 1], "qb": [1, 1, 0]}
+    assert groups("last_touch") == {"c": [1, 1, 1], "qb": [1, 1, 0]}
+    result = both(ds, funnel, FunnelQuery(steps, DAY))
+    assert result.counts == [2, 2, 1]
+    assert result.steps[2].median_seconds_from_first == 60
+    assert result.steps[1].median_seconds_from_previous == 30  # p: 60 s, q: 0 s
+
+
+def test_array_pass_starts_and_window_edges(small: Any) -> None:
+    ds = small(
+        [
+            # from the first A, C falls out of the hour; the later A reaches C: its chain (not
+            # the earlier, shorter one) gives the times
+            ev("A", "p", minutes(0), 1), ev("B", "p", minutes(50), 2),
+            ev("A", "p", minutes(55), 3), ev("B", "p", minutes(56), 4),
+            ev("C", "p", minutes(70), 5),
+            # C exactly at the window's end counts, a µs later does not
+            ev("A", "edge", minutes(0), 6), ev("B", "edge", minutes(10), 7),
+            ev("C", "edge", minutes(60), 8),
+            ev("A", "over", minutes(0), 9), ev("B", "over", minutes(10), 10),
+            ev("C", "over", minutes(60) + timedelta(microseconds=1), 11),
+            # a step-1 event after the range's end starts nothing
+            ev("B", "late", minutes(-5), 12), ev("C", "late", minutes(-4), 13),
+            ev("A", "late", T0 + timedelta(hours=14), 14),  # 00:00 local the next day
+        ]
+    )  # fmt: skip
+    q = FunnelQuery(
+        (FunnelStep("A"), FunnelStep("B"), FunnelStep("C")), DAY, window=1, window_unit="hour"
+    )
+    result = both(ds, funnel, q)
+    assert result.counts == [3, 3, 2]
+    assert result.steps[2].median_seconds_from_first == (900 + 3600) / 2
+    lo, hi = ref.bounds(DAY.date_from, DAY.date_to, TZ)
+    chains = ref.funnel_chains(
+        ds.events, [named("A"), named("B"), named("C")], lo, hi, timedelta(hours=1)
+    )
+    assert result.counts == ref.step_counts(chains, 3)
