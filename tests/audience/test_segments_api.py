@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -89,6 +90,20 @@ def test_segment_lifecycle_over_http(api: Client, live: LiveServer) -> None:
     r = api("POST", "/segments/preview", json={"rules": {"type": "segment", "id": lid}})
     assert r.status_code == 200 and r.json()["size"] == len({world.distinct[d] for d in dids})
     assert "person_values" in r.json()["sql"]
+
+    # membership as an analytics filter and breakdown over HTTP
+    body = {"series": ["purchase_membership"], "date_from": "2024-02-01", "date_to": "2024-03-31",
+            "filters": [{"field": {"kind": "segment", "name": str(sid)}, "op": "eq",
+                         "value": True}],
+            "breakdown": {"kind": "segment", "name": str(lid)}}  # fmt: skip
+    r = api("POST", "/analytics/trends", json=body)
+    assert r.status_code == 200, r.text
+    members = set(want)
+    bought = [e for e in world.events if e["event"] == "purchase_membership"
+              and world.distinct.get(e["distinct_id"], e["person_id"]) in members
+              and datetime(2024, 1, 31, 16) <= e["timestamp"] < datetime(2024, 3, 31, 16)]  # fmt: skip
+    assert sum(line["total"] for line in r.json()["series"]) == len(bought) > 0
+    assert {line["breakdown_value"] for line in r.json()["series"]} <= {"true", "false"}
 
     assert api("DELETE", f"/segments/{lid}").status_code == 200
     assert api("GET", f"/segments/{lid}").status_code == 404

@@ -579,7 +579,9 @@ def events_from(
     if joins.person:
         columns.append(exp.column("properties", "pp").as_(PERSON_PROPERTIES))
     for n, scope in enumerate(joins.scopes):
-        for part, column in (("label", "l"), ("value", "v"), ("member", "m")):
+        parts: tuple[tuple[Literal["label", "value", "member"], str], ...] = (
+            ("label", "l"), ("value", "v"), ("member", "m"))  # fmt: skip
+        for part, column in parts:
             columns.append(exp.column(column, f"pv{n}").as_(value_column(scope, part)))
     joined = exp.select(*columns).from_(source.scoped("events", project_id).subquery("ev0"))
     if joins.person:

@@ -545,9 +545,9 @@ class _Compiler:
             return out if rule.did else exp.Not(this=exp.Paren(this=out))
         if isinstance(rule, EventTime):
             self.starts.append(None)  # first/last ever: the whole history matters
-            cond = self.matches(rule.event, rule.filters)
+            hit = self.matches(rule.event, rule.filters)
             agg = exp.Min if rule.type == "first_time" else exp.Max
-            when = exp.Case(ifs=[exp.If(this=cond, true=ts.copy())])
+            when = exp.Case(ifs=[exp.If(this=hit, true=ts.copy())])
             at = self.aggregate(agg(this=when))
             window, _ = self.in_window(rule.window, at)
             return window

@@ -266,7 +266,7 @@ def segments_router(runtime: Runtime) -> APIRouter:
     @router.post("/segments/recompute")
     async def recompute_all(request: Request, body: RecomputeBody | None = None) -> Response:
         """Refresh stages and RFM, then every tag and segment in dependency order."""
-        body = body or RecomputeBody()
+        body = body or RecomputeBody.model_validate({})
         project = project_of(request, body.project)
         report = await call(seg.recompute_all, runtime, project, body.now, body.derived)
         return json_response(report.as_dict())
@@ -299,7 +299,7 @@ def segments_router(runtime: Runtime) -> APIRouter:
         request: Request, ref: str, body: RecomputeBody | None = None
     ) -> Response:
         """Compute one segment now."""
-        body = body or RecomputeBody()
+        body = body or RecomputeBody.model_validate({})
         project = project_of(request, body.project)
         s = await call(seg.compute_segment, runtime, project, ref, body.now)
         return json_response(s.as_dict())
@@ -346,7 +346,7 @@ def segments_router(runtime: Runtime) -> APIRouter:
     @router.post("/segments/{ref}/snapshot")
     async def snapshot(request: Request, ref: str, body: SnapshotBody | None = None) -> Response:
         """A new static segment holding the current members."""
-        body = body or SnapshotBody()
+        body = body or SnapshotBody.model_validate({})
         project = project_of(request, body.project)
         s = await call(seg.snapshot_segment, runtime, project, ref, body.name)
         return json_response(s.as_dict(), 201)
@@ -403,7 +403,7 @@ def segments_router(runtime: Runtime) -> APIRouter:
     async def recompute_tag(
         request: Request, ref: str, body: RecomputeBody | None = None
     ) -> Response:
-        body = body or RecomputeBody()
+        body = body or RecomputeBody.model_validate({})
         project = project_of(request, body.project)
         t = await call(seg.compute_tag, runtime, project, ref, body.now)
         return json_response(t.as_dict())
