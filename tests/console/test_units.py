@@ -115,3 +115,19 @@ def test_snippets_fill_host_and_key() -> None:
     assert "events_url" in mixpanel.code  # plain http needs full URLs for the Mixpanel SDK
     https = next(s for s in snippets("https://y.example.com", "k", "p") if s.key == "mixpanel")
     assert 'api_host="y.example.com"' in https.code
+
+
+@pytest.mark.postgres
+def test_users_on_postgresql(fresh_postgres_url: str) -> None:
+    """Migration 0007 and the user functions on PostgreSQL, the scale-out state engine."""
+    from yunying.state import open_state
+
+    state = open_state(fresh_postgres_url)
+    try:
+        user = create_user(state, "wang", "long-enough-pw", "operator")
+        assert authenticate(state, "wang", "long-enough-pw") == user
+        token, _ = start_session(state, user)
+        found = session_for(state, token)
+        assert found is not None and found.user.role == "operator"
+    finally:
+        state.dispose()

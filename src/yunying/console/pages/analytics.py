@@ -40,7 +40,11 @@ def layout(ctx: Ctx, **extra: Any) -> dict[str, Any]:
         "yaxis": {"gridcolor": "#eaeef2", "rangemode": "tozero"},
     }
     if ctx.locale == "zh_CN":  # plotly.js speaks English: date ticks spelled the Chinese way
-        base["xaxis"] = {**base["xaxis"], "tickformat": "%-m月%-d日", "hoverformat": "%Y年%-m月%-d日"}
+        base["xaxis"] = {
+            **base["xaxis"],
+            "tickformat": "%-m月%-d日",
+            "hoverformat": "%Y年%-m月%-d日",
+        }
     base.update(extra)
     return base
 
@@ -266,20 +270,26 @@ def register(console: ConsoleApp) -> None:
             )  # fmt: skip
             cohorts = result.result.cohorts
             n = max((len(c.retained) for c in cohorts), default=0)
-            z = [[None if r is None else round(r * 100, 1) for r in c.rates] + [None] * (n - len(c.rates))
-                 for c in cohorts]  # fmt: skip
+            z: list[list[float | None]] = []
+            text: list[list[str]] = []
+            for c in cohorts:
+                rates = [None if r is None else round(r * 100, 1) for r in c.rates]
+                rates += [None] * (n - len(rates))
+                z.append(rates)
+                text.append(["" if r is None else f"{r:.1f}%" for r in rates])
             ylabels = [f"{c.label} ({c.size})" for c in cohorts]
+            small = n <= 31 and len(cohorts) <= 40
+            heatmap = {
+                "type": "heatmap", "z": z, "text": text, "x": [str(i) for i in range(n)],
+                "y": ylabels, "colorscale": [[0, "#f6f8fa"], [0.15, "#c6dbfb"], [1, "#1f4fbf"]],
+                "zmin": 0, "zmax": 100, "hoverongaps": False, "colorbar": {"ticksuffix": "%"},
+                "texttemplate": "%{text}" if small else "", "hovertemplate": "%{y} · %{x}: %{text}<extra></extra>",
+            }  # fmt: skip
             chart = {
-                "data": [{
-                    "type": "heatmap", "z": z, "x": [str(i) for i in range(n)], "y": ylabels,
-                    "colorscale": [[0, "#f6f8fa"], [0.15, "#c6dbfb"], [1, "#1f4fbf"]],
-                    "zmin": 0, "zmax": 100, "hoverongaps": False,
-                    "texttemplate": "%{z:.1f}%" if n <= 31 and len(cohorts) <= 40 else "",
-                    "colorbar": {"ticksuffix": "%"},
-                }],
+                "data": [heatmap],
                 "layout": layout(
                     ctx, hovermode="closest", height=max(320, 22 * len(cohorts) + 80),
-                    yaxis={"autorange": "reversed", "type": "category"},
+                    yaxis={"autorange": "reversed", "type": "category", "automargin": True},
                     xaxis={"type": "category", "title": {"text": ctx.gettext(LATER[period])}},
                 ),
             }  # fmt: skip
