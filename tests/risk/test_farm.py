@@ -5,6 +5,8 @@ Documented floors (docs/risk.md): precision ≥ 0.95 and recall ≥ 0.95 with th
 
 from __future__ import annotations
 
+import pytest
+
 from yunying.risk import RiskPolicy, assess
 from yunying.runtime import Runtime
 from yunying.state import NewProject
@@ -16,6 +18,7 @@ PRECISION_FLOOR = 0.95
 RECALL_FLOOR = 0.95
 
 
+@pytest.mark.slow
 def test_farm_is_flagged_and_honest_users_are_granted(
     runtime: Runtime, project: NewProject
 ) -> None:

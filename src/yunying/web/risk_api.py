@@ -8,8 +8,8 @@ projects. Routes:
   ``activity_id``, ``person_id``, ``reason`` (a reason code), ``limit``, ``offset``;
 - ``GET  /api/v1/risk/reviews/{id}``;
 - ``POST /api/v1/risk/reviews/{id}/approve`` and ``/deny`` — body ``{"reviewer", "note"}``
-  (both optional; the reviewer defaults to the caller); 409 when already decided, naming the
-  current ``status``;
+  (both optional; the reviewer defaults to the caller); 409 when already decided, with the
+  item's ``current_status``;
 - ``GET  /api/v1/risk/blocklist`` — ``kind``, ``include_expired``; ``GET /blocklist/{id}``;
 - ``POST /api/v1/risk/blocklist`` — body ``{"kind", "value", "reason", "expires_at" |
   "expires_in_hours"}`` (adding an existing entry refreshes its reason and expiry);
