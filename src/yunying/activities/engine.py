@@ -227,7 +227,7 @@ def apply_one(conn: sa.Connection, act: Activity, ev: LiveEvent) -> list[Due]:
             return []
         return promotion_claim(conn, act, user, ev.person_id)
     if act.template == "referral":
-        dues: list[Due] = []
+        dues = []
         code = ev.properties.get(spec.code_property)
         if ev.event == spec.accept_event and code:
             try:
@@ -426,7 +426,9 @@ class LiveRules:
         """Replay events received since (a little before) each project's watermark."""
         state = self.runtime.state
         with state.connect() as conn:
-            marks = dict(conn.execute(sa.select(activity_watermarks)).all())
+            marks: dict[int, datetime] = {
+                r.project_id: r.received_at for r in conn.execute(sa.select(activity_watermarks))
+            }
             firsts = dict(
                 conn.execute(
                     sa.select(activities.c.project_id, sa.func.min(activities.c.created_at))
@@ -437,9 +439,10 @@ class LiveRules:
         replayed = 0
         for project_id, first in firsts.items():
             mark = marks.get(project_id)
-            since = (
-                (mark - REPLAY_MARGIN) if mark is not None else aware(first).replace(tzinfo=None)
-            )  # type: ignore[union-attr]
+            if mark is not None:
+                since = mark - REPLAY_MARGIN
+            else:
+                since = (aware(first) or utcnow()).astimezone(UTC).replace(tzinfo=None)
             replayed += self._replay(project_id, since)
         return replayed
 
@@ -477,12 +480,12 @@ class LiveRules:
                     name,
                     did,
                     str(pid) if pid else None,
-                    _ts(ts),
+                    _ts(ts) or utcnow(),
                     dict(props or {}),
                     dev,
                     ip,
                 )
-            )  # type: ignore[arg-type]
+            )
             last = _ts(rec)
             if len(batch) >= chunk:
                 self.process(project_id, batch, last.replace(tzinfo=None) if last else None)

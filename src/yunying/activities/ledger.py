@@ -59,6 +59,12 @@ def aware(dt: datetime | None) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
+def iso(dt: datetime | None) -> str | None:
+    """ISO text of a (possibly naive UTC) timestamp, None stays None."""
+    a = aware(dt)
+    return a.isoformat() if a is not None else None
+
+
 def insert_ignore(conn: Connection, table: sa.Table, values: dict[str, Any]) -> int:
     """INSERT that does nothing when the row's key exists; returns rows inserted (0 or 1)."""
     if conn.dialect.name == "postgresql":
@@ -505,7 +511,7 @@ def coupon_dict(r: Any) -> dict[str, Any]:
         "valid_from": aware(r.valid_from).isoformat(),  # type: ignore[union-attr]
         "valid_to": valid_to.isoformat() if valid_to else None,
         "status": status,
-        "redeemed_at": aware(r.redeemed_at).isoformat() if r.redeemed_at else None,
+        "redeemed_at": iso(r.redeemed_at),
     }
 
 
@@ -548,7 +554,7 @@ def entries(
             "asset": r.asset,
             "amount": int(r.amount),
             "cost_fen": int(r.cost_fen),
-            "expires_at": aware(r.expires_at).isoformat() if r.expires_at else None,
+            "expires_at": iso(r.expires_at),
             "reverses": r.reverses_id,
             "memo": r.memo,
             "created_at": aware(r.created_at).isoformat(),  # type: ignore[union-attr]

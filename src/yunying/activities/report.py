@@ -98,7 +98,7 @@ def activity_report(
                 activity_progress.c.completed_at,
             ).where(activity_progress.c.activity_id == act.id)
         ).all()
-        claim_rows = dict(
+        claim_rows: dict[str, int] = dict(
             conn.execute(
                 sa.select(claims.c.status, sa.func.count())
                 .where(claims.c.activity_id == act.id)
@@ -280,7 +280,7 @@ def live_numbers(runtime: Runtime, act: Activity) -> dict[str, Any]:
                 activity_progress.c.activity_id == act.id
             )
         ).one()
-        by_status = dict(
+        by_status: dict[str, int] = dict(
             conn.execute(
                 sa.select(claims.c.status, sa.func.count())
                 .where(claims.c.activity_id == act.id)

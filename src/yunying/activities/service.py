@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from yunying import risk
 from yunying.activities import ledger
-from yunying.activities.ledger import BudgetExhausted, aware, insert_ignore, utcnow
+from yunying.activities.ledger import BudgetExhausted, aware, insert_ignore, iso, utcnow
 from yunying.activities.rules import Due
 from yunying.activities.spec import Reward, SpecError, parse_spec, spec_dict
 from yunying.activities.tables import (
@@ -449,7 +449,7 @@ def _assess(runtime: Runtime, act: Activity, claim: risk.Claim) -> risk.RiskDeci
     if assess is None or policy_cls is None:
         return grant_everything_until_risk_lands()
     policy = policy_cls.from_spec(act.spec.risk)
-    return assess(runtime, policy, claim, InviteStore(runtime.state))  # type: ignore[no-any-return]
+    return assess(runtime, policy, claim, InviteStore(runtime.state))
 
 
 def _reward_dict(reward: Reward) -> dict[str, Any]:
@@ -693,8 +693,8 @@ def list_claims(
         {
             **_claim_result(r, False).as_dict(),
             "user_id": r.user_id,
-            "created_at": aware(r.created_at).isoformat(),
-        }  # type: ignore[union-attr]
+            "created_at": iso(r.created_at),
+        }
         for r in rows
     ]
 
@@ -880,9 +880,7 @@ def progress_of(engine: Engine, act: Activity, user_id: str) -> dict[str, Any]:
         "user_id": user_id,
         "joined": r is not None,
         "progress": data,
-        "completed_at": aware(r.completed_at).isoformat()
-        if r is not None and r.completed_at
-        else None,
+        "completed_at": iso(r.completed_at) if r is not None else None,
         "claims": [_claim_result(c, False).as_dict() for c in my_claims],
         **extra,
     }
@@ -1149,7 +1147,7 @@ def cancel_signup(engine: Engine, act: Activity, user_id: str) -> dict[str, Any]
 def seat_counts(engine: Engine, act: Activity) -> dict[str, int]:
     s = signups.c
     with engine.connect() as conn:
-        rows = dict(
+        rows: dict[str, int] = dict(
             conn.execute(
                 sa.select(s.status, sa.func.count())
                 .where(s.activity_id == act.id)

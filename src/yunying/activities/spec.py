@@ -77,14 +77,18 @@ class Reward(_Model):
     """What a rule grants. ``amount``: points, days, fen (cash) or count (coupon, badge)."""
 
     kind: RewardKind
-    amount: int = Field(1, ge=1, description="Points, membership days, fen for cash, count.")
+    amount: int = Field(
+        default=1, ge=1, description="Points, membership days, fen for cash, count."
+    )
     #: Coupons: spend at least ``threshold_fen`` to take ``discount_fen`` off, within validity.
-    threshold_fen: int = Field(0, ge=0)
-    discount_fen: int | None = Field(None, ge=1)
-    valid_days: int | None = Field(None, ge=1, description="Coupon / points validity in days.")
-    badge: str | None = Field(None, max_length=100)
+    threshold_fen: int = Field(default=0, ge=0)
+    discount_fen: int | None = Field(default=None, ge=1)
+    valid_days: int | None = Field(
+        default=None, ge=1, description="Coupon / points validity in days."
+    )
+    badge: str | None = Field(default=None, max_length=100)
     #: What one unit costs the budget in fen (cash: always its amount; coupons: the discount).
-    cost_fen: int | None = Field(None, ge=0)
+    cost_fen: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Reward:
@@ -106,9 +110,9 @@ class Reward(_Model):
 
 
 class Schedule(_Model):
-    start: datetime | None = Field(None, description="When the activity opens (ISO 8601).")
-    end: datetime | None = Field(None, description="When it closes (exclusive).")
-    timezone: str | None = Field(None, description="IANA zone; default: the project's.")
+    start: datetime | None = Field(default=None, description="When the activity opens (ISO 8601).")
+    end: datetime | None = Field(default=None, description="When it closes (exclusive).")
+    timezone: str | None = Field(default=None, description="IANA zone; default: the project's.")
 
     @model_validator(mode="after")
     def _check(self) -> Schedule:
@@ -126,16 +130,18 @@ class Audience(_Model):
     """Who may take part: every condition on person properties holds, and segment membership."""
 
     properties: list[PropertyFilter] = Field(default_factory=list)
-    segment_id: int | None = Field(None, ge=1, description="person_values scope segment:<id>.")
+    segment_id: int | None = Field(
+        default=None, ge=1, description="person_values scope segment:<id>."
+    )
 
 
 class Budget(_Model):
     """Caps: in money (fen) and in grant count, overall and per user. Null means no cap."""
 
-    total_fen: int | None = Field(None, ge=0)
-    total_count: int | None = Field(None, ge=0)
-    per_user_fen: int | None = Field(None, ge=0)
-    per_user_count: int | None = Field(None, ge=0)
+    total_fen: int | None = Field(default=None, ge=0)
+    total_count: int | None = Field(default=None, ge=0)
+    per_user_fen: int | None = Field(default=None, ge=0)
+    per_user_count: int | None = Field(default=None, ge=0)
 
 
 class Goal(_Model):
@@ -146,9 +152,9 @@ class Goal(_Model):
 class _Base(_Model):
     name: str = Field(min_length=1, max_length=200)
     description: str = ""
-    schedule: Schedule = Field(default_factory=Schedule)
-    audience: Audience = Field(default_factory=Audience)
-    budget: Budget = Field(default_factory=Budget)
+    schedule: Schedule = Schedule()
+    audience: Audience = Audience()
+    budget: Budget = Budget()
     goal: Goal | None = None
     #: Anti-fraud policy, read by ``yunying.risk.RiskPolicy.from_spec``.
     risk: dict[str, Any] = Field(default_factory=dict)
@@ -163,10 +169,12 @@ class CheckinSpec(_Base):
     """签到: a streak of calendar days (project time zone) with milestone rewards."""
 
     template: Literal["checkin"]
-    event: str = Field("check_in", description="Event that counts as a check-in.")
+    event: str = Field(default="check_in", description="Event that counts as a check-in.")
     on_break: Literal["reset", "grace"] = "reset"
-    grace_days: int = Field(1, ge=0, le=7, description="Missed days forgiven when on_break=grace.")
-    repeat: bool = Field(False, description="Start over after the last milestone.")
+    grace_days: int = Field(
+        default=1, ge=0, le=7, description="Missed days forgiven when on_break=grace."
+    )
+    repeat: bool = Field(default=False, description="Start over after the last milestone.")
     milestones: list[Milestone] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -181,14 +189,16 @@ class ReferralSpec(_Base):
     """邀请裂变: personal invite codes; the invitee's activation rewards both sides."""
 
     template: Literal["referral"]
-    accept_event: str = Field("invite_accepted", description="Event carrying an invite code.")
+    accept_event: str = Field(
+        default="invite_accepted", description="Event carrying an invite code."
+    )
     code_property: str = "invite_code"
-    activation_event: str = Field("export_video", description="Invitee's qualifying event.")
+    activation_event: str = Field(default="export_video", description="Invitee's qualifying event.")
     activation_filters: list[PropertyFilter] = Field(default_factory=list)
-    activation_days: int = Field(30, ge=1, description="Days after the invite to activate.")
+    activation_days: int = Field(default=30, ge=1, description="Days after the invite to activate.")
     inviter_reward: Reward
     invitee_reward: Reward | None = None
-    max_invites_per_inviter: int | None = Field(None, ge=1)
+    max_invites_per_inviter: int | None = Field(default=None, ge=1)
 
 
 class Stage(_Model):
@@ -203,7 +213,9 @@ class TaskSpec(_Base):
     """任务挑战: counters over events with filters; stages in order, each with its reward."""
 
     template: Literal["task"]
-    sequential: bool = Field(True, description="Count a stage only after the previous is done.")
+    sequential: bool = Field(
+        default=True, description="Count a stage only after the previous is done."
+    )
     stages: list[Stage] = Field(min_length=1)
 
 
@@ -220,11 +232,11 @@ class GiftSpec(_Base):
     """新人礼 / trial: a reward once per person on a trigger event."""
 
     template: Literal["gift"]
-    event: str = Field("sign_up")
+    event: str = Field(default="sign_up")
     filters: list[PropertyFilter] = Field(default_factory=list)
     reward: Reward
     new_users_within_days: int | None = Field(
-        None, ge=1, description="Only persons first seen at most this many days before."
+        default=None, ge=1, description="Only persons first seen at most this many days before."
     )
 
 
@@ -232,10 +244,12 @@ class PromotionSpec(_Base):
     """会员日 / promotion: coupons with threshold and discount, claimed or granted on an event."""
 
     template: Literal["promotion"]
-    event: str | None = Field(None, description="Event that grants the coupon (else claim API).")
+    event: str | None = Field(
+        default=None, description="Event that grants the coupon (else claim API)."
+    )
     filters: list[PropertyFilter] = Field(default_factory=list)
     reward: Reward
-    claim_limit: int = Field(1, ge=1, description="Coupons per person.")
+    claim_limit: int = Field(default=1, ge=1, description="Coupons per person.")
 
     @model_validator(mode="after")
     def _coupon(self) -> PromotionSpec:

@@ -324,7 +324,7 @@ def activities_router(runtime: Runtime) -> APIRouter:
         project = project_by_secret_key(runtime.state, token)
         if project is None:
             raise HTTPProblem(401, "unknown key or token")
-        user = request.query_params.get("user_id") or request.headers.get("x-yunying-user")
+        user = request.query_params.get("user_id") or request.headers.get("x-yunying-user") or ""
         if not user:
             raise HTTPProblem(
                 400, "query parameter 'user_id' is required with a secret key", field="user_id"
