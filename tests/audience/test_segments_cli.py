@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from typer.testing import CliRunner
 
 from tests.audience.conftest import load_world, make_world
@@ -96,6 +97,7 @@ def test_cli_locally(runtime: Runtime, project: NewProject, tmp_path: Path) -> N
     _exercise(data_dir, tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_through_the_server(live: LiveServer, project: NewProject, tmp_path: Path) -> None:
     load_world(live.runtime, project.project.id, make_world(9, persons=60))
     _exercise(live.runtime.settings.data_dir, tmp_path)
