@@ -31,6 +31,7 @@ from yunying.analytics.common import (
     Sql,
     as_float,
     as_int,
+    fn,
     lit,
     run,
 )
@@ -149,40 +150,156 @@ def _ratio(a: float | int | None, b: float | int | None) -> float | None:
     return None if a is None or not b else a / b
 
 
+def _pick(sql: Sql, value: exp.Expr, first: bool) -> exp.Expr:
+    """The value on the person's earliest (``first``) or latest event that has one, ties
+    broken by uuid."""
+    key = exp.Tuple(expressions=[_c("timestamp"), sql.text(_c("uuid"))])
+    has = exp.Not(this=exp.Is(this=value.copy(), expression=exp.null()))
+    if sql.ch:
+        return fn("argMinIf" if first else "argMaxIf", value, key, has)
+    agg = fn("arg_min" if first else "arg_max", value, key)
+    return exp.Filter(this=agg, expression=exp.Where(this=has))
+
+
+def _when(cond: exp.Expr, value: exp.Expr, default: exp.Expr | None = None) -> exp.Case:
+    return exp.Case(ifs=[exp.If(this=cond, true=value)], default=default)
+
+
+def facts_sql(
+    source: Source, project_id: int, q: PersonaQuery, settings: AudienceSettings
+) -> exp.Select:
+    """Persons counted by their combination of facts: (g, p0.., d_<dimension>.., bucket, payer,
+    n, days, revenue). ``g`` is 1 in the group; one scan of persons and one of events, and the
+    group's member query appears once."""
+    sql = Sql(source.dialect)
+    tz = q.date_range.timezone
+    start, end = q.date_range.utc_bounds()
+    in_window = sql.time_between(start, end)
+    dims = [d for d in DIMENSIONS if d[0] in q.dimensions]
+    props = [f"p{i}" for i in range(len(q.properties))]
+    text_null = exp.cast(exp.null(), "TEXT")
+    day = _when(
+        exp.and_(in_window.copy(), activity_condition(settings.activity)),
+        sql.day_number(_c("timestamp"), tz),
+    )
+    bought = exp.and_(
+        in_window.copy(),
+        purchase_condition(sql, settings.revenue.events, settings.revenue.amount_property),
+    )
+    amount = amount_of(sql, settings.revenue.amount_property)
+    from_persons = exp.select(
+        exp.alias_(sql.text(_c("id")), "pid"),
+        *[exp.alias_(sql.prop_text(k), a) for k, a in zip(q.properties, props, strict=True)],
+        *[exp.alias_(text_null.copy(), f"d_{name}") for name, *_ in dims],
+        exp.alias_(lit(0), "adays"),
+        exp.alias_(lit(0.0), "spent"),
+        exp.alias_(lit(0), "buys"),
+        exp.alias_(lit(1), "is_person"),
+    ).from_(source.scoped("persons", project_id).subquery("p"))
+    from_events = (
+        exp.select(
+            exp.alias_(sql.text(_c("person_id")), "pid"),
+            *[exp.alias_(text_null.copy(), a) for a in props],
+            *[
+                exp.alias_(
+                    _pick(sql, _c(src) if not src.startswith("$") else sql.prop_text(src),
+                          pick == "first"),
+                    f"d_{name}",
+                )
+                for name, _label, src, pick in dims
+            ],
+            exp.alias_(exp.Count(this=exp.Distinct(expressions=[day])), "adays"),
+            exp.alias_(exp.Sum(this=_when(bought, amount, lit(0.0))), "spent"),
+            exp.alias_(exp.Sum(this=_when(bought.copy(), lit(1), lit(0))), "buys"),
+            exp.alias_(lit(0), "is_person"),
+        )
+        .from_(source.scoped("events", project_id).subquery("e"))
+        .group_by(_c("person_id"))
+    )  # fmt: skip
+    both = exp.union(from_persons, from_events, distinct=False)
+    columns = [*props, *[f"d_{name}" for name, *_ in dims], "adays", "spent", "buys"]
+    per_person = (
+        exp.select(
+            _c("pid"),
+            *[exp.alias_(exp.Max(this=_c(c)), f"m_{c}") for c in columns],
+        )
+        .from_(both.subquery("u"))
+        .group_by(_c("pid"))
+        .having(exp.Max(this=_c("is_person")).eq(1))
+    )
+    members = members_sql(source, project_id, q, settings)
+    bucket = exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.and_(
+                    exp.GTE(this=_c("m_adays"), expression=lit(lo)),
+                    exp.true() if hi is None else exp.LTE(this=_c("m_adays"), expression=lit(hi)),
+                ),
+                true=lit(label),
+            )
+            for label, lo, hi in ACTIVE_BUCKETS
+        ]
+    )
+    keys = [f"m_{c}" for c in [*props, *[f"d_{name}" for name, *_ in dims]]]
+    tagged = exp.select(
+        "*",
+        exp.alias_(_in_group(sql, members, _c("pid")), "g"),
+        exp.alias_(bucket, "bucket"),
+        exp.alias_(_when(exp.GT(this=_c("m_buys"), expression=lit(0)), lit(1), lit(0)), "payer"),
+    ).from_(per_person.subquery("pp"))
+    return (
+        exp.select(
+            "g", *keys, "bucket", "payer",
+            exp.alias_(exp.Count(this=exp.Star()), "n"),
+            exp.alias_(exp.Sum(this=_c("m_adays")), "days"),
+            exp.alias_(exp.Sum(this=_c("m_spent")), "revenue"),
+        )
+        .from_(tagged.subquery("t"))
+        .group_by("g", *keys, "bucket", "payer")
+    )  # fmt: skip
+
+
 def persona(
     source: Source, project_id: int, q: PersonaQuery, settings: AudienceSettings
 ) -> dict[str, Any]:
     """The persona report of ``q`` (JSON-ready)."""
-    sql = Sql(source.dialect)
-    members = members_sql(source, project_id, q, settings)
-    tz = q.date_range.timezone
-    start, end = q.date_range.utc_bounds()
-    flag = _in_group(sql, members, _c("id"))
-    sizes = run(
-        source,
-        exp.select(exp.Count(this=exp.Star()), exp.Sum(this=flag)).from_(
-            source.scoped("persons", project_id).subquery("p")
-        ),
-    )[0]
-    pop_n, grp_n = as_int(sizes[0]), as_int(sizes[1])
+    dims = [d for d in DIMENSIONS if d[0] in q.dimensions]
+    fields = [(f"person.{k}", f"person property {k}") for k in q.properties]
+    fields += [(name, label) for name, label, *_ in dims]
+    counts: list[dict[tuple[str | None, int], int]] = [{} for _ in fields]
+    size = {0: 0, 1: 0}
+    buckets = {(label, g): 0 for label, _lo, _hi in ACTIVE_BUCKETS for g in (0, 1)}
+    days = {0: 0, 1: 0}
+    payers = {0: 0, 1: 0}
+    revenue = {0: 0.0, 1: 0.0}
+    for row in run(source, facts_sql(source, project_id, q, settings)):
+        g = as_int(row[0])
+        values = row[1 : 1 + len(fields)]
+        bucket, payer, n, d, rev = row[1 + len(fields) :]
+        n = as_int(n)
+        size[g] += n
+        for i, v in enumerate(values):
+            key = (None if v is None else str(v), g)
+            counts[i][key] = counts[i].get(key, 0) + n
+        buckets[(str(bucket), g)] += n
+        days[g] += as_int(d)
+        if as_int(payer):
+            payers[g] += n
+        revenue[g] += as_float(rev) or 0.0
+    pop_n, grp_n = size[0] + size[1], size[1]
 
-    def distribution(rows: exp.Select, name: str, label: str) -> dict[str, Any]:
-        tree = (
-            exp.select(
-                _c("v"),
-                exp.alias_(exp.Count(this=exp.Star()), "n"),
-                exp.alias_(exp.Sum(this=_c("g")), "ng"),
-            )
-            .from_(rows.subquery("x"))
-            .where(exp.Not(this=exp.Is(this=_c("v"), expression=exp.null())))
-            .group_by(_c("v"))
+    def distribution(i: int) -> dict[str, Any]:
+        name, label = fields[i]
+        per: dict[str | None, list[int]] = {}
+        for (v, g), n in counts[i].items():
+            per.setdefault(v, [0, 0])[g] += n
+        counted = sorted(
+            ((v, pop[0] + pop[1], pop[1]) for v, pop in per.items() if v is not None),
+            key=lambda t: (-t[2], -t[1], t[0]),
         )
-        counted = [(str(v), as_int(n), as_int(ng)) for v, n, ng in run(source, tree)]
-        counted.sort(key=lambda t: (-t[2], -t[1], t[0]))
-        unset = (None, pop_n - sum(t[1] for t in counted), grp_n - sum(t[2] for t in counted))
-        listed = counted[: q.values_limit]
-        if unset[1] > 0:
-            listed.append(unset)  # type: ignore[arg-type]
+        listed: list[tuple[str | None, int, int]] = list(counted[: q.values_limit])
+        if None in per:
+            listed.append((None, per[None][0] + per[None][1], per[None][1]))
         values = []
         for v, n, ng in listed:
             gs, ps = _ratio(ng, grp_n), _ratio(n, pop_n)
@@ -199,197 +316,30 @@ def persona(
         more = len(counted) > q.values_limit
         return {"field": name, "label": label, "values": values, "more": more}
 
-    distributions = []
-    for key in q.properties:
-        rows = exp.select(exp.alias_(sql.prop_text(key), "v"), exp.alias_(flag.copy(), "g")).from_(
-            source.scoped("persons", project_id).subquery("p")
-        )
-        distributions.append(distribution(rows, f"person.{key}", f"person property {key}"))
-    events = source.scoped("events", project_id).subquery("e")
-    ev_flag = _in_group(sql, members, _c("person_id"))
-    for name, label, src, pick in DIMENSIONS:
-        if name not in q.dimensions:
-            continue
-        value = _c(src) if not src.startswith("$") else sql.prop_text(src)
-        ranked = (
-            exp.select(
-                exp.alias_(sql.text(_c("person_id")), "pid"),
-                exp.alias_(value, "v"),
-                exp.alias_(
-                    exp.Window(
-                        this=exp.RowNumber(),
-                        partition_by=[_c("person_id")],
-                        order=exp.Order(
-                            expressions=[
-                                exp.Ordered(this=_c("timestamp"), desc=pick == "last"),
-                                exp.Ordered(this=sql.text(_c("uuid")), desc=pick == "last"),
-                            ]
-                        ),
-                    ),
-                    "rn",
-                ),
-            )
-            .from_(events.copy())
-            .where(exp.Not(this=exp.Is(this=value.copy(), expression=exp.null())))
-        )
-        rows = (
-            exp.select(_c("v"), exp.alias_(_in_group(sql, members, _c("pid")), "g"))
-            .from_(ranked.subquery("r"))
-            .where(_c("rn").eq(1))
-        )
-        distributions.append(distribution(rows, name, label))
+    distributions = [distribution(i) for i in range(len(fields))]
+    top = _top_events(source, project_id, q, settings, grp_n, pop_n)
 
-    window = sql.time_between(start, end)
-    top: list[dict[str, Any]] = []
-    if q.top_events:
-        tree = (
-            exp.select(
-                _c("event"),
-                exp.alias_(exp.Count(this=exp.Star()), "n"),
-                exp.alias_(exp.Count(this=exp.Distinct(expressions=[_c("person_id")])), "np"),
-                exp.alias_(exp.Sum(this=ev_flag.copy()), "ng"),
-                exp.alias_(
-                    exp.Count(
-                        this=exp.Distinct(
-                            expressions=[
-                                exp.Case(
-                                    ifs=[exp.If(this=ev_flag.copy().eq(1),
-                                                true=sql.text(_c("person_id")))]
-                                )
-                            ]
-                        )
-                    ),
-                    "npg",
-                ),
-            )
-            .from_(events.copy())
-            .where(exp.and_(window.copy(), exp.Not(this=exp.Like(this=_c("event"),
-                                                                    expression=lit("$%")))))
-            .group_by(_c("event"))
-        )  # fmt: skip
-        counted = [
-            (str(e), as_int(n), as_int(np_), as_int(ng), as_int(npg))
-            for e, n, np_, ng, npg in run(source, tree)
-        ]
-        counted.sort(key=lambda t: (-t[3], -t[1], t[0]))
-        for e, n, np_, ng, npg in counted[: q.top_events]:
-            gr, pr = _ratio(ng, grp_n), _ratio(n, pop_n)
-            top.append(
-                {
-                    "event": e,
-                    "group_events": ng,
-                    "group_persons": npg,
-                    "group_rate": gr,
-                    "group_reach": _ratio(npg, grp_n),
-                    "population_events": n,
-                    "population_persons": np_,
-                    "population_rate": pr,
-                    "population_reach": _ratio(np_, pop_n),
-                    "lift": _ratio(gr, pr),
-                }
-            )
-
-    # active days per person in the window
-    per_day = (
-        exp.select(
-            exp.alias_(sql.text(_c("person_id")), "pid"),
-            exp.alias_(sql.day_number(_c("timestamp"), tz), "day"),
-        )
-        .from_(events.copy())
-        .where(exp.and_(window.copy(), activity_condition(settings.activity)))
-        .group_by(_c("pid"), _c("day"))
-    )
-    per_person = (
-        exp.select(_c("pid"), exp.alias_(exp.Count(this=exp.Star()), "days"))
-        .from_(per_day.subquery("d"))
-        .group_by(_c("pid"))
-    )
-    bucket = exp.Case(
-        ifs=[
-            exp.If(
-                this=exp.and_(
-                    exp.GTE(this=_c("days"), expression=lit(lo)),
-                    exp.true() if hi is None else exp.LTE(this=_c("days"), expression=lit(hi)),
-                ),
-                true=lit(label),
-            )
-            for label, lo, hi in ACTIVE_BUCKETS[1:]
-        ]
-    )
-    tree = (
-        exp.select(
-            exp.alias_(bucket, "b"),
-            exp.alias_(_in_group(sql, members, _c("pid")), "g"),
-            exp.alias_(exp.Count(this=exp.Star()), "n"),
-            exp.alias_(exp.Sum(this=_c("days")), "total_days"),
-        )
-        .from_(per_person.subquery("pp"))
-        .group_by(_c("b"), _c("g"))
-    )
-    buckets = {(label, g): 0 for label, _lo, _hi in ACTIVE_BUCKETS for g in (0, 1)}
-    day_sums = {0: 0, 1: 0}
-    for b, g, n, days in run(source, tree):
-        buckets[(str(b), as_int(g))] += as_int(n)
-        day_sums[as_int(g)] += as_int(days)
-
-    def active(size: int, counts: dict[str, int], total_days: int) -> dict[str, Any]:
-        counts["0"] = size - sum(v for k, v in counts.items() if k != "0")
+    def active(n: int, g: tuple[int, ...], total_days: int) -> dict[str, Any]:
         return {
-            "average": _ratio(total_days, size),
+            "average": _ratio(total_days, n),
             "buckets": [
-                {"bucket": label, "persons": counts[label], "share": _ratio(counts[label], size)}
+                {
+                    "bucket": label,
+                    "persons": sum(buckets[(label, x)] for x in g),
+                    "share": _ratio(sum(buckets[(label, x)] for x in g), n),
+                }
                 for label, _lo, _hi in ACTIVE_BUCKETS
             ],
         }
 
-    everyone = {label: buckets[(label, 0)] + buckets[(label, 1)] for label, *_ in ACTIVE_BUCKETS}
-    in_group = {label: buckets[(label, 1)] for label, *_ in ACTIVE_BUCKETS}
-    if members is None:
-        in_group = dict(everyone)
-    active_days = {
-        "group": active(grp_n, in_group, day_sums[1]),
-        "population": active(pop_n, everyone, day_sums[0] + day_sums[1]),
-    }
-
-    # revenue in the window
-    amount = amount_of(sql, settings.revenue.amount_property)
-    spend = (
-        exp.select(
-            exp.alias_(sql.text(_c("person_id")), "pid"),
-            exp.alias_(exp.Sum(this=amount), "spent"),
-        )
-        .from_(events.copy())
-        .where(
-            exp.and_(
-                window.copy(),
-                purchase_condition(sql, settings.revenue.events, settings.revenue.amount_property),
-            )
-        )
-        .group_by(_c("pid"))
-    )
-    tree = (
-        exp.select(
-            exp.alias_(_in_group(sql, members, _c("pid")), "g"),
-            exp.alias_(exp.Count(this=exp.Star()), "payers"),
-            exp.alias_(exp.Sum(this=_c("spent")), "revenue"),
-        )
-        .from_(spend.subquery("s"))
-        .group_by(_c("g"))
-    )
-    payers = {0: 0, 1: 0}
-    revenue = {0: 0.0, 1: 0.0}
-    for g, n, rev in run(source, tree):
-        payers[as_int(g)] += as_int(n)
-        revenue[as_int(g)] += as_float(rev) or 0.0
-
-    def money(size: int, n: int, rev: float) -> dict[str, Any]:
+    def money(n: int, paying: int, rev: float) -> dict[str, Any]:
         return {
-            "persons": size,
-            "payers": n,
+            "persons": n,
+            "payers": paying,
             "revenue": rev,
-            "paying_rate": _ratio(n, size),
-            "arpu": _ratio(rev, size),
-            "arppu": _ratio(rev, n),
+            "paying_rate": _ratio(paying, n),
+            "arpu": _ratio(rev, n),
+            "arppu": _ratio(rev, paying),
         }
 
     return {
@@ -399,12 +349,76 @@ def persona(
         "date_to": q.date_range.date_to.isoformat(),
         "distributions": distributions,
         "top_events": top,
-        "active_days": active_days,
+        "active_days": {
+            "group": active(grp_n, (1,), days[1]),
+            "population": active(pop_n, (0, 1), days[0] + days[1]),
+        },
         "revenue": {
             "group": money(grp_n, payers[1], revenue[1]),
             "population": money(pop_n, payers[0] + payers[1], revenue[0] + revenue[1]),
         },
     }
+
+
+def _top_events(
+    source: Source,
+    project_id: int,
+    q: PersonaQuery,
+    settings: AudienceSettings,
+    grp_n: int,
+    pop_n: int,
+) -> list[dict[str, Any]]:
+    """The events of the window by group events, with rates, reach and lift."""
+    if not q.top_events:
+        return []
+    sql = Sql(source.dialect)
+    start, end = q.date_range.utc_bounds()
+    members = members_sql(source, project_id, q, settings)
+    ev_flag = _in_group(sql, members, _c("person_id"))
+    tagged = (
+        exp.select(_c("event"), exp.alias_(sql.text(_c("person_id")), "pid"),
+                   exp.alias_(ev_flag, "g"))
+        .from_(source.scoped("events", project_id).subquery("e"))
+        .where(exp.and_(sql.time_between(start, end),
+                        exp.Not(this=exp.Like(this=_c("event"), expression=lit("$%")))))
+    )  # fmt: skip
+    tree = (
+        exp.select(
+            _c("event"),
+            exp.alias_(exp.Count(this=exp.Star()), "n"),
+            exp.alias_(exp.Count(this=exp.Distinct(expressions=[_c("pid")])), "np"),
+            exp.alias_(exp.Sum(this=_c("g")), "ng"),
+            exp.alias_(
+                exp.Count(this=exp.Distinct(expressions=[_when(_c("g").eq(1), _c("pid"))])),
+                "npg",
+            ),
+        )
+        .from_(tagged.subquery("t"))
+        .group_by(_c("event"))
+    )
+    counted = [
+        (str(e), as_int(n), as_int(np_), as_int(ng), as_int(npg))
+        for e, n, np_, ng, npg in run(source, tree)
+    ]
+    counted.sort(key=lambda t: (-t[3], -t[1], t[0]))
+    top = []
+    for e, n, np_, ng, npg in counted[: q.top_events]:
+        gr, pr = _ratio(ng, grp_n), _ratio(n, pop_n)
+        top.append(
+            {
+                "event": e,
+                "group_events": ng,
+                "group_persons": npg,
+                "group_rate": gr,
+                "group_reach": _ratio(npg, grp_n),
+                "population_events": n,
+                "population_persons": np_,
+                "population_rate": pr,
+                "population_reach": _ratio(np_, pop_n),
+                "lift": _ratio(gr, pr),
+            }
+        )
+    return top
 
 
 def default_range(today: Any, timezone: str, days: int = 30) -> DateRange:
