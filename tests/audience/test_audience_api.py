@@ -117,6 +117,14 @@ def test_reports_over_http(live: LiveServer, runtime: Runtime, project: NewProje
             break
     assert len(seen) == len(set(seen)) == got["events"]
 
+    # a distinct id with a slash, as the CLI sends it (percent-encoded)
+    slash = validate_batch(
+        [{"event": "edit_video", "distinct_id": "wx/openid:1"}], now=datetime(2030, 1, 1)
+    )
+    runtime.writer.write(pid, slash.events)
+    assert ok(api.get("/persons/wx%2Fopenid:1"))["distinct_ids"] == ["wx/openid:1"]
+    assert len(ok(api.get("/persons/wx%2Fopenid:1/events"))["events"]) == 1
+
     stored = ok(api.post("/stages/store", as_of=AS_OF.isoformat()))
     assert stored == {
         "scope": "stage",
@@ -160,6 +168,7 @@ def test_settings_and_errors(live: LiveServer, runtime: Runtime, project: NewPro
     problem(api.post("/persona", {"dimensions": ["planet"]}), 400, "dimensions")
     problem(api.post("/persona", {"top_events": 1000}), 422, "top_events")
     problem(api.get("/persons/nobody"), 404, "id")
+    problem(api.get("/persons/no/body/events"), 404, "id")
     load(runtime, project.project.id)
     someone = next(iter(person_ids(runtime.store, project.project.id)))
     problem(api.get(f"/persons/{someone}/events", cursor="zzz"), 400, "cursor")

@@ -344,17 +344,7 @@ def audience_router(runtime: Runtime) -> APIRouter:
             raise HTTPProblem(400, str(exc), field=persona_field(body, str(exc))) from None
         return await answer("persona", lambda: persona(runtime.store, p.id, q, settings_of(p)))
 
-    @router.get("/persons/{key}")
-    async def person_endpoint(request: Request, key: str, project: ProjectParam = None) -> Response:
-        """A person's profile, by person id or any distinct id."""
-        p = project_of(request, project)
-        today = local_today(p.timezone)
-        return await answer(
-            "profile",
-            lambda: person_profile(runtime.store, p.id, key, settings_of(p), p.timezone, today),
-        )
-
-    @router.get("/persons/{key}/events")
+    @router.get("/persons/{key:path}/events")
     async def person_events_endpoint(
         request: Request,
         key: str,
@@ -367,6 +357,17 @@ def audience_router(runtime: Runtime) -> APIRouter:
         p = project_of(request, project)
         return await answer(
             "timeline", lambda: person_events(runtime.store, p.id, key, limit, cursor, event)
+        )
+
+    @router.get("/persons/{key:path}")
+    async def person_endpoint(request: Request, key: str, project: ProjectParam = None) -> Response:
+        """A person's profile, by person id or any distinct id (which may contain ``/``;
+        the timeline route is matched first)."""
+        p = project_of(request, project)
+        today = local_today(p.timezone)
+        return await answer(
+            "profile",
+            lambda: person_profile(runtime.store, p.id, key, settings_of(p), p.timezone, today),
         )
 
     return router
