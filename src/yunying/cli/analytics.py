@@ -102,6 +102,54 @@ def event_of(text: str) -> str | None:
     return None if text == ANY_EVENT else text
 
 
+def parse_exclusion(text: str, steps: int) -> dict[str, Any]:
+    """``--exclude EVENT[:FROM:TO]``: EVENT (``*`` any) must not happen between step FROM and
+    step TO, numbered from 1 as in the table (default: the first and the last step). The API
+    counts steps from 0."""
+    event, sep, rest = text.partition(":")
+    lo, hi = 1, steps
+    if sep:
+        m = re.fullmatch(r"(\d+):(\d+)", rest)
+        if m is None:
+            raise UsageError(f"--exclude must be like EVENT or EVENT:1:3, not {text!r}")
+        lo, hi = int(m.group(1)), int(m.group(2))
+    if not event:
+        raise UsageError(f"--exclude needs an event name: {text!r}")
+    if not 1 <= lo < hi <= steps:
+        raise UsageError(
+            f"--exclude {text!r}: steps must satisfy 1 <= FROM < TO <= {steps} (numbered from 1)"
+        )
+    return {"event": event_of(event), "from_step": lo - 1, "to_step": hi - 1}
+
+
+def parse_attribution(text: str, steps: int) -> tuple[str, int]:
+    """``first_touch``, ``last_touch`` or ``step:N`` (N from 1) → the API's attribution fields."""
+    if text in ("first_touch", "last_touch"):
+        return text, 0
+    m = re.fullmatch(r"step:(\d+)", text)
+    if m is None:
+        raise UsageError(f"--attribution must be first_touch, last_touch or step:N, not {text!r}")
+    n = int(m.group(1))
+    if not 1 <= n <= steps:
+        raise UsageError(f"--attribution {text!r}: N must be a step number from 1 to {steps}")
+    return "step", n - 1
+
+
+def per_series(option: str, values: list[str] | None, count: int) -> list[str | None]:
+    """A repeatable option of ``trend`` paired with the ``--event``s: none, one for all, or one
+    per ``--event`` in the same order."""
+    if not values:
+        return [None] * count
+    if len(values) == 1:
+        return [values[0]] * count
+    if len(values) != count:
+        raise UsageError(
+            f"give {option} once (for every --event) or once per --event ({count}), "
+            f"not {len(values)} times"
+        )
+    return list(values)
+
+
 def common_body(
     project: str | None, date_from: str | None, date_to: str | None, filters: list[str] | None
 ) -> dict[str, Any]:
@@ -295,6 +343,21 @@ def register(app: typer.Typer) -> None:
         ] = "14d",
         order: Annotated[str, typer.Option(help="ordered, strict or unordered.")] = "ordered",
         breakdown: Breakdown = None,
+        attribution: Annotated[
+            str,
+            typer.Option(
+                help="Which event of a person's chain gives the breakdown value: first_touch, "
+                "last_touch or step:N (N from 1)."
+            ),
+        ] = "first_touch",
+        exclude: Annotated[
+            list[str] | None,
+            typer.Option(
+                metavar="EVENT[:FROM:TO]",
+                help="Drop persons whose chain has EVENT (* any) between step FROM and step TO "
+                "(numbered from 1; default the first and last step). Repeatable.",
+            ),
+        ] = None,
         date_from: DateFrom = None,
         date_to: DateTo = None,
         filters: Filters = None,
@@ -311,6 +374,7 @@ def register(app: typer.Typer) -> None:
             names = [s.strip() for s in steps.split(",")]
             if not all(names):
                 raise UsageError(f"--steps must be event names separated by commas: {steps!r}")
+            how, step = parse_attribution(attribution, len(names))
             return {
                 **common_body(project, date_from, date_to, filters),
                 "steps": [event_of(s) for s in names],
@@ -318,6 +382,9 @@ def register(app: typer.Typer) -> None:
                 "window_unit": unit,
                 "order": order,
                 "breakdown": None if breakdown is None else parse_field(breakdown),
+                "breakdown_attribution": how,
+                "attribution_step": step,
+                "exclusions": [parse_exclusion(x, len(names)) for x in exclude or []],
             }
 
         result = execute("funnel", body_of(make), json_out, data_dir, events_url, state_url)
@@ -378,14 +445,19 @@ def register(app: typer.Typer) -> None:
             typer.Option("--event", "-e", help="Event to count, repeatable: one series each."),
         ],
         math: Annotated[
-            str,
+            list[str] | None,
             typer.Option(
-                help="total, unique_persons, dau, wau, mau, or sum/avg/min/max/median/p90 of "
-                "--math-field."
+                help="total, unique_persons, dau, wau, mau, avg_per_person..., or "
+                "sum/avg/min/max/median/p90 of --math-field. Once for every --event, or once "
+                "per --event in the same order (default total)."
             ),
-        ] = "total",
+        ] = None,
         math_field: Annotated[
-            str | None, typer.Option(help="Numeric field of sum..p90 (default: amount).")
+            list[str] | None,
+            typer.Option(
+                help="Numeric field of sum..p90 (default: amount); once for all, or once per "
+                "--event ('-' for none)."
+            ),
         ] = None,
         interval: Annotated[str, typer.Option(help="hour, day, week or month.")] = "day",
         breakdown: Breakdown = None,
@@ -409,12 +481,19 @@ def register(app: typer.Typer) -> None:
         """Events, persons or values of a field per interval (the API's `trends`)."""
 
         def make() -> dict[str, Any]:
-            field = None if math_field is None else parse_field(math_field)
+            maths = per_series("--math", math, len(events))
+            fields = per_series("--math-field", math_field, len(events))
+            series = [
+                {
+                    "event": event_of(e),
+                    "math": m or "total",
+                    "math_field": None if f in (None, "-") else parse_field(f),
+                }
+                for e, m, f in zip(events, maths, fields, strict=True)
+            ]
             return {
                 **common_body(project, date_from, date_to, filters),
-                "series": [
-                    {"event": event_of(e), "math": math, "math_field": field} for e in events
-                ],
+                "series": series,
                 "interval": interval,
                 "breakdown": None if breakdown is None else parse_field(breakdown),
                 "breakdown_limit": breakdown_limit,
