@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from scipy import integrate, stats
-from scipy.special import betaln, gammaln
+from scipy.special import betaln, gammaln, hyp2f1
 from sqlglot import exp
 
 from tests.conftest import chdb_url
@@ -548,3 +548,15 @@ def test_refusals(duck: Installation) -> None:
         ClvRequest("purchase", CAL_END, amount_field="prop:")
     with pytest.raises(ModelNotFound, match="no CLV model for event 'refund'"):
         latest_model(rt.state, project, "refund")
+
+
+def test_heavy_buyers_beyond_hyp2f1() -> None:
+    """scipy's hyp2f1 overflows for hundreds of repeat purchases over a long horizon; the
+    numerical fallback must still match the integrated model."""
+    x, t_x, T, t = 300, 38.0, 39.0, 520.0
+    assert not np.isfinite(hyp2f1(PUBLISHED.r + x, PUBLISHED.b + x, PUBLISHED.a + PUBLISHED.b + x - 1,
+                                  t / (PUBLISHED.alpha + T + t)))  # fmt: skip
+    _, p_alive, expected = bgnbd_by_integration(PUBLISHED, x, t_x, T, t)
+    got = PUBLISHED.expected_purchases(t, [x], [t_x], [T])[0]
+    assert got == pytest.approx(expected, rel=1e-7)
+    assert PUBLISHED.p_alive([x], [t_x], [T])[0] == pytest.approx(p_alive, rel=1e-7)

@@ -28,6 +28,7 @@ as in the paper's CDNOW data. Predictions are written per person to ``person_val
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -37,8 +38,9 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 from numpy.typing import ArrayLike, NDArray
+from scipy.integrate import quad
 from scipy.optimize import minimize
-from scipy.special import betaln, expit, gammaln, hyp2f1
+from scipy.special import betaln, digamma, expit, gammaln, hyp2f1
 from sqlalchemy import Engine
 from sqlglot import exp
 
@@ -161,15 +163,51 @@ class BGNBD:
 
         (a+b+x−1)/(a−1) · [1 − ((α+T)/(α+T+t))^(r+x) · 2F1(r+x, b+x; a+b+x−1; t/(α+T+t))]
             · P(alive)
+
+        scipy's ``hyp2f1`` overflows for heavy buyers over long horizons (x in the hundreds);
+        there, and wherever the closed form leaves its bounds, :meth:`_alive_purchases_quad`
+        integrates the same expectation numerically.
         """
         x, t_x, T = _arrays(x, t_x, T)
         r, alpha, a, b = self.r, self.alpha, self.a, self.b
         if t <= 0:
             return np.zeros_like(x)
         z = t / (alpha + T + t)
-        ratio = np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + t)))
-        bracket = 1.0 - ratio * hyp2f1(r + x, b + x, a + b + x - 1, z)
-        return (a + b + x - 1) / (a - 1) * bracket * self.p_alive(x, t_x, T)
+        with np.errstate(all="ignore"):
+            ratio = np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + t)))
+            bracket = 1.0 - ratio * hyp2f1(r + x, b + x, a + b + x - 1, z)
+            if_alive = (a + b + x - 1) / (a - 1) * bracket
+        # 0 < E[Y | alive] < (r+x)·t/(α+T), since 1 − (1+u)^(−k) < k·u
+        bad = (
+            ~np.isfinite(if_alive)
+            | (if_alive < 0)
+            | (if_alive > (r + x) * t / (alpha + T) * (1 + 1e-9))
+        )
+        if np.any(bad):
+            if_alive = if_alive.copy()
+            for i in np.flatnonzero(bad):
+                if_alive[i] = self._alive_purchases_quad(t, float(x[i]), float(T[i]))
+        return if_alive * self.p_alive(x, t_x, T)
+
+    def _alive_purchases_quad(self, t: float, x: float, T: float) -> float:
+        """E[Y(t) | alive at T, x, T] by quadrature: given the history and being alive, λ ~
+        Gamma(r+x, α+T) and p ~ Beta(a, b+x) independently, and an alive customer buys
+        (1 − e^(−λpt))/p times in expectation; integrating λ out leaves
+        ∫ (1 − ((α+T)/(α+T+pt))^(r+x)) / p · Beta(p; a, b+x) dp."""
+        k, s, bb = self.r + x, self.alpha + T, self.b + x
+        log_norm = -float(betaln(self.a, bb))
+        a = self.a
+
+        def integrand(p: float) -> float:
+            if p <= 0.0 or p >= 1.0:
+                return 0.0
+            bought = -math.expm1(-k * math.log1p(p * t / s))
+            return bought * math.exp((a - 2) * math.log(p) + (bb - 1) * math.log1p(-p) + log_norm)
+
+        mean = a / (a + bb)
+        marks = sorted({min(max(v, 1e-12), 1 - 1e-12) for v in (mean, 10 * mean, s / t / k, s / t)})
+        value, _ = quad(integrand, 0.0, 1.0, points=marks, epsabs=0.0, epsrel=1e-10, limit=500)
+        return float(value)
 
     def expected_purchases_new(self, t: ArrayLike) -> Floats:
         """E[X(t)] for a customer just acquired (paper, eq. 9)::
@@ -197,24 +235,33 @@ class Estimate:
     message: str
 
 
-def _maximise(log_lik: Callable[[Floats], float], start: Floats, names: str) -> Estimate:
-    """Maximise ``log_lik(log_params)`` with L-BFGS-B, polishing with Nelder-Mead if needed."""
+def _maximise(
+    log_lik: Callable[[Floats], tuple[float, Floats]], start: Floats, names: str
+) -> Estimate:
+    """Maximise ``log_lik(log_params) -> (value, gradient)`` with L-BFGS-B (analytic gradient),
+    polishing with Nelder-Mead if L-BFGS-B does not report convergence."""
 
-    def objective(theta: Floats) -> float:
-        value = log_lik(theta)
-        return -value if np.isfinite(value) else 1e300
+    def objective(theta: Floats) -> tuple[float, Floats]:
+        value, grad = log_lik(theta)
+        if not (np.isfinite(value) and np.all(np.isfinite(grad))):
+            return 1e300, np.zeros_like(theta)
+        return -value, -grad
+
+    def value_only(theta: Floats) -> float:
+        return objective(theta)[0]
 
     bounds = [(-LOG_BOUND, LOG_BOUND)] * len(start)
     res = minimize(
         objective,
         start,
+        jac=True,
         method="L-BFGS-B",
         bounds=bounds,
-        options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 10_000, "maxfun": 100_000},
+        options={"ftol": 1e-15, "gtol": 1e-8, "maxiter": 10_000, "maxfun": 100_000},
     )
     if not res.success:
         polished = minimize(
-            objective,
+            value_only,
             res.x,
             method="Nelder-Mead",
             bounds=bounds,
@@ -236,6 +283,51 @@ def _maximise(log_lik: Callable[[Floats], float], start: Floats, names: str) -> 
     )
 
 
+def _bgnbd_log_lik_grad(
+    params: Floats, x: Floats, t_x: Floats, T: Floats, weights: Floats
+) -> tuple[float, Floats]:
+    """Weighted BG/NBD log-likelihood and its gradient with respect to the log-parameters.
+
+    With ℓ = C + log(e^A + e^D) (see :meth:`BGNBD.log_likelihood`) and w_A, w_D the shares of the
+    two terms, each derivative is ∂C + w_A ∂A + w_D ∂D (ψ is the digamma function; ∂ log B(u, v)
+    is ψ(u) − ψ(u+v) in u and ψ(v) − ψ(u+v) in v); times the parameter, for its logarithm.
+    """
+    r, alpha, a, b = (float(v) for v in params)
+    model = BGNBD(r, alpha, a, b)
+    ll = model.log_likelihood(x, t_x, T)
+    repeat = x > 0
+    log_a = betaln(a, b + x) - (r + x) * np.log(alpha + T)
+    common = gammaln(r + x) - gammaln(r) + r * np.log(alpha) - betaln(a, b)
+    w_a = np.exp(common + log_a - ll)
+    w_d = np.where(repeat, 1.0 - w_a, 0.0)
+    t_d = np.where(repeat, t_x, 0.0)
+    xb = np.where(repeat, b + x - 1, 1.0)  # ψ(b+x−1) only where x > 0
+    psi_abx = digamma(a + b + x)
+    d_r = digamma(r + x) - digamma(r) + np.log(alpha)
+    d_r -= w_a * np.log(alpha + T) + w_d * np.log(alpha + t_d)
+    d_alpha = r / alpha - (r + x) * (w_a / (alpha + T) + w_d / (alpha + t_d))
+    d_a = -digamma(a) + digamma(a + b) + w_a * (digamma(a) - psi_abx)
+    d_a += w_d * (digamma(a + 1) - psi_abx)
+    d_b = -digamma(b) + digamma(a + b) + w_a * (digamma(b + x) - psi_abx)
+    d_b += w_d * (digamma(xb) - psi_abx)
+    grad = np.array([np.dot(weights, d) for d in (d_r, d_alpha, d_a, d_b)]) * params
+    return float(np.dot(weights, ll)), grad
+
+
+def _gamma_gamma_log_lik_grad(params: Floats, x: Floats, m: Floats) -> tuple[float, Floats]:
+    """Gamma-Gamma log-likelihood and its gradient with respect to the log-parameters."""
+    p, q, v = (float(val) for val in params)
+    ll = GammaGamma(p, q, v).log_likelihood(x, m)
+    px = p * x
+    log_vmx = np.log(v + m * x)
+    psi = digamma(px + q)
+    d_p = x * (psi - digamma(px) + np.log(m) + np.log(x) - log_vmx)
+    d_q = psi - digamma(q) + np.log(v) - log_vmx
+    d_v = q / v - (px + q) / (v + m * x)
+    grad = np.array([d_p.sum(), d_q.sum(), d_v.sum()]) * params
+    return float(ll.sum()), grad
+
+
 def fit_bgnbd(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> tuple[BGNBD, Estimate]:
     """Maximum-likelihood BG/NBD parameters for customers summarised by ``(x, t_x, T)``.
 
@@ -254,11 +346,9 @@ def fit_bgnbd(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> tuple[BGNBD, Estima
     ux, utx, uT = keys[:, 0], keys[:, 1], keys[:, 2]
     weights = counts.astype(np.float64)
 
-    def log_lik(theta: Floats) -> float:
-        r, alpha, a, b = np.exp(theta)
+    def log_lik(theta: Floats) -> tuple[float, Floats]:
         with np.errstate(all="ignore"):
-            ll = BGNBD(r, alpha, a, b).log_likelihood(ux, utx, uT)
-        return float(np.dot(weights, ll))
+            return _bgnbd_log_lik_grad(np.exp(theta), ux, utx, uT, weights)
 
     # start where the mean purchase rate r/α matches the repeat purchases seen
     rate = max(float(xs.sum()) / max(float(Ts.sum()), 1e-9), 1e-6)
@@ -334,10 +424,9 @@ def fit_gamma_gamma(x: ArrayLike, m: ArrayLike) -> tuple[GammaGamma, Estimate]:
             "the spend model needs at least two customers with repeat purchases of positive value"
         )
 
-    def log_lik(theta: Floats) -> float:
-        p, q, v = np.exp(theta)
+    def log_lik(theta: Floats) -> tuple[float, Floats]:
         with np.errstate(all="ignore"):
-            return float(np.sum(GammaGamma(p, q, v).log_likelihood(xs, ms)))
+            return _gamma_gamma_log_lik_grad(np.exp(theta), xs, ms)
 
     start = np.log(np.array([1.0, 2.0, float(np.mean(ms))]))
     est = _maximise(log_lik, start, "Gamma-Gamma")
