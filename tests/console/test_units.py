@@ -131,3 +131,43 @@ def test_users_on_postgresql(fresh_postgres_url: str) -> None:
         assert found is not None and found.user.role == "operator"
     finally:
         state.dispose()
+
+
+def test_page_cache_serves_stale_values_while_refreshing() -> None:
+    import threading
+    import time
+
+    from yunying.console.cache import PageCache
+
+    cache = PageCache(stale_seconds=60)
+    calls: list[int] = []
+
+    def compute(value: int, delay: float = 0.0) -> int:
+        time.sleep(delay)
+        calls.append(value)
+        return value
+
+    assert cache.get("k", 1, lambda: compute(1)) == 1
+    assert cache.get("k", 1, lambda: compute(99)) == 1 and calls == [1]  # fresh hit
+    # new data (stamp 2): the old value now, the new one computed in the background
+    assert cache.get("k", 2, lambda: compute(2, 0.2)) == 1
+    deadline = time.monotonic() + 10
+    while cache.get("k", 2, lambda: compute(3)) != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert calls == [1, 2]
+    # two requests for a missing key compute it once
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.get("m", 1, lambda: compute(7, 0.3))))
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [7, 7, 7] and calls.count(7) == 1
+    # too old to serve: computed again right away
+    stale = PageCache(stale_seconds=0)
+    stale.get("k", 1, lambda: 1)
+    assert stale.get("k", 2, lambda: 2) == 2
