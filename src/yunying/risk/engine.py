@@ -221,7 +221,8 @@ def _invite_findings(
     counts = signals.activity_counts(persons, ignored, since, at)
 
     def passive(person: str) -> bool:
-        return counts.get(person, 0) < rule.min_activity_events
+        # persons beyond the neighbourhood read are not judged (never passive)
+        return person in counts and counts[person] < rule.min_activity_events
 
     if invitee and passive(invitee):
         n = counts.get(invitee, 0)

@@ -47,21 +47,26 @@ class InviteIndex:
                     queue.append(nxt)
         return None
 
-    def neighbourhood(self, persons: Sequence[str], depth: int) -> set[str]:
-        """Persons within ``depth`` invite edges (either direction) of ``persons``."""
-        out = set(persons)
-        frontier = set(persons)
+    def neighbourhood(self, persons: Sequence[str], depth: int, limit: int = 500) -> set[str]:
+        """Persons within ``depth`` invite edges (either direction) of ``persons``, nearest
+        first, at most ``limit`` of them (a star inviter's thousands of invitees are cut)."""
+        out = dict.fromkeys(persons)
+        frontier = list(out)
         for _ in range(depth):
-            nxt: set[str] = set()
+            nxt: list[str] = []
             for p in frontier:
-                nxt.update(e.invitee_person_id for e in self.invitees.get(p, ()))
-                nxt.update(e.inviter_person_id for e in self.inviters.get(p, ()))
-            nxt -= out
-            out |= nxt
+                near = [e.inviter_person_id for e in self.inviters.get(p, ())]
+                near += [e.invitee_person_id for e in self.invitees.get(p, ())]
+                for q in near:
+                    if q not in out:
+                        out[q] = None
+                        nxt.append(q)
+                        if len(out) >= limit:
+                            return set(out)
             frontier = nxt
-            if not frontier or len(out) >= MAX_VISIT:
+            if not frontier:
                 break
-        return out
+        return set(out)
 
     def passive_chain(self, person: str, passive: Callable[[str], bool], limit: int) -> int:
         """Edges in the longest chain through ``person`` whose invitees are all passive.

@@ -88,63 +88,53 @@ class EventSignals:
     ) -> dict[str, set[str]]:
         """Distinct persons with an event on a device, from an IP, from inside a subnet, each
         since its own time: ``{"device": {...}, "ip": {...}, "subnet": {...}}`` in one query.
-        (The IP and subnet windows should start at the same time: rows are read once for both.)
 
-        For the subnet the engine narrows by the textual prefix all its addresses share (whole
-        IPv4 octets, the first IPv6 group); exact containment is checked here.
+        Each question is one selective branch of a UNION ALL (an OR of them defeats the
+        engines' filter pushdown). For the subnet the engine narrows by the text all its
+        addresses start with (whole IPv4 octets, the first IPv6 group); exact containment is
+        checked here.
         """
         out: dict[str, set[str]] = {}
-        conds: list[exp.Expr] = []
-        ts = exp.column("timestamp")
-        device_flag: exp.Expr = exp.false()
+        branches: list[exp.Select] = []
+        person = exp.alias_(self.sql.text(exp.column("person_id")), "pid")
+
+        def branch(kind: str, cond: exp.Expr, since: datetime) -> exp.Select:
+            return (
+                exp.select(exp.alias_(lit(kind), "kind"), person.copy(), exp.column("ip"))
+                .distinct(copy=False)
+                .from_(self._events(), copy=False)
+                .where(cond, self._window(since, until), copy=False)
+                .limit(ROW_LIMIT, copy=False)
+            )
+
         if device is not None:
             out["device"] = set()
-            device_flag = exp.and_(
-                exp.column("device_id").eq(lit(device[0])), self._window(device[1], until)
-            )
-            conds.append(device_flag.copy())
-        net = None
-        net_since = until
+            branches.append(branch("device", exp.column("device_id").eq(lit(device[0])), device[1]))
         if ip is not None:
             out["ip"] = set()
-            conds.append(exp.and_(exp.column("ip").eq(lit(ip[0])), self._window(ip[1], until)))
-            net_since = min(net_since, ip[1])
+            branches.append(branch("ip", exp.column("ip").eq(lit(ip[0])), ip[1]))
+        net = None
         if subnet is not None:
             out["subnet"] = set()
             net = ipaddress.ip_network(subnet[0], strict=False)
-            conds.append(exp.and_(_prefix_condition(net), self._window(subnet[1], until)))
-            net_since = min(net_since, subnet[1])
-        if not conds:
+            branches.append(branch("subnet", _prefix_condition(net), subnet[1]))
+        if not branches:
             return out
-        tree = (
-            exp.select(
-                exp.alias_(self.sql.text(exp.column("person_id")), "pid"),
-                exp.alias_(device_flag, "on_device"),
-                exp.column("ip"),
-                exp.alias_(
-                    exp.GTE(this=ts, expression=self.sql.ts_literal(naive_utc(net_since))),
-                    "recent",
-                ),
-            )
-            .distinct(copy=False)
-            .from_(self._events(), copy=False)
-            .where(exp.or_(*conds), copy=False)
-            .limit(ROW_LIMIT * 3, copy=False)
-        )
-        for pid, on_device, text, recent in self._rows(tree):
-            person = str(pid)
-            if on_device and device is not None:
-                out["device"].add(person)
-            if text is None or not recent:  # a device-window event outside the network window
-                continue
-            if ip is not None and text == ip[0]:
-                out["ip"].add(person)
-            if net is not None:
+        tree: exp.Query = branches[0]
+        if len(branches) > 1:  # each branch in parentheses, so its LIMIT stays its own
+            union: exp.Expr = exp.Subquery(this=branches[0])
+            for b in branches[1:]:
+                union = exp.Union(this=union, expression=exp.Subquery(this=b), distinct=False)
+            tree = exp.select("*").from_(exp.Subquery(this=union, alias="u"), copy=False)
+        for kind, pid, text in self._rows(tree):
+            if kind == "subnet":
+                assert net is not None
                 try:
-                    if ipaddress.ip_address(str(text).strip()) in net:
-                        out["subnet"].add(person)
+                    if text is None or ipaddress.ip_address(str(text).strip()) not in net:
+                        continue
                 except ValueError:
                     continue
+            out[str(kind)].add(str(pid))
         return out
 
     def created_at(self, person_id: str) -> datetime | None:
@@ -168,15 +158,35 @@ class EventSignals:
     def activity_counts(
         self, person_ids: Iterable[str], ignored: Iterable[str], since: datetime, until: datetime
     ) -> dict[str, int]:
-        """Events per person, leaving out the ``ignored`` event names (missing persons: 0)."""
+        """Events per person, leaving out the ``ignored`` event names (missing persons: 0).
+
+        An id that is no person's but a distinct id (an invite recorded before identity
+        resolution knew the user) counts the events of that distinct id. The events are first
+        narrowed by the persons' distinct ids, a raw column the engine filters while scanning.
+        """
         ids = sorted(set(person_ids))
         counts = dict.fromkeys(ids, 0)
         if not ids:
             return counts
+        wanted = set(ids)
+        mapping = self._scoped("person_distinct_ids", "m")
+        dids_tree = (
+            exp.select(exp.column("distinct_id"))
+            .from_(mapping, copy=False)
+            .where(
+                exp.In(
+                    this=self.sql.text(exp.column("person_id")),
+                    expressions=[lit(p) for p in ids],
+                ),
+                copy=False,
+            )
+            .limit(ROW_LIMIT * 2, copy=False)
+        )
+        dids = {str(r[0]) for r in self._rows(dids_tree)} | wanted
         skip = sorted(set(ignored))
         person = self.sql.text(exp.column("person_id"))
         conds: list[exp.Expr] = [
-            exp.In(this=person.copy(), expressions=[lit(p) for p in ids]),
+            exp.In(this=exp.column("distinct_id"), expressions=[lit(d) for d in sorted(dids)]),
             self._window(since, until),
         ]
         if skip:
@@ -184,18 +194,24 @@ class EventSignals:
                 exp.not_(exp.In(this=exp.column("event"), expressions=[lit(n) for n in skip]))
             )
         tree = (
-            exp.select(exp.alias_(person, "pid"), exp.alias_(exp.func("COUNT", exp.Star()), "n"))
+            exp.select(
+                exp.alias_(person, "pid"),
+                exp.column("distinct_id"),
+                exp.alias_(exp.func("COUNT", exp.Star()), "n"),
+            )
             .from_(self._events(), copy=False)
             .where(*conds, copy=False)
-            .group_by(exp.column("pid"), copy=False)
+            .group_by(exp.column("pid"), exp.column("distinct_id"), copy=False)
         )
-        for pid, n in self._rows(tree):
-            counts[str(pid)] = int(n)  # type: ignore[call-overload]
+        for pid, did, n in self._rows(tree):
+            key = str(pid) if str(pid) in wanted else str(did)
+            if key in wanted:
+                counts[key] += int(n)  # type: ignore[call-overload]
         return counts
 
 
 def _prefix_condition(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> exp.Expr:
-    """``ip LIKE 'a.b.c.%'``: the text every address of ``net`` starts with (or any IP)."""
+    """``starts_with(ip, 'a.b.c.')``: the text every address of ``net`` starts with (or any IP)."""
     if net.version == 4:
         octets = str(net.network_address).split(".")[: net.prefixlen // 8]
         prefix = ".".join(octets) + "." if octets else ""
@@ -205,4 +221,4 @@ def _prefix_condition(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> exp
     ip = exp.column("ip")
     if not prefix:
         return exp.not_(exp.Is(this=ip, expression=exp.null()))
-    return exp.Like(this=ip, expression=lit(prefix + "%"))
+    return exp.StartsWith(this=ip, expression=lit(prefix))
