@@ -537,6 +537,9 @@ def test_refusals(duck: Installation) -> None:
     # before anyone's second purchase day: nobody repeated
     with pytest.raises(NotEnoughData, match="repeat purchase"):
         fit_clv(rt.store, rt.state, project, ClvRequest("purchase", date(2025, 1, 1)))
+    with pytest.raises(InvalidClvRequest, match="after today") as future:
+        fit_clv(rt.store, rt.state, project, ClvRequest("purchase", date(2099, 1, 1)))
+    assert future.value.field == "calibration_end"
     with pytest.raises(InvalidClvRequest, match="unit") as info:
         ClvRequest("purchase", CAL_END, "year")
     assert info.value.field == "unit"

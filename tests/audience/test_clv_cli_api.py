@@ -92,6 +92,10 @@ def test_api_fit_and_latest(live: LiveServer, project: NewProject) -> None:
         headers=auth,
     )  # fmt: skip
     assert bad.status_code == 422 and bad.json()["field"] == "horizon"
+    bad = httpx.post(
+        f"{url}/fit", json={"event": "purchase", "calibration_end": "2099-01-01"}, headers=auth
+    )
+    assert bad.status_code == 422 and bad.json()["field"] == "calibration_end"
     bad = httpx.post(f"{url}/fit", content=b"{not json", headers=auth)
     assert bad.status_code == 400
     bad = httpx.post(

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
@@ -764,6 +765,15 @@ def fit_clv(
 
     Raises :class:`InvalidClvRequest`, :class:`NotEnoughData` or :class:`ClvError`.
     """
+    created = (now or datetime.now(UTC)).astimezone(UTC)
+    today = created.astimezone(ZoneInfo(project.timezone)).date()
+    if request.calibration_end > today:
+        # T would count days that have not happened yet, as if nobody bought in them
+        raise InvalidClvRequest(
+            f"calibration_end {request.calibration_end} is after today ({today}, "
+            f"{project.timezone}); use a day that is over",
+            "calibration_end",
+        )
     try:
         data = customers(
             store,
@@ -846,7 +856,6 @@ def fit_clv(
         "scopes": list(SCOPES),
         "warnings": warnings,
     }
-    created = (now or datetime.now(UTC)).astimezone(UTC)
     with state.begin() as conn:
         result = conn.execute(
             sa.insert(clv_models).values(

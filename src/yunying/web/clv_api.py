@@ -97,16 +97,24 @@ def parse_fit_body(body: Any) -> FitBody:
     try:
         parsed.to_request()
     except InvalidClvRequest as exc:
-        problem = {"field": exc.field, "message": str(exc)}
-        raise HTTPProblem(422, str(exc), field=exc.field, errors=[problem]) from None
+        raise _refused(exc) from None
     return parsed
 
 
+def _refused(exc: InvalidClvRequest) -> HTTPProblem:
+    """A 422 naming the field the models refused, in the shape of body validation errors."""
+    problem = {"field": exc.field, "message": str(exc)}
+    return HTTPProblem(422, str(exc), field=exc.field, errors=[problem])
+
+
 def run_fit(store: EventStore, state: Engine, project: Project, body: FitBody) -> dict[str, Any]:
-    """Fit for ``project`` (blocking): the API's answer; HTTPProblem 400 for refused data."""
+    """Fit for ``project`` (blocking): the API's answer; HTTPProblem 422 for a refused field
+    (a calibration end after today), 400 for purchases that cannot identify the model."""
     try:
         return fit_clv(store, state, project, body.to_request())
-    except (InvalidClvRequest, NotEnoughData) as exc:
+    except InvalidClvRequest as exc:
+        raise _refused(exc) from None
+    except NotEnoughData as exc:
         raise HTTPProblem(400, str(exc)) from None
 
 
