@@ -342,3 +342,22 @@ def test_rule_action_can_be_deny(runtime: Runtime, project: NewProject) -> None:
     assert assess(runtime, policy, make_claim(pid, "v")).outcome == "grant"
     d = assess(runtime, policy, make_claim(pid, "v"))
     assert d.outcome == "deny" and d.review_id is None
+
+
+def test_invitee_known_by_distinct_id_only(runtime: Runtime, project: NewProject) -> None:
+    """An invite recorded with a distinct id (no person yet) is judged on that id's events."""
+    pid = project.project.id
+    t = NOW - timedelta(hours=3)
+    raws = [ev("busy-1", "sign_up", t)] + [
+        ev("busy-1", "edit_video", t + timedelta(minutes=i)) for i in range(1, 4)
+    ]
+    raws += [ev("idle-1", "sign_up", t), ev("idle-1", "export_video", t)]
+    ingest(runtime, pid, raws)
+    graph = EdgeList()
+    graph.add("host", "busy-1", t)
+    graph.add("host", "idle-1", t)
+    policy = only("invites")
+    assert codes(assess(runtime, policy, referral(pid, "host", "busy-1"), graph)) == []
+    assert codes(assess(runtime, policy, referral(pid, "host", "idle-1"), graph)) == [
+        "invitee_passive"
+    ]
