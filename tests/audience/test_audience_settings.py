@@ -13,6 +13,7 @@ from yunying.audience.settings import (
     put_settings,
     with_changes,
 )
+from yunying.runtime import Runtime
 from yunying.state import create_project, open_state
 
 
@@ -47,3 +48,46 @@ def test_dotted_changes() -> None:
     with pytest.raises(InvalidSettings) as err:
         with_changes(AudienceSettings(), {"lifecycle.new_days": "soon"})
     assert err.value.field == "lifecycle.new_days"
+
+
+def test_stored_scopes_on_both_engines(engine_runtime: Runtime) -> None:
+    """store_stages / store_rfm write the scopes segment rules read, on DuckDB and ClickHouse,
+    and replace them on the next run."""
+    from datetime import date, datetime
+
+    from sqlglot import exp
+
+    from yunying.analytics.common import Sql, run
+    from yunying.audience.rfm import store_rfm
+    from yunying.audience.stages import store_stages
+    from yunying.ingest.model import validate_batch
+
+    rt = engine_runtime
+    p = create_project(rt.state, "剪辑").project
+    day = date(2024, 6, 30)
+    raws = [
+        {"event": "edit_video", "distinct_id": "a", "timestamp": "2024-06-30T01:00:00Z"},
+        {"event": "purchase_membership", "distinct_id": "a", "timestamp": "2024-06-29T01:00:00Z",
+         "properties": {"$amount": 30}},
+        {"event": "edit_video", "distinct_id": "b", "timestamp": "2024-05-01T01:00:00Z"},
+    ]  # fmt: skip
+    rt.writer.write(p.id, validate_batch(raws, now=datetime(2030, 1, 1)).events)
+
+    def scope(name: str) -> list[tuple[str, float | None]]:
+        store = rt.store
+        tree = (
+            exp.select("label", "value")
+            .from_(store.scoped("person_values", p.id).subquery("v"))
+            .where(exp.column("scope").eq(exp.Literal.string(name)))
+            .order_by("label")
+        )
+        assert Sql(store.dialect)
+        return [(str(label), value) for label, value in run(store, tree)]
+
+    assert store_stages(rt, p, day) == 2
+    assert scope("stage") == [("churned", None), ("new", None)]
+    assert store_rfm(rt, p, day) == 1
+    # the only buyer: nobody is worse, so 1 + floor(5 * 0 / 1) = 1 on each score, which is the mean
+    assert scope("rfm") == [("important_value", 111.0)]
+    assert store_stages(rt, p, date(2024, 7, 10)) == 2  # replaced, not appended
+    assert scope("stage") == [("churned", None), ("silent", None)]
