@@ -280,8 +280,6 @@ def test_paths_ties_limit_and_filters(small: Any) -> None:
     assert {(x.step, x.source, x.target): x.persons for x in back.edges} == {
         (-1, "A", "B"): 2,  # p's A ties with B and has the smaller uuid: it comes first
     }  # fmt: skip
-    with pytest.raises(InvalidQuery, match="not both"):
-        PathsQuery(day, "S", "B")
     with pytest.raises(InvalidQuery, match="filtered out"):
         PathsQuery(day, "S", exclude_events=("S",))
     with pytest.raises(InvalidQuery, match="steps"):

@@ -5,6 +5,10 @@ are ordered by timestamp, then uuid. The anchor is the person's first ``start_ev
 after it are steps 1, 2, …), or their first ``end_event`` (events before it are steps -1, -2, …),
 or, with neither, their first event. Persons without an anchor are not counted. Step 0 is the
 anchor; at most ``steps`` events per person (the anchor included) are counted.
+
+With both a start and an end event, a person's path runs from their first ``start_event`` to
+the first ``end_event`` after it (both included: steps 0 .. m); persons with no such end event,
+or whose end event is more than ``steps - 1`` events after the start, are not counted.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ MAX_STEPS = 20
 
 @dataclass(frozen=True)
 class PathsQuery:
-    """Paths from ``start_event`` or to ``end_event`` (not both), up to ``steps`` events;
-    ``limit`` keeps the most frequent transitions per step."""
+    """Paths from ``start_event``, to ``end_event``, or from the one to the other, up to
+    ``steps`` events; ``limit`` keeps the most frequent transitions per step."""
 
     date_range: DateRange
     start_event: str | None = None
@@ -47,23 +51,26 @@ class PathsQuery:
     def __post_init__(self) -> None:
         for name in ("filters", "include_events", "exclude_events"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.start_event is not None and self.end_event is not None:
-            raise InvalidQuery("paths take a start_event or an end_event, not both")
         if not isinstance(self.steps, int) or not 2 <= self.steps <= MAX_STEPS:
             raise InvalidQuery(f"steps must be an integer from 2 to {MAX_STEPS}")
         if self.limit < 1:
             raise InvalidQuery("limit must be at least 1")
-        anchor = self.start_event or self.end_event
-        if anchor is not None and (
-            anchor in self.exclude_events
-            or (self.include_events and anchor not in self.include_events)
-        ):
-            raise InvalidQuery(f"the anchor event {anchor!r} is filtered out of the paths")
+        for anchor in (self.start_event, self.end_event):
+            if anchor is not None and (
+                anchor in self.exclude_events
+                or (self.include_events and anchor not in self.include_events)
+            ):
+                raise InvalidQuery(f"the anchor event {anchor!r} is filtered out of the paths")
 
     @property
     def backwards(self) -> bool:
-        """Whether steps go back in time from an end event."""
-        return self.end_event is not None
+        """Whether steps go back in time from an end event (an end event alone)."""
+        return self.end_event is not None and self.start_event is None
+
+    @property
+    def between(self) -> bool:
+        """Whether paths run from a start event to an end event."""
+        return self.start_event is not None and self.end_event is not None
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,35 @@ def paths_sql(source: Source, project_id: int, q: PathsQuery) -> dict[str, exp.S
         if q.backwards
         else exp.and_(exp.GTE(this=k, expression=lit(0)), exp.LTE(this=k.copy(), expression=bound))
     )  # fmt: skip
+    if q.between:
+        # the first end event after the start, no more than steps - 1 events later
+        assert q.end_event is not None
+        i1 = exp.Min(this=_c("i", "s"))
+        starts = anchors
+        anchors = (
+            exp.select(
+                exp.alias_(_c("person_id", "a"), "person_id"),
+                exp.alias_(_c("i0", "a"), "i0"),
+                exp.alias_(i1, "i1"),
+            )
+            .from_(exp.to_table("seq").as_("s"))
+            .join(
+                exp.to_table("starts").as_("a"),
+                on=_c("person_id", "a").eq(_c("person_id", "s")),
+                join_type="inner",
+            )
+            .where(
+                exp.and_(
+                    _c("event", "s").eq(lit(q.end_event)),
+                    exp.GT(this=_c("i", "s"), expression=_c("i0", "a")),
+                )
+            )
+            .group_by(_c("person_id", "a"), _c("i0", "a"))
+            .having(exp.LTE(this=exp.Sub(this=i1.copy(), expression=_c("i0", "a")), expression=bound.copy()))
+        )  # fmt: skip
+        within = exp.and_(
+            exp.GTE(this=k, expression=lit(0)), exp.LTE(this=_c("i", "s"), expression=_c("i1", "a"))
+        )
     stepped = (
         exp.select(_c("person_id", "s"), _c("event", "s"), exp.alias_(k.copy(), "k"))
         .from_(exp.to_table("seq").as_("s"))
@@ -150,7 +186,10 @@ def paths_sql(source: Source, project_id: int, q: PathsQuery) -> dict[str, exp.S
     )
 
     def ctes(tree: exp.Select) -> exp.Select:
-        return tree.with_("seq", as_=seq).with_("anchors", as_=anchors).with_("steps", as_=stepped)
+        tree = tree.with_("seq", as_=seq)
+        if q.between:
+            tree = tree.with_("starts", as_=starts)
+        return tree.with_("anchors", as_=anchors).with_("steps", as_=stepped)
 
     nodes = ctes(
         exp.select("k", "event", exp.alias_(exp.Count(this=exp.Star()), "n"))
