@@ -172,7 +172,8 @@ def paths_sql(source: Source, project_id: int, q: PathsQuery) -> dict[str, exp.S
             .having(exp.LTE(this=exp.Sub(this=i1.copy(), expression=_c("i0", "a")), expression=bound.copy()))
         )  # fmt: skip
         within = exp.and_(
-            exp.GTE(this=k, expression=lit(0)), exp.LTE(this=_c("i", "s"), expression=_c("i1", "a"))
+            exp.GTE(this=k.copy(), expression=lit(0)),
+            exp.LTE(this=_c("i", "s"), expression=_c("i1", "a")),
         )
     stepped = (
         exp.select(_c("person_id", "s"), _c("event", "s"), exp.alias_(k.copy(), "k"))
