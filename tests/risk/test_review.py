@@ -173,3 +173,14 @@ def test_blocklist_crud(runtime: Runtime, project: NewProject) -> None:
         add_block(
             runtime.state, pid, "device", "d", "x", expires_at=datetime.now(UTC) - timedelta(1)
         )
+
+
+def test_summary_counts_reasons_in_monitor_mode(runtime: Runtime, project: NewProject) -> None:
+    pid = project.project.id
+    monitor = RiskPolicy.from_spec({"mode": "monitor", "velocity": {"max_per_person": 1}})
+    for _ in range(3):
+        assert assess(runtime, monitor, make_claim(pid, "m", activity_id=9)).outcome == "grant"
+    s = activity_summary(runtime.state, pid, 9)
+    assert s["claims"] == {"total": 3, "grant": 3, "hold": 0, "deny": 0}
+    assert s["reasons"] == {"velocity_person": 2}
+    assert list_reviews(runtime.state, pid) == []

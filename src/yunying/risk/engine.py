@@ -29,7 +29,7 @@ from yunying.risk.model import Claim, InviteGraph, Outcome, RiskDecision, RiskRe
 from yunying.risk.policy import Action, RiskPolicy
 from yunying.risk.review import create_review
 from yunying.risk.signals import EventSignals, network_of
-from yunying.risk.tables import risk_claims, risk_locks
+from yunying.risk.tables import codes_text, risk_claims, risk_locks
 from yunying.runtime import Runtime
 
 #: Rows of claim history read per key at most (enough to compare with any sane threshold).
@@ -90,6 +90,8 @@ def assess(
                     assessed_at=now,
                     outcome=outcome,
                     reasons=[asdict(r) for r in reasons],
+                    reason_codes=codes_text([r.code for r in reasons]),
+                    flagged=bool(reasons),
                     details=claim.details,
                 )
             ).inserted_primary_key[0]  # type: ignore[index]

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine
 from yunying.errors import Conflict, NotFound, YunyingError
 from yunying.risk.blocklist import utc
 from yunying.risk.model import Claim, RiskReason
-from yunying.risk.tables import risk_claims, risk_reviews
+from yunying.risk.tables import codes_text, risk_claims, risk_reviews
 
 if TYPE_CHECKING:
     from yunying.runtime import Runtime
@@ -182,6 +182,7 @@ def create_review(
                 status="pending",
                 claim=claim_to_json(claim),
                 reasons=[asdict(r) for r in reasons],
+                reason_codes=codes_text([r.code for r in reasons]),
                 created_at=now,
             )
         ).inserted_primary_key[0]  # type: ignore[index]
@@ -215,27 +216,12 @@ def list_reviews(
         q = q.where(risk_reviews.c.activity_id == activity_id)
     if person_id is not None:
         q = q.where(risk_reviews.c.person_id == person_id)
+    if reason is not None:
+        q = q.where(risk_reviews.c.reason_codes.contains(f",{reason},", autoescape=True))
     order = risk_reviews.c.id.asc() if status == "pending" else risk_reviews.c.id.desc()
     with engine.connect() as conn:
-        if reason is None:
-            rows = conn.execute(q.order_by(order).limit(limit).offset(offset)).all()
-            return [_review(r) for r in rows]
-        # reasons are JSON: filter here, reading in pages so the result still honours limit
-        out: list[Review] = []
-        skipped = 0
-        page = 0
-        while len(out) < limit:
-            rows = conn.execute(q.order_by(order).limit(500).offset(page * 500)).all()
-            if not rows:
-                break
-            for r in rows:
-                if any(x.get("code") == reason for x in r.reasons):
-                    if skipped < offset:
-                        skipped += 1
-                    elif len(out) < limit:
-                        out.append(_review(r))
-            page += 1
-        return out
+        rows = conn.execute(q.order_by(order).limit(limit).offset(offset)).all()
+    return [_review(r) for r in rows]
 
 
 def get_review(engine: Engine, project_id: int, review_id: int) -> Review:
@@ -306,7 +292,8 @@ def decide(
 
 
 def activity_summary(engine: Engine, project_id: int, activity_id: int) -> dict[str, Any]:
-    """Assessed claims of an activity by outcome and by reason, and its reviews by status."""
+    """Assessed claims of an activity by outcome, claims with reasons by reason code (in
+    ``monitor`` mode granted claims have reasons too), and its reviews by status."""
     with engine.connect() as conn:
         outcomes = dict.fromkeys(("grant", "hold", "deny"), 0)
         for outcome, n in conn.execute(
@@ -317,14 +304,14 @@ def activity_summary(engine: Engine, project_id: int, activity_id: int) -> dict[
             outcomes[outcome] = int(n)
         reasons: dict[str, int] = {}
         flagged = conn.execute(
-            sa.select(risk_claims.c.reasons).where(
+            sa.select(risk_claims.c.reason_codes).where(
                 risk_claims.c.project_id == project_id,
                 risk_claims.c.activity_id == activity_id,
-                risk_claims.c.outcome != "grant",
+                risk_claims.c.flagged.is_(True),
             )
         )
-        for (listed,) in flagged:
-            for code in {r.get("code") for r in listed}:
+        for (text,) in flagged:
+            for code in set(text.strip(",").split(",")) - {""}:
                 reasons[code] = reasons.get(code, 0) + 1
         reviews = dict.fromkeys(STATUSES, 0)
         for status, n in conn.execute(

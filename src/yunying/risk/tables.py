@@ -13,6 +13,12 @@ import sqlalchemy as sa
 
 from yunying.state.models import metadata
 
+
+def codes_text(codes: list[str] | tuple[str, ...]) -> str:
+    """The ``reason_codes`` value: ``,a,b,`` (``''`` for none), so ``LIKE '%,a,%'`` finds ``a``."""
+    return f",{','.join(codes)}," if codes else ""
+
+
 risk_claims = sa.Table(
     "risk_claims",
     metadata,
@@ -33,13 +39,16 @@ risk_claims = sa.Table(
     sa.Column("assessed_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("outcome", sa.String(10), nullable=False),
     sa.Column("reasons", sa.JSON, nullable=False),
+    #: ``,code,code,`` of the reasons ('' when none), for filtering in SQL.
+    sa.Column("reason_codes", sa.String(1000), nullable=False, server_default=""),
     sa.Column("details", sa.JSON, nullable=False),
     sa.Column("review_id", sa.Integer),
+    sa.Column("flagged", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_risk_claims_device", "project_id", "device_id", "at"),
     sa.Index("ix_risk_claims_ip", "project_id", "ip", "at"),
     sa.Index("ix_risk_claims_subnet", "project_id", "subnet", "at"),
     sa.Index("ix_risk_claims_person", "project_id", "person_id", "at"),
-    sa.Index("ix_risk_claims_activity", "project_id", "activity_id", "outcome"),
+    sa.Index("ix_risk_claims_activity", "project_id", "activity_id", "flagged"),
 )
 
 risk_reviews = sa.Table(
@@ -55,6 +64,7 @@ risk_reviews = sa.Table(
     sa.Column("status", sa.String(10), nullable=False),
     sa.Column("claim", sa.JSON, nullable=False),
     sa.Column("reasons", sa.JSON, nullable=False),
+    sa.Column("reason_codes", sa.String(1000), nullable=False, server_default=""),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("decided_at", sa.DateTime(timezone=True)),
     sa.Column("reviewer", sa.String(200)),

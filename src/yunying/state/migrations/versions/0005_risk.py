@@ -34,15 +34,17 @@ def upgrade() -> None:
         sa.Column("assessed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("outcome", sa.String(10), nullable=False),
         sa.Column("reasons", sa.JSON, nullable=False),
+        sa.Column("reason_codes", sa.String(1000), nullable=False, server_default=""),
         sa.Column("details", sa.JSON, nullable=False),
         sa.Column("review_id", sa.Integer),
+        sa.Column("flagged", sa.Boolean, nullable=False, server_default=sa.false()),
     )
     op.create_index("ix_risk_claims_device", "risk_claims", ["project_id", "device_id", "at"])
     op.create_index("ix_risk_claims_ip", "risk_claims", ["project_id", "ip", "at"])
     op.create_index("ix_risk_claims_subnet", "risk_claims", ["project_id", "subnet", "at"])
     op.create_index("ix_risk_claims_person", "risk_claims", ["project_id", "person_id", "at"])
     op.create_index(
-        "ix_risk_claims_activity", "risk_claims", ["project_id", "activity_id", "outcome"]
+        "ix_risk_claims_activity", "risk_claims", ["project_id", "activity_id", "flagged"]
     )
     op.create_table(
         "risk_reviews",
@@ -55,6 +57,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(10), nullable=False),
         sa.Column("claim", sa.JSON, nullable=False),
         sa.Column("reasons", sa.JSON, nullable=False),
+        sa.Column("reason_codes", sa.String(1000), nullable=False, server_default=""),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("decided_at", sa.DateTime(timezone=True)),
         sa.Column("reviewer", sa.String(200)),
