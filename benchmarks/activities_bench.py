@@ -72,7 +72,10 @@ def activity_specs(risk: bool) -> list[dict[str, Any]]:
             {
                 "template": "checkin",
                 "name": f"checkin {i}",
-                "milestones": [{"days": 1, "reward": {"kind": "points", "amount": 1}}],
+                "milestones": [
+                    {"days": 3, "reward": {"kind": "points", "amount": 10}},
+                    {"days": 7, "reward": {"kind": "membership_days", "amount": 30}},
+                ],
                 "risk": policy,
             }
         )
@@ -84,7 +87,7 @@ def activity_specs(risk: bool) -> list[dict[str, Any]]:
                 "event": "view_content",
                 "filters": [{"property": "category", "op": "eq", "value": f"c{i % 10}"}],
                 "reward": {"kind": "coupon", "threshold_fen": 5000, "discount_fen": 500},
-                "claim_limit": 3,
+                "claim_limit": 1,
                 "risk": policy,
             }
         )

@@ -27,11 +27,12 @@ import sqlalchemy as sa
 from sqlglot import exp
 
 from yunying.activities import rules, service
-from yunying.activities.ledger import aware, insert_ignore, utcnow
+from yunying.activities.ledger import aware, insert_ignore, insert_ignore_many, utcnow
 from yunying.activities.rules import Due
 from yunying.activities.service import Activity
 from yunying.activities.tables import (
     activities,
+    activity_progress,
     activity_seen_events,
     activity_watermarks,
 )
@@ -193,59 +194,100 @@ def events_of(act: Activity) -> set[str]:
     return set()
 
 
+def may_apply(act: Activity, ev: LiveEvent) -> bool:
+    """Cheap test before any database work: can this event change this activity's state?"""
+    spec = act.spec
+    if act.template == "checkin":
+        return True
+    if act.template == "task":
+        return any(
+            st.event == ev.event and rules.filters_match(st.filters, ev.properties)
+            for st in spec.stages
+        )
+    if act.template in ("gift", "promotion"):
+        return rules.filters_match(spec.filters, ev.properties)
+    if act.template == "referral":
+        return bool(
+            (ev.event == spec.accept_event and ev.properties.get(spec.code_property))
+            or (
+                ev.event == spec.activation_event
+                and rules.filters_match(spec.activation_filters, ev.properties)
+            )
+        )
+    return False
+
+
+def compute(
+    act: Activity, ev: LiveEvent, data: dict[str, Any]
+) -> tuple[dict[str, Any], list[Due], bool] | None:
+    """New progress, rewards due and completed-now of a progress-only template (None: no change).
+
+    Check-in, task, gift and promotion keep all their state in the progress document, so the
+    processor can load and store many participants at once; referral needs the invites table.
+    """
+    spec = act.spec
+    user = ev.distinct_id
+    if act.template == "checkin":
+        day: date = ev.timestamp.astimezone(act.tz).date()
+        new, dues = rules.checkin(spec, act.id, user, data, day)
+        if new == data:
+            return None
+        return new, dues, bool(dues) and not data.get("milestones")
+    if act.template == "task":
+        new, dues, done = rules.task(spec, act.id, user, data, ev.event, ev.properties)
+        return None if new == data else (new, dues, done)
+    if act.template == "gift":
+        if not rules.filters_match(spec.filters, ev.properties) or data.get("granted"):
+            return None
+        return (
+            {**data, "granted": ev.timestamp.isoformat()},
+            [Due(f"act:{act.id}:gift:{user}", spec.reward)],
+            True,
+        )
+    if act.template == "promotion":
+        if not rules.filters_match(spec.filters, ev.properties):
+            return None
+        n = int(data.get("claimed", 0))
+        if n >= spec.claim_limit:
+            return None
+        return (
+            {**data, "claimed": n + 1},
+            [Due(f"act:{act.id}:promo:{user}:{n}", spec.reward)],
+            True,
+        )
+    return None
+
+
 def apply_one(conn: sa.Connection, act: Activity, ev: LiveEvent) -> list[Due]:
     """Apply one event to one activity inside the caller's transaction; rewards due."""
     spec = act.spec
     user = ev.distinct_id
-    if act.template == "checkin":
+    if act.template != "referral":
         data = service.load_progress(conn, act, user, ev.person_id)
-        day: date = ev.timestamp.astimezone(act.tz).date()
-        new, dues = rules.checkin(spec, act.id, user, data, day)
-        if new != data:
+        out = compute(act, ev, data)
+        if out is None:
+            return []
+        new, due_now, completed = out
+        service.save_progress(conn, act, user, new, completed=completed)
+        return due_now
+    dues: list[Due] = []
+    code = ev.properties.get(spec.code_property)
+    if ev.event == spec.accept_event and code:
+        try:
+            service.accept_invite(conn, act, user, ev.person_id, str(code), ev.timestamp)
+            service.load_progress(conn, act, user, ev.person_id)
+        except YunyingError as exc:
+            log.info("invite code %r of event %s not accepted: %s", code, ev.uuid, exc)
+    if ev.event == spec.activation_event and rules.filters_match(
+        spec.activation_filters, ev.properties
+    ):
+        dues = service.activate_invite(conn, act, user, ev.person_id, ev.timestamp)
+        if dues:
+            data = service.load_progress(conn, act, user, ev.person_id)
             service.save_progress(
-                conn, act, user, new, completed=bool(dues) and not data.get("milestones")
+                conn, act, user, {**data, "activated": ev.timestamp.isoformat()}, completed=True
             )
-        return dues
-    if act.template == "task":
-        data = service.load_progress(conn, act, user, ev.person_id)
-        new, dues, done = rules.task(spec, act.id, user, data, ev.event, ev.properties)
-        if new != data:
-            service.save_progress(conn, act, user, new, completed=done)
-        return dues
-    if act.template == "gift":
-        if not rules.filters_match(spec.filters, ev.properties):
-            return []
-        data = service.load_progress(conn, act, user, ev.person_id)
-        if data.get("granted"):
-            return []
-        service.save_progress(
-            conn, act, user, {**data, "granted": ev.timestamp.isoformat()}, completed=True
-        )
-        return [Due(f"act:{act.id}:gift:{user}", spec.reward)]
-    if act.template == "promotion":
-        if not rules.filters_match(spec.filters, ev.properties):
-            return []
-        return promotion_claim(conn, act, user, ev.person_id)
-    if act.template == "referral":
-        dues = []
-        code = ev.properties.get(spec.code_property)
-        if ev.event == spec.accept_event and code:
-            try:
-                service.accept_invite(conn, act, user, ev.person_id, str(code), ev.timestamp)
-                service.load_progress(conn, act, user, ev.person_id)
-            except YunyingError as exc:
-                log.info("invite code %r of event %s not accepted: %s", code, ev.uuid, exc)
-        if ev.event == spec.activation_event and rules.filters_match(
-            spec.activation_filters, ev.properties
-        ):
-            dues = service.activate_invite(conn, act, user, ev.person_id, ev.timestamp)
-            if dues:
-                data = service.load_progress(conn, act, user, ev.person_id)
-                service.save_progress(
-                    conn, act, user, {**data, "activated": ev.timestamp.isoformat()}, completed=True
-                )
-        return dues
-    return []
+    return dues
 
 
 def promotion_claim(
@@ -267,29 +309,124 @@ def apply_batch(
     project_id: int,
     events: list[LiveEvent],
 ) -> list[str]:
-    """Apply a batch to the running activities listening to its events; keys of rewards due."""
+    """Apply a batch to the running activities listening to its events; keys of rewards due.
+
+    One transaction per batch: the seen uuids and the participants' progress are read in one
+    statement each (locked on PostgreSQL), updated in memory in event order, and written back
+    with one statement per kind, so the cost per event is small next to a transaction per event.
+    """
     by_event = index.get(project_id)
     if not by_event:
         return []
     matched = []
     for ev in events:
         for act in by_event.get(ev.event, ()):
-            if act.live_at(ev.timestamp) and audience.allows(act, ev.person_id, ev.timestamp):
+            if (
+                act.live_at(ev.timestamp)
+                and may_apply(act, ev)
+                and audience.allows(act, ev.person_id, ev.timestamp)
+            ):
                 matched.append((act, ev))
     if not matched:
         return []
     keys: list[str] = []
+    s = activity_seen_events.c
+    p = activity_progress.c
+    now = utcnow()
     with runtime.state.begin() as conn:
-        for act, ev in matched:
-            fresh = insert_ignore(
-                conn, activity_seen_events, {"activity_id": act.id, "event_uuid": ev.uuid}
+        aids = sorted({a.id for a, _ in matched})
+        seen: set[tuple[int, str]] = set()
+        uuids = sorted({ev.uuid for _, ev in matched})
+        for k in range(0, len(uuids), 5000):
+            seen.update(
+                (int(a), str(u))
+                for a, u in conn.execute(
+                    sa.select(s.activity_id, s.event_uuid).where(
+                        s.activity_id.in_(aids), s.event_uuid.in_(uuids[k : k + 5000])
+                    )
+                )
             )
-            if not fresh:
-                continue
-            dues = apply_one(conn, act, ev)
+        fresh = []
+        for act, ev in matched:
+            if (act.id, ev.uuid) not in seen:
+                seen.add((act.id, ev.uuid))
+                fresh.append((act, ev))
+        if not fresh:
+            return []
+        conn.execute(
+            activity_seen_events.insert(),
+            [{"activity_id": a.id, "event_uuid": ev.uuid} for a, ev in fresh],
+        )
+        users = sorted({ev.distinct_id for a, ev in fresh if a.template != "referral"})
+        progress: dict[tuple[int, str], dict[str, Any]] = {}
+        completed_before: set[tuple[int, str]] = set()
+        for k in range(0, len(users), 5000):
+            q = sa.select(p.activity_id, p.user_id, p.data, p.completed_at).where(
+                p.activity_id.in_(aids), p.user_id.in_(users[k : k + 5000])
+            )
+            if conn.dialect.name == "postgresql":
+                q = q.with_for_update()
+            for aid, uid, data, done_at in conn.execute(q):
+                progress[(int(aid), str(uid))] = dict(data or {})
+                if done_at is not None:
+                    completed_before.add((int(aid), str(uid)))
+        existing = set(progress)
+        dirty: set[tuple[int, str]] = set()
+        completed: set[tuple[int, str]] = set()
+        persons: dict[tuple[int, str], str | None] = {}
+        for act, ev in fresh:
+            if act.template == "referral":
+                dues = apply_one(conn, act, ev)
+            else:
+                key = (act.id, ev.distinct_id)
+                out = compute(act, ev, progress.get(key, {}))
+                persons.setdefault(key, ev.person_id)
+                if key not in progress:
+                    progress[key] = {}
+                    dirty.add(key)
+                if out is None:
+                    continue
+                progress[key], dues, done = out
+                dirty.add(key)
+                if done:
+                    completed.add(key)
             if dues:
                 service.enqueue_dues(conn, act, dues, ev.distinct_id, ev.person_id, ev.context())
                 keys.extend(d.key for d in dues)
+        new_rows = [k for k in dirty if k not in existing]
+        if new_rows:
+            insert_ignore_many(
+                conn,
+                activity_progress,
+                [
+                    {
+                        "activity_id": aid,
+                        "user_id": uid,
+                        "person_id": persons.get((aid, uid)),
+                        "data": progress[(aid, uid)],
+                        "joined_at": now,
+                        "updated_at": now,
+                        "completed_at": now if (aid, uid) in completed else None,
+                    }
+                    for aid, uid in new_rows
+                ],
+            )
+        changed = [k for k in dirty if k in existing]
+        if changed:
+            conn.execute(
+                activity_progress.update()
+                .where(p.activity_id == sa.bindparam("k_aid"), p.user_id == sa.bindparam("k_uid"))
+                .values(data=sa.bindparam("k_data"), updated_at=now),
+                [{"k_aid": a, "k_uid": u, "k_data": progress[(a, u)]} for a, u in changed],
+            )
+        newly_done = [k for k in completed if k in existing and k not in completed_before]
+        if newly_done:
+            conn.execute(
+                activity_progress.update()
+                .where(p.activity_id == sa.bindparam("k_aid"), p.user_id == sa.bindparam("k_uid"))
+                .values(completed_at=now),
+                [{"k_aid": a, "k_uid": u} for a, u in newly_done],
+            )
     return keys
 
 

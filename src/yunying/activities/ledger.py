@@ -78,6 +78,21 @@ def insert_ignore(conn: Connection, table: sa.Table, values: dict[str, Any]) -> 
     return int(conn.execute(stmt).rowcount or 0)
 
 
+def insert_ignore_many(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """:func:`insert_ignore` for many rows in one statement execution."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt: Any = pg_insert(table).on_conflict_do_nothing()
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(table).on_conflict_do_nothing()
+    conn.execute(stmt, rows)
+
+
 # -- budgets ------------------------------------------------------------------------------------
 
 

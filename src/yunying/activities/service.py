@@ -276,13 +276,18 @@ def update_activity(
 
 
 def transition(
-    engine: Engine, project_id: int, activity_id: int, action: str, actor: str
+    engine: Engine,
+    project_id: int,
+    activity_id: int,
+    action: str,
+    actor: str,
+    now: datetime | None = None,
 ) -> Activity:
     """Apply ``action`` (schedule, start, pause, resume, end, kill) if the state allows it."""
     if action not in TRANSITIONS:
         raise InvalidTransition(f"unknown action {action!r}: use {', '.join(TRANSITIONS)}")
     allowed, target = TRANSITIONS[action]
-    now = utcnow()
+    now = now or utcnow()
     with engine.begin() as conn:
         cur = get_activity(conn, project_id, activity_id)
         if action == "kill" and cur.killed:
@@ -337,7 +342,7 @@ def advance_schedules(engine: Engine, now: datetime | None = None) -> list[Activ
             action = "start"
         if action:
             with contextlib.suppress(InvalidTransition):
-                changed.append(transition(engine, act.project_id, act.id, action, "schedule"))
+                changed.append(transition(engine, act.project_id, act.id, action, "schedule", now))
     return changed
 
 
@@ -443,12 +448,21 @@ def grant_everything_until_risk_lands(*_args: Any, **_kw: Any) -> risk.RiskDecis
     return risk.RiskDecision("grant")
 
 
+_policies: dict[tuple[int, datetime], Any] = {}
+
+
 def _assess(runtime: Runtime, act: Activity, claim: risk.Claim) -> risk.RiskDecision:
     assess = getattr(risk, "assess", None)
     policy_cls = getattr(risk, "RiskPolicy", None)
     if assess is None or policy_cls is None:
         return grant_everything_until_risk_lands()
-    policy = policy_cls.from_spec(act.spec.risk)
+    cache_key = (act.id, act.updated_at)
+    policy = _policies.get(cache_key)
+    if policy is None:
+        policy = policy_cls.from_spec(act.spec.risk)
+        if len(_policies) > 10_000:
+            _policies.clear()
+        _policies[cache_key] = policy
     return assess(runtime, policy, claim, InviteStore(runtime.state))
 
 
@@ -724,11 +738,12 @@ def enqueue_dues(
     person_id: str | None,
     ev: dict[str, Any],
 ) -> None:
+    """Write rewards due to the outbox (a key already there is left alone)."""
     now = utcnow()
-    for due in dues:
-        insert_ignore(
-            conn,
-            activity_outbox,
+    ledger.insert_ignore_many(
+        conn,
+        activity_outbox,
+        [
             {
                 "project_id": act.project_id,
                 "activity_id": act.id,
@@ -736,8 +751,10 @@ def enqueue_dues(
                 "payload": due_payload(due, user_id, person_id, ev),
                 "created_at": now,
                 "done": False,
-            },
-        )
+            }
+            for due in dues
+        ],
+    )
 
 
 def drain_outbox(

@@ -170,6 +170,13 @@ def register(app: typer.Typer) -> None:
     ):
         make_transition(action, doc)
 
+    @activity_app.command("schema")
+    def schema_cmd() -> None:
+        """Print the JSON Schema of activity specs (every template)."""
+        from yunying.activities.spec import json_schema
+
+        print_json(json_schema())
+
     @activity_app.command("list")
     def list_cmd(
         state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
