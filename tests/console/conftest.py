@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import LiveServer, start_server
 from yunying.config import load_settings
 from yunying.console.users import create_user
+from yunying.console.web import ConsoleApp
 from yunying.demo import generate_demo
 from yunying.runtime import Runtime
 
@@ -40,11 +41,19 @@ def demo_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
 
 @pytest.fixture(scope="module")
 def console_live(demo_runtime: Runtime) -> Iterator[LiveServer]:
-    """The demo installation served on a loopback port."""
+    """The demo installation served on a loopback port; pages wait for their analyses (tests of
+    the "computing" page set ``console_of(srv).compute_wait`` themselves)."""
     srv = start_server(demo_runtime)
+    console_of(srv).compute_wait = None
     yield srv
     srv.server.should_exit = True
     srv.thread.join(10)
+
+
+def console_of(srv: LiveServer) -> ConsoleApp:
+    """The console mounted on a live server's app."""
+    console: ConsoleApp = srv.server.config.app.state.console
+    return console
 
 
 def csrf_of(html: str) -> str:

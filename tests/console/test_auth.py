@@ -8,7 +8,7 @@ import re
 import httpx
 
 from tests.conftest import LiveServer
-from tests.console.conftest import PASSWORD, csrf_of, login
+from tests.console.conftest import PASSWORD, console_of, csrf_of, login
 
 PAGES = (
     "/",
@@ -163,3 +163,24 @@ def test_api_and_sdk_routes_still_work(console_live: LiveServer) -> None:
     assert r.status_code == 200
     assert httpx.get(console_live.url + "/static/console/plotly.min.js").status_code == 200
     assert httpx.get(console_live.url + "/static/console/nope.js").status_code == 404
+
+
+def test_a_long_analysis_answers_with_a_computing_page(console_live: LiveServer) -> None:
+    import time
+
+    console = console_of(console_live)
+    client = login(console_live.url, "analyst")
+    console.cache.clear()
+    console.compute_wait = 0.0
+    try:
+        r = client.get("/lifecycle", params={"interval": "week"})
+        assert r.status_code == 200 and 'data-state="computing"' in r.text
+        assert '<meta http-equiv="refresh"' in r.text and "正在计算" in r.text
+        deadline = time.monotonic() + 120
+        while 'data-state="computing"' in r.text:  # what the page's reload does
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+            r = client.get("/lifecycle", params={"interval": "week"})
+        assert "lifecycle-chart" in r.text
+    finally:
+        console.compute_wait = None

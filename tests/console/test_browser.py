@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import LiveServer
-from tests.console.conftest import PASSWORD, artifacts_dir
+from tests.console.conftest import PASSWORD, artifacts_dir, console_of
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -183,4 +183,25 @@ def test_viewer_sees_only_what_the_role_allows(console_live: LiveServer, browser
     ]
     assert page.locator("a[data-csv]").count() == 0
     problems.check("viewer")
+    page.context.close()
+
+
+def test_loading_state_reloads_into_the_result(
+    console_live: LiveServer, browser: Any, shots: Path
+) -> None:
+    """A cold dashboard shows the computing state, then reloads by itself into the cards."""
+    problems = Problems()
+    page = sign_in(browser, console_live.url, problems)
+    console = console_of(console_live)
+    console.cache.clear()
+    console.compute_wait = 0.0
+    try:
+        page.goto(console_live.url + "/?days=14")
+        assert page.locator("[data-state=computing]").count() == 1
+        page.screenshot(path=str(shots / "computing.png"))
+        page.wait_for_selector(".card[data-kpi=dau] .value")
+        page.wait_for_load_state("networkidle")
+    finally:
+        console.compute_wait = None
+    problems.check("loading state")
     page.context.close()

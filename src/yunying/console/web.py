@@ -16,6 +16,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -57,6 +58,7 @@ LANG_COOKIE = "yy_lang"
 PROJECT_COOKIE = "yy_project"
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_RANGE_DAYS = 366
+COMPUTE_WAIT_SECONDS = 3.0
 
 
 class LoginRequired(Exception):
@@ -124,6 +126,12 @@ class ConsoleApp:
         self._stamps: dict[int, tuple[float, DataSpan]] = {}
         self.navigation: list[NavItem] = []
         self._warming: threading.Thread | None = None
+        #: Seconds a data page waits for its analysis before answering with a "computing" page
+        #: that reloads itself (None: always wait). Computations run on ``pool``.
+        self.compute_wait: float | None = COMPUTE_WAIT_SECONDS
+        self.pool = ThreadPoolExecutor(4, thread_name_prefix="yunying-console-page")
+        self._pending: dict[Any, Future[Any]] = {}
+        self._pending_lock = threading.Lock()
         self.envs = {loc: self._env(loc) for loc in LOCALES}
 
     # -- templates --------------------------------------------------------------------------------
@@ -236,6 +244,25 @@ class ConsoleApp:
             project, ("dashboard", dr), lambda: dashboard(store, project, dr)
         )
         return board
+
+    def start(self, key: Any, compute: Callable[[], Any]) -> Future[Any]:
+        """The page computation for ``key`` (locale, project, path, query): the one already
+        running or finished for an earlier request of the same page, else a new one."""
+        with self._pending_lock:
+            running = self._pending.get(key)
+            if running is None:
+                if len(self._pending) > 200:  # pages nobody came back for
+                    for k in [k for k, f in self._pending.items() if f.done()]:
+                        del self._pending[k]
+                running = self._pending[key] = self.pool.submit(compute)
+            return running
+
+    def finish(self, key: Any, running: Future[Any]) -> None:
+        """Forget a computation once a request has taken its result."""
+        if running.done():
+            with self._pending_lock:
+                if self._pending.get(key) is running:
+                    del self._pending[key]
 
     def warm_up(self) -> None:
         """Compute every project's default dashboard in a background thread, so the first page

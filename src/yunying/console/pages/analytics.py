@@ -8,6 +8,7 @@ JSON, and answers ``?format=csv`` with the same data as a download.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from fastapi import Request
@@ -102,7 +103,19 @@ def register(console: ConsoleApp) -> None:
             values["empty"] = True
             return console.render(ctx, template, **values, chart=None)
         try:
-            result, extra = compute(ctx, dr)
+            if want_csv or console.compute_wait is None:
+                result, extra = compute(ctx, dr)
+            else:
+                # a long analysis answers with a "computing" page that reloads itself, instead
+                # of a browser spinning without a word; the reload picks up the same work
+                key = (ctx.locale, ctx.project.id, request.url.path, request.url.query)
+                running = console.start(key, lambda: compute(ctx, dr))
+                try:
+                    result, extra = running.result(timeout=console.compute_wait)
+                except FutureTimeout:
+                    return console.render(ctx, template, **values, computing=True, chart=None)
+                finally:
+                    console.finish(key, running)
         except AnalyticsError as exc:
             if want_csv:
                 return Response(str(exc), status_code=400, media_type="text/plain")
