@@ -87,7 +87,8 @@ class Reward(_Model):
         default=None, ge=1, description="Coupon / points validity in days."
     )
     badge: str | None = Field(default=None, max_length=100)
-    #: What one unit costs the budget in fen (cash: always its amount; coupons: the discount).
+    #: What one grant costs the budget in fen (cash: always its amount; coupons by default the
+    #: discount times their number; others 0 unless given).
     cost_fen: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
@@ -103,7 +104,7 @@ class Reward(_Model):
         if self.kind == "cash":
             return self.amount
         if self.cost_fen is not None:
-            return self.cost_fen * (self.amount if self.kind != "membership_days" else 1)
+            return self.cost_fen
         if self.kind == "coupon":
             return (self.discount_fen or 0) * self.amount
         return 0
