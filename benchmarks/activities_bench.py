@@ -85,7 +85,10 @@ def activity_specs(risk: bool) -> list[dict[str, Any]]:
                 "template": "promotion",
                 "name": f"member day {i}",
                 "event": "view_content",
-                "filters": [{"property": "category", "op": "eq", "value": f"c{i % 10}"}],
+                "filters": [
+                    {"property": "category", "op": "eq", "value": f"c{i % 10}"},
+                    {"property": "placement", "op": "eq", "value": "banner"},
+                ],
                 "reward": {"kind": "coupon", "threshold_fen": 5000, "discount_fen": 500},
                 "claim_limit": 1,
                 "risk": policy,
@@ -97,6 +100,7 @@ def activity_specs(risk: bool) -> list[dict[str, Any]]:
                 "template": "gift",
                 "name": f"gift {i}",
                 "event": "sign_up",
+                "filters": [{"property": "source", "op": "eq", "value": f"ch{i}"}],
                 "reward": {"kind": "membership_days", "amount": 15},
                 "risk": policy,
             }
@@ -114,7 +118,10 @@ def make_events(n: int, rng: random.Random, start: datetime) -> list[dict[str, A
         if name == "edit_video":
             props = {"template_id": f"t{rng.randrange(10)}", "duration": rng.randrange(5, 120)}
         elif name == "view_content":
-            props = {"category": f"c{rng.randrange(10)}"}
+            placement = "banner" if rng.random() < 0.1 else "feed"
+            props = {"category": f"c{rng.randrange(10)}", "placement": placement}
+        elif name == "sign_up":
+            props = {"source": f"ch{rng.randrange(10)}"}
         out.append(
             {
                 "uuid": str(uuid.uuid4()),
@@ -191,6 +198,8 @@ def main() -> None:
         "ingest_with_rules_subscribed_s": round(written_s, 2),
         "rules_end_to_end_s": round(rules_s, 2),
         "claims": {k: int(v) for k, v in by_status.items()},
+        "processor_apply_s": round(proc.apply_s, 2),
+        "processor_claims_s": round(proc.claims_s, 2),
     }
     if args.json:
         print(orjson.dumps(figures).decode())
@@ -202,6 +211,10 @@ def main() -> None:
         )
         print(f"ratio rules / reference:  {figures['ratio_rules_to_reference']}")
         print(f"claims:                   {figures['claims']}")
+        print(
+            f"processor time:           {figures['processor_apply_s']} s applying rules, "
+            f"{figures['processor_claims_s']} s claiming (risk + ledger)"
+        )
 
 
 if __name__ == "__main__":

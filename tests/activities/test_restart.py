@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from tests.activities.conftest import NO_RISK, App
@@ -89,9 +90,13 @@ def test_restart_catches_up_without_double_grants(tmp_path: Path) -> None:
         rt2.close()
 
 
-def test_rewards_due_at_a_crash_are_granted_on_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("state", ["sqlite", "postgresql"])
+def test_rewards_due_at_a_crash_are_granted_on_start(
+    tmp_path: Path, state: str, request: pytest.FixtureRequest
+) -> None:
     """Progress committed, grant not yet made: the outbox row is finished at the next start."""
-    settings = load_settings(data_dir=tmp_path / "data")
+    url = request.getfixturevalue("fresh_postgres_url") if state == "postgresql" else None
+    settings = load_settings(data_dir=tmp_path / "data", state_url=url)
     rt = Runtime.open(settings)
     project = create_project(rt.state, "outbox").project
     act = service.create_activity(
@@ -111,6 +116,8 @@ def test_rewards_due_at_a_crash_are_granted_on_start(tmp_path: Path) -> None:
     index = {project.id: {"sign_up": [act]}}
     keys = engine.apply_batch(rt, index, engine.AudienceCache(rt), project.id, [live_ev])
     assert keys == [f"act:{act.id}:gift:g"]  # due, not granted: the process "dies" here
+    # the same event again (a replay) is skipped
+    assert engine.apply_batch(rt, index, engine.AudienceCache(rt), project.id, [live_ev]) == []
     rt.close()
 
     rt2 = Runtime.open(settings)
