@@ -233,3 +233,32 @@ def test_spec_errors_name_the_field(app: App) -> None:
     )
     assert r.status_code == 422 and r.json()["field"] == "risk"
     assert app.client.get("/api/v1/activities").status_code == 401
+
+
+def test_segment_audience(app: App) -> None:
+    """Only members of segment 5 (person_values scope segment:5) take part."""
+    import pyarrow as pa
+
+    from yunying.activities.engine import person_of
+
+    app.events([app.event("in", "app_open"), app.event("out", "app_open")])
+    rt = app.live.runtime
+    pid = app.project.project.id
+    member = person_of(rt, pid, "in")
+    rt.store.replace_person_values(
+        pid, "segment:5", pa.table({"person_id": [member], "label": [None], "value": [None]})
+    )
+    act = app.create(
+        {
+            "template": "gift",
+            "name": "segment gift",
+            "event": "edit_video",
+            "reward": {"kind": "points", "amount": 3},
+            "audience": {"segment_id": 5},
+            "risk": NO_RISK,
+        }
+    )
+    app.events([app.event("in", "edit_video"), app.event("out", "edit_video")])
+    assert app.as_user("in", "GET", "/v1/rewards").json()["points"] == 3
+    assert app.as_user("out", "GET", "/v1/rewards").json()["points"] == 0
+    assert app.manage("GET", f"/api/v1/activities/{act['id']}").json()["live"]["participants"] == 1
