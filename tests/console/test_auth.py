@@ -184,3 +184,15 @@ def test_a_long_analysis_answers_with_a_computing_page(console_live: LiveServer)
         assert "lifecycle-chart" in r.text
     finally:
         console.compute_wait = None
+
+
+def test_pages_send_security_headers(console_live: LiveServer) -> None:
+    client = login(console_live.url, "admin")
+    for path in ("/", "/settings/team"):
+        r = client.get(path)
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"
+        assert "onchange=" not in r.text and "onclick=" not in r.text
+    login_page = httpx.get(console_live.url + "/login")
+    assert "frame-ancestors 'none'" in login_page.headers["content-security-policy"]

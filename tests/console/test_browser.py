@@ -166,6 +166,14 @@ def test_forms_charts_and_downloads(console_live: LiveServer, browser: Any, shot
     page.click("a[data-lang=zh_CN]")
     assert page.locator("h1").inner_text() == "生命周期"
 
+    # team: a role select applies at once (script from console.js, no inline handler)
+    page.goto(url + "/settings/team")
+    with page.expect_navigation():
+        page.select_option("tr[data-user=analyst] select[name=role]", "operator")
+    assert page.locator("tr[data-user=analyst] select[name=role]").input_value() == "operator"
+    with page.expect_navigation():
+        page.select_option("tr[data-user=analyst] select[name=role]", "analyst")
+
     # sign out
     page.click("button:has-text('退出')")
     page.wait_for_url("**/login")

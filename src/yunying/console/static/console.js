@@ -82,7 +82,16 @@
     });
   }
 
+  function autoSubmit() {
+    // selects that apply at once (project switch, a member's role): no inline handlers, so the
+    // Content-Security-Policy can forbid inline script
+    document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
+      select.addEventListener("change", function () { select.form.submit(); });
+    });
+  }
+
   drawCharts();
+  autoSubmit();
   loadingOnSubmit();
   copyButtons();
   tabs();
