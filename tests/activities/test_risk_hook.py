@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from tests.activities.conftest import App
+from yunying.activities.service import register_review_handlers
 
 
 def test_held_claims_granted_on_approval_denied_on_denial(app: App) -> None:
+    register_review_handlers()  # other tests may have put their own handlers in place
     act = app.create(
         {
             "template": "gift",

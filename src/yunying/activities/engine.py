@@ -475,7 +475,6 @@ class LiveRules:
         """Subscribe to the writer, then catch up and run in a thread."""
         if self._thread is not None:
             return
-        service.register_review_handlers()
         self.runtime.writer.subscribe(self._on_commit)
         self._thread = threading.Thread(target=self._run, name="yunying-live-rules", daemon=True)
         self._thread.start()
