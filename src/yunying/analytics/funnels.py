@@ -33,6 +33,7 @@ from yunying.analytics.common import (
     as_float,
     as_int,
     events_from,
+    fn,
     lit,
     periods,
     run,
@@ -460,8 +461,9 @@ def _array_ctes(q: FunnelQuery, end_us: int, interval: str | None) -> list[tuple
     ``a{k}``: the chain's step-k event is the earliest (then smallest uuid) step-k event not
     before step k-1 — with disjoint steps no event is already used, so this is exactly the chain
     of docs/analytics.md — taken as the minimum of the list filtered by a lambda (no join).
-    ``paths``: one row per start with its level (steps no later than the window after the
-    start) and the chain's times, uuids and attributed value."""
+    ``cands``: one row per start with its level (steps no later than the window after the
+    start) and the chain's times, uuids and attributed value; ``paths``: the chosen one per
+    person (and start period), by ``arg_min`` where a person has several starts."""
     n = len(q.steps)
     fields = _array_fields(q, interval)
     source = {"t": "ts", "u": "uid", "b": "b", "p": "pn"}
@@ -490,8 +492,25 @@ def _array_ctes(q: FunnelQuery, end_us: int, interval: str | None) -> list[tuple
         ("per", exp.select(_c("person_id"), *lists).from_("ev").group_by(_c("person_id")))
     ]
     rest = [_c(f"l{k}") for k in range(1, n)]
-    start = exp.alias_(exp.Explode(this=_c("l0")), "e0")
-    ctes.append(("a0", exp.select(_c("person_id"), *rest, start).from_("per")))
+    # most persons have one start: their row needs neither unnesting nor choosing
+    starts = fn("len", _c("l0"))
+    single = (
+        exp.select(_c("person_id"), *rest, exp.alias_(fn("list_extract", _c("l0"), lit(1)), "e0"))
+        .select(exp.alias_(exp.false(), "multi"))
+        .from_("per")
+        .where(starts.eq(1))
+    )
+    multi = (
+        exp.select(
+            _c("person_id"),
+            *[r.copy() for r in rest],
+            exp.alias_(exp.Explode(this=_c("l0")), "e0"),
+            exp.alias_(exp.true(), "multi"),
+        )
+        .from_("per")
+        .where(exp.GT(this=starts.copy(), expression=lit(1)))
+    )
+    ctes.append(("a0", exp.union(single, multi, distinct=False)))
     for k in range(1, n):
         x = exp.to_identifier("x")
         later = exp.GTE(this=get(k, x, "t"), expression=get(k - 1, _c(f"e{k - 1}"), "t"))
@@ -530,7 +549,7 @@ def _array_ctes(q: FunnelQuery, end_us: int, interval: str | None) -> list[tuple
     uids = [exp.alias_(at(k, "u"), f"u{k}") for k in range(n)]
     pn = get(0, _c("e0"), "p") if interval else lit(0)
     cands = exp.select(
-        "person_id", exp.alias_(pn, "pn"), exp.alias_(b, "b"), "level", *times, *uids
+        "person_id", exp.alias_(pn, "pn"), exp.alias_(b, "b"), "level", *times, *uids, "multi"
     ).from_("al")
     ctes.append(("cands", cands))
     # the chosen chain per person (and start period): furthest, earliest start, smaller uuid
@@ -548,11 +567,14 @@ def _array_ctes(q: FunnelQuery, end_us: int, interval: str | None) -> list[tuple
     best = (
         exp.select("person_id", "pn", exp.alias_(exp.ArgMin(this=row, expression=key), "c"))
         .from_("cands")
+        .where(_c("multi"))
         .group_by(_c("person_id"), _c("pn"))
     )
     ctes.append(("best", best))
     unpacked = [exp.alias_(_sx(_c("c"), c), c) for c in names]
-    ctes.append(("paths", exp.select("person_id", "pn", *unpacked).from_("best")))
+    chosen = exp.select("person_id", "pn", *unpacked).from_("best")
+    alone = exp.select("person_id", "pn", *names).from_("cands").where(exp.not_(_c("multi")))
+    ctes.append(("paths", exp.union(chosen, alone, distinct=False)))
     return ctes
 
 
