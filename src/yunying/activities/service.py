@@ -15,6 +15,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -83,13 +84,18 @@ class Activity:
     updated_at: datetime
     timezone: str = "Asia/Shanghai"
 
-    @property
+    @cached_property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.spec.schedule.timezone or self.timezone)
 
-    def window(self) -> tuple[datetime | None, datetime | None]:
+    @cached_property
+    def _window(self) -> tuple[datetime | None, datetime | None]:
         s = self.spec.schedule
         return _sched(s.start, self.tz), _sched(s.end, self.tz)
+
+    def window(self) -> tuple[datetime | None, datetime | None]:
+        """Start and end in UTC (None: open)."""
+        return self._window
 
     def live_at(self, at: datetime) -> bool:
         """Running, not killed, and ``at`` inside the schedule."""
@@ -774,6 +780,7 @@ def drain_outbox(
     with runtime.state.connect() as conn:
         rows = conn.execute(q.order_by(o.id).limit(limit)).all()
     results = []
+    done: list[int] = []
     cache: dict[int, Activity] = {}
     for r in rows:
         act = cache.get(r.activity_id) or get_activity(runtime.state, r.project_id, r.activity_id)
@@ -798,9 +805,21 @@ def drain_outbox(
             check_live=False,
         )
         results.append(result)
-        with runtime.state.begin() as conn:
-            conn.execute(activity_outbox.update().where(o.id == r.id).values(done=True))
+        done.append(r.id)
+        if len(done) >= 200:
+            _mark_done(runtime, done)
+    _mark_done(runtime, done)
     return results
+
+
+def _mark_done(runtime: Runtime, ids: list[int]) -> None:
+    """Outbox rows whose claim is settled (a crash before this only repeats idempotent claims)."""
+    if ids:
+        with runtime.state.begin() as conn:
+            conn.execute(
+                activity_outbox.update().where(activity_outbox.c.id.in_(ids)).values(done=True)
+            )
+        ids.clear()
 
 
 # -- progress -----------------------------------------------------------------------------------
