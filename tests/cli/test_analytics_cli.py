@@ -295,3 +295,29 @@ def test_funnel_exclusions_attribution_and_per_series_maths(local_dir: Path) -> 
         result = cli(local_dir, *args)
         assert result.exit_code == 1, (args, result.output)
         assert fragment in result.output, (args, result.output)
+
+
+def test_paths_from_a_start_to_an_end_event(local_dir: Path) -> None:
+    args = ["paths", "--start-event", "app_install", "--end-event", "export_video", *RANGE]
+    p = json_of(local_dir, *args)
+    # only u1 exports: install 03-02 10:00 -> sign_up 11:00 -> edit 20:00 -> export 03-03
+    assert {(n["step"], n["event"]): n["persons"] for n in p["nodes"]} == {
+        (0, "app_install"): 1,
+        (1, "sign_up"): 1,
+        (2, "edit_video"): 1,
+        (3, "export_video"): 1,
+    }
+    assert [(e["step"], e["source"], e["target"]) for e in p["edges"]] == [
+        (0, "app_install", "sign_up"),
+        (1, "sign_up", "edit_video"),
+        (2, "edit_video", "export_video"),
+    ]
+    # three steps are too few for u1's four events
+    assert json_of(local_dir, *args, "--steps", "3")["nodes"] == []
+    # from install alone: u1, u2, u3 (u4 installed before the range)
+    starts = json_of(local_dir, "paths", "--start-event", "app_install", *RANGE)
+    assert {(n["step"], n["event"]): n["persons"] for n in starts["nodes"]}[(0, "app_install")] == 3
+    out = cli(local_dir, *args)
+    assert out.exit_code == 0 and "edit_video" in out.stdout and "export_video" in out.stdout
+    bad = cli(local_dir, *args, "--exclude", "export_video")
+    assert bad.exit_code == 1 and "filtered out" in bad.output

@@ -1,4 +1,4 @@
-"""``yunying funnel | retention | trend | lifecycle``: the analyses from the command line.
+"""``yunying funnel | retention | trend | lifecycle | paths``: the analyses from the command line.
 
 Each command builds the body of ``POST /api/v1/analytics/<kind>`` (see
 :mod:`yunying.web.analytics_api`), sends it to the server advertised in ``DATA_DIR/server.json``
@@ -260,6 +260,16 @@ def trend_table(result: dict[str, Any]) -> Table:
     for i, label in enumerate(labels):
         table.add_row(label, *[number(s["values"][i]) for s in lines])
     table.add_row("total", *[number(s["total"]) for s in lines], style="bold")
+    return table
+
+
+def paths_table(result: dict[str, Any]) -> Table:
+    """One row per transition kept, step by step."""
+    table = Table("step", "from", "to", "persons")
+    for e in result["edges"]:
+        table.add_row(
+            str(e["step"]), escape(e["source"]), escape(e["target"]), number(e["persons"])
+        )
     return table
 
 
@@ -530,3 +540,49 @@ def register(app: typer.Typer) -> None:
         result = execute("lifecycle", body_of(make), json_out, data_dir, events_url, state_url)
         if not json_out:
             console.print(lifecycle_table(result))
+
+    @app.command(rich_help_panel="Analytics")
+    def paths(
+        start_event: Annotated[
+            str | None, typer.Option(help="Paths from each person's first such event.")
+        ] = None,
+        end_event: Annotated[
+            str | None,
+            typer.Option(
+                help="Paths to each person's first such event; with --start-event, the first "
+                "one after the start ends the path."
+            ),
+        ] = None,
+        steps: Annotated[int, typer.Option(help="Events per person, the anchor included.")] = 5,
+        include: Annotated[
+            list[str] | None, typer.Option(help="Only these events (repeatable).")
+        ] = None,
+        exclude: Annotated[
+            list[str] | None, typer.Option(help="Leave these events out (repeatable).")
+        ] = None,
+        limit: Annotated[int, typer.Option(help="Transitions kept per step.")] = 20,
+        date_from: DateFrom = None,
+        date_to: DateTo = None,
+        filters: Filters = None,
+        project: ProjectName = None,
+        json_out: JSONOut = False,
+        data_dir: DataDir = None,
+        events_url: EventsURL = None,
+        state_url: StateURL = None,
+    ) -> None:
+        """The most frequent next (or previous) events, step by step."""
+
+        def make() -> dict[str, Any]:
+            return {
+                **common_body(project, date_from, date_to, filters),
+                "start_event": start_event,
+                "end_event": end_event,
+                "steps": steps,
+                "include_events": include or [],
+                "exclude_events": exclude or [],
+                "limit": limit,
+            }
+
+        result = execute("paths", body_of(make), json_out, data_dir, events_url, state_url)
+        if not json_out:
+            console.print(paths_table(result))

@@ -43,12 +43,14 @@ from yunying.analytics import (
     FunnelStep,
     InvalidQuery,
     LifecycleQuery,
+    PathsQuery,
     RetentionQuery,
     Series,
     Source,
     TrendsQuery,
     funnel,
     lifecycle,
+    paths,
     retention,
     trends,
 )
@@ -402,9 +404,48 @@ class LifecycleRequest(AnalysisRequest):
         return lifecycle(source, project_id, query).as_dict()
 
 
+class PathsRequest(AnalysisRequest):
+    """Body of ``POST /api/v1/analytics/paths`` (:class:`~yunying.analytics.PathsQuery`)."""
+
+    kind: ClassVar[str] = "paths"
+
+    start_event: str | None = Doc(
+        None, description="Paths from each person's first such event (step 0, then 1, 2...)."
+    )
+    end_event: str | None = Doc(
+        None,
+        description="Alone: paths to each person's first such event (steps 0, -1, -2...). With "
+        "start_event: the first one after the start ends the path.",
+    )
+    steps: int = Doc(5, ge=2, le=20, description="Events per person, the anchor included.")
+    include_events: list[str] = Doc(
+        default_factory=list, max_length=100, description="Only these events (empty: all)."
+    )
+    exclude_events: list[str] = Doc(
+        default_factory=list, max_length=100, description="Leave these events out."
+    )
+    limit: int = Doc(
+        20, ge=1, le=1000, description="Transitions kept per step, most persons first."
+    )
+
+    def run(self, source: Source, project_id: int, timezone: str, today: date) -> dict[str, Any]:
+        query = PathsQuery(
+            self.date_range(timezone, today),
+            start_event=self.start_event,
+            end_event=self.end_event,
+            steps=self.steps,
+            filters=self._filters(),
+            include_events=tuple(self.include_events),
+            exclude_events=tuple(self.exclude_events),
+            limit=self.limit,
+        )
+        return paths(source, project_id, query).as_dict()
+
+
 #: Request model of each analysis, by the last part of its path.
 REQUESTS: dict[str, type[AnalysisRequest]] = {
-    m.kind: m for m in (FunnelRequest, RetentionRequest, TrendsRequest, LifecycleRequest)
+    m.kind: m
+    for m in (FunnelRequest, RetentionRequest, TrendsRequest, LifecycleRequest, PathsRequest)
 }
 
 
@@ -485,7 +526,7 @@ class _ReadRequest(Request):
 
 
 def analytics_router(runtime: Runtime) -> APIRouter:
-    """The four analyses under ``/api/v1/analytics``, authenticated as ``/api/v1/sql``."""
+    """The analyses under ``/api/v1/analytics``, authenticated as ``/api/v1/sql``."""
     auth = ManagementAuth(runtime)
 
     class AnalyticsRoute(APIRoute):
@@ -543,6 +584,12 @@ def analytics_router(runtime: Runtime) -> APIRouter:
     @router.post("/lifecycle")
     async def lifecycle_endpoint(request: Request, body: LifecycleRequest) -> Response:
         """New / returning / resurrecting / dormant persons per period: LifecycleResult.as_dict()."""
+        return await answer(request, body)
+
+    @router.post("/paths")
+    async def paths_endpoint(request: Request, body: PathsRequest) -> Response:
+        """Transitions step by step from a start event, to an end event or from one to the
+        other: PathsResult.as_dict()."""
         return await answer(request, body)
 
     return router
