@@ -262,3 +262,26 @@ def test_segment_audience(app: App) -> None:
     assert app.as_user("in", "GET", "/v1/rewards").json()["points"] == 3
     assert app.as_user("out", "GET", "/v1/rewards").json()["points"] == 0
     assert app.manage("GET", f"/api/v1/activities/{act['id']}").json()["live"]["participants"] == 1
+
+
+def test_update_spec_keeps_spending_and_is_audited(app: App) -> None:
+    spec = {
+        "template": "promotion",
+        "name": "满减",
+        "event": "view_content",
+        "reward": {"kind": "coupon", "discount_fen": 500},
+        "budget": {"total_count": 2},
+        "risk": NO_RISK,
+    }
+    act = app.create(spec)
+    aid = act["id"]
+    app.events([app.event("a", "view_content"), app.event("b", "view_content")])
+    r = app.manage("PUT", f"/api/v1/activities/{aid}", json={**spec, "budget": {"total_count": 5}})
+    assert r.status_code == 200, r.text
+    assert r.json()["live"]["budget"]["remaining_count"] == 3  # 5 minus the 2 already granted
+    bad = app.manage("PUT", f"/api/v1/activities/{aid}", json={**spec, "template": "gift"})
+    assert bad.status_code == 422
+    audit = app.manage("GET", f"/api/v1/activities/{aid}/audit").json()["audit"]
+    assert audit[-1]["action"] == "update"
+    assert audit[-1]["before"]["budget"]["total_count"] == 2
+    assert audit[-1]["after"]["budget"]["total_count"] == 5

@@ -144,11 +144,8 @@ def _row(r: Any, timezone: str) -> Activity:
 
 def validate_risk(spec: Any) -> None:
     """The ``risk:`` section must be a policy anti-fraud accepts (error names the field)."""
-    policy_cls = getattr(risk, "RiskPolicy", None)
-    if policy_cls is None:
-        return
     try:
-        policy_cls.from_spec(spec.risk)
+        risk.RiskPolicy.from_spec(spec.risk)
     except YunyingError as exc:
         raise SpecError([{"field": "risk", "message": str(exc)}]) from None
 
@@ -449,27 +446,20 @@ class InviteStore:
         ]
 
 
-def grant_everything_until_risk_lands(*_args: Any, **_kw: Any) -> risk.RiskDecision:
-    """Fallback used only while ``yunying.risk.assess`` does not exist: every claim is granted."""
-    return risk.RiskDecision("grant")
-
-
-_policies: dict[tuple[int, datetime], Any] = {}
+#: Parsed risk policies by (activity, last change): parsing per claim would cost more than it.
+_policies: dict[tuple[int, datetime], risk.RiskPolicy] = {}
 
 
 def _assess(runtime: Runtime, act: Activity, claim: risk.Claim) -> risk.RiskDecision:
-    assess = getattr(risk, "assess", None)
-    policy_cls = getattr(risk, "RiskPolicy", None)
-    if assess is None or policy_cls is None:
-        return grant_everything_until_risk_lands()
+    """Anti-fraud's decision on ``claim`` under the activity's ``risk:`` policy."""
     cache_key = (act.id, act.updated_at)
     policy = _policies.get(cache_key)
     if policy is None:
-        policy = policy_cls.from_spec(act.spec.risk)
+        policy = risk.RiskPolicy.from_spec(act.spec.risk)
         if len(_policies) > 10_000:
             _policies.clear()
         _policies[cache_key] = policy
-    return assess(runtime, policy, claim, InviteStore(runtime.state))
+    return risk.assess(runtime, policy, claim, InviteStore(runtime.state))
 
 
 def _reward_dict(reward: Reward) -> dict[str, Any]:
@@ -691,13 +681,10 @@ def decide_review(runtime: Runtime, review: Any, approved: bool) -> None:
 
 def register_review_handlers() -> None:
     """Tell anti-fraud how to finish held claims of every template (idempotent)."""
-    on_review_decided = getattr(risk, "on_review_decided", None)
-    if on_review_decided is None:
-        return
     from yunying.activities.spec import TEMPLATES
 
     for kind in TEMPLATES:
-        on_review_decided(kind, decide_review)
+        risk.on_review_decided(kind, decide_review)
 
 
 def list_claims(
