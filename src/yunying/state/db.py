@@ -52,7 +52,7 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "heads") -> None:
+def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply migrations up to ``revision`` (idempotent)."""
     command.upgrade(alembic_config(engine), revision)
 

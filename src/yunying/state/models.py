@@ -17,3 +17,23 @@ projects = sa.Table(
     sa.Column("timezone", sa.String(64), nullable=False, server_default="Asia/Shanghai"),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+
+#: Modules that declare state tables on :data:`metadata`, one per capability.
+TABLE_MODULES = (
+    "yunying.audience.segment_tables",
+    "yunying.audience.settings_tables",
+    "yunying.audience.clv_tables",
+    "yunying.activities.tables",
+    "yunying.risk.tables",
+    "yunying.console.tables",
+)
+
+
+def all_tables() -> sa.MetaData:
+    """:data:`metadata` with every capability's tables declared (for migrations and checks)."""
+    import importlib
+
+    for name in TABLE_MODULES:
+        importlib.import_module(name)
+    return metadata

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from yunying.state.models import metadata
+from yunying.state.models import all_tables
 
 config = context.config
 engine = config.attributes.get("engine")
@@ -13,5 +13,5 @@ if engine is None:  # invoked from the alembic command line
     engine = make_engine(load_settings().state_url)
 
 with engine.begin() as connection:
-    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+    context.configure(connection=connection, target_metadata=all_tables(), render_as_batch=True)
     context.run_migrations()
