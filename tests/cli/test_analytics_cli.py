@@ -321,3 +321,15 @@ def test_paths_from_a_start_to_an_end_event(local_dir: Path) -> None:
     assert out.exit_code == 0 and "edit_video" in out.stdout and "export_video" in out.stdout
     bad = cli(local_dir, *args, "--exclude", "export_video")
     assert bad.exit_code == 1 and "filtered out" in bad.output
+
+
+def test_filter_and_breakdown_fields_name_segments_and_person_values() -> None:
+    from yunying.cli.analytics import parse_field, parse_filter
+
+    assert parse_filter("segment:12=true") == {
+        "field": {"kind": "segment", "name": "12"},
+        "op": "eq",
+        "value": "true",
+    }
+    assert parse_field("value:tag:heavy_editor") == {"kind": "value", "name": "tag:heavy_editor"}
+    assert parse_field("value:stage") == {"kind": "value", "name": "stage"}

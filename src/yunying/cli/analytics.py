@@ -34,7 +34,7 @@ WINDOW_UNITS = {
     "w": "week", "week": "week", "weeks": "week",
 }  # fmt: skip
 FIELD_KINDS = {"col": "column", "column": "column", "prop": "property", "property": "property",
-               "person": "person"}  # fmt: skip
+               "person": "person", "segment": "segment", "value": "value"}  # fmt: skip
 FILTER = re.compile(r"^(?P<field>[^=!<>~]+?)\s*(?P<op>>=|<=|!=|=|>|<|~)\s*(?P<value>.*)$")
 FILTER_OPS = {"=": "eq", "!=": "neq", ">": "gt", ">=": "gte", "<": "lt", "<=": "lte",
               "~": "contains"}  # fmt: skip
@@ -62,7 +62,9 @@ def parse_window(text: str) -> tuple[int, str]:
 
 def parse_field(text: str) -> dict[str, str]:
     """A field as the API takes it: ``channel`` is a column (it is one), ``plan`` a property,
-    ``prop:NAME`` / ``column:NAME`` say which explicitly, ``person:NAME`` is a person property."""
+    ``prop:NAME`` / ``column:NAME`` say which explicitly, ``person:NAME`` is a person property,
+    ``segment:ID`` membership of a segment, ``value:SCOPE`` a stored person value (``value:stage``,
+    ``value:rfm``, ``value:tag:NAME``)."""
     from yunying.analytics.common import COLUMNS
 
     kind, sep, name = text.partition(":")

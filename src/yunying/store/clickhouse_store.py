@@ -540,8 +540,8 @@ class ClickHouseEventStore:
             self.db.insert_arrow(table, data)
 
     def replace_person_values(self, project_id: int, scope: str, data: pa.Table) -> None:
-        """Swap the rows of one ``scope`` in ``person_values`` (a synchronous delete, then an
-        insert: readers may briefly see the scope empty, never half old and half new)."""
+        """Swap the rows of one ``scope`` in ``person_values`` (a synchronous lightweight delete,
+        then an insert: readers may briefly see the scope empty, never half old and half new)."""
         data = person_values_table(data)
         n = data.num_rows
         now = datetime.now(UTC).replace(tzinfo=None)
@@ -556,9 +556,11 @@ class ClickHouseEventStore:
             }
         )
         with self._write_lock:
+            # A lightweight delete only masks the scope's rows; ALTER TABLE … DELETE would rewrite
+            # every part of the table (all scopes) for each segment recomputed.
             self.db.command(
-                f"ALTER TABLE person_values DELETE WHERE project_id = {int(project_id)} "
-                f"AND scope = {_quote(scope)} SETTINGS mutations_sync = 2"
+                f"DELETE FROM person_values WHERE project_id = {int(project_id)} "
+                f"AND scope = {_quote(scope)} SETTINGS lightweight_deletes_sync = 2"
             )
             if n:
                 self.db.insert_arrow("person_values", rows)
