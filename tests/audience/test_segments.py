@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from tests.audience.conftest import NOW, Loaded, World, fresh, load_world, make_world
@@ -213,3 +214,25 @@ def test_parse_csv_forms() -> None:
     assert S.parse_csv("name,id\nq,1\nr,2\n", "person_id") == ("person_id", ["1", "2"])
     with pytest.raises(S.InvalidSegment, match="id_type"):
         S.parse_csv("a", "email")
+
+
+def test_a_segment_on_stages_computes_them_first_when_none_are_stored(tmp_path: Path) -> None:
+    """Creating a segment that reads lifecycle stages must not run on missing (or stale) ones."""
+    rt, pid = fresh(tmp_path)
+    try:
+        load_world(rt, pid, make_world(7, persons=60))
+        project = _project(rt)
+        rt.store.replace_person_values(pid, "stage", pa.table({"person_id": pa.array([], "str")}))
+        seg = S.create_segment(
+            rt, project, "gone", rules={"type": "stage", "in": ["silent", "churned"]}
+        )
+        S.compute_segment(rt, project, seg.id)
+        stored = rt.store.query(
+            f"SELECT CAST(person_id AS VARCHAR), label FROM person_values "
+            f"WHERE project_id = {pid} AND scope = 'stage'"
+        ).rows
+        want = sorted(p for p, label in stored if label in ("silent", "churned"))
+        assert stored and want
+        assert _scope_members(rt, pid, f"segment:{seg.id}") == want
+    finally:
+        rt.close()

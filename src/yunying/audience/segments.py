@@ -485,16 +485,24 @@ def _static_ids(engine: sa.Engine, seg_id: int) -> list[str]:
 
 
 def compute_segment(
-    runtime: Runtime, project: Project, ref: int | str, now: datetime | None = None
+    runtime: Runtime,
+    project: Project,
+    ref: int | str,
+    now: datetime | None = None,
+    refresh: bool = True,
 ) -> Segment:
     """Compute one segment now and store its members (a static one is rewritten from its stored
-    members). Failures are recorded in ``last_error`` and raised."""
+    members). With ``refresh``, the lifecycle stages / RFM classes its rules read are brought up
+    to date first (a batch recompute refreshes them once instead). Failures are recorded in
+    ``last_error`` and raised."""
     with _compute_lock:
         seg = get_segment(runtime.state, project.id, ref)
         at = datetime.now(UTC)
         try:
             if seg.kind == "dynamic":
                 assert seg.rules is not None
+                if refresh:
+                    refresh_derived(runtime, project, uses_scopes(parse_rule(seg.rules)))
                 ids = run_rule(runtime, project, seg.rules, now)
             else:
                 ids = pa.array(_static_ids(runtime.state, seg.id), pa.string())
@@ -507,13 +515,20 @@ def compute_segment(
 
 
 def compute_tag(
-    runtime: Runtime, project: Project, ref: int | str, now: datetime | None = None
+    runtime: Runtime,
+    project: Project,
+    ref: int | str,
+    now: datetime | None = None,
+    refresh: bool = True,
 ) -> Tag:
-    """Compute one tag now and stamp its persons (``tag:NAME``)."""
+    """Compute one tag now and stamp its persons (``tag:NAME``); ``refresh`` as for
+    :func:`compute_segment`."""
     with _compute_lock:
         tag = tagmod.get_tag(runtime.state, project.id, ref)
         at = datetime.now(UTC)
         try:
+            if refresh:
+                refresh_derived(runtime, project, uses_scopes(parse_rule(tag.rules)))
             ids = run_rule(runtime, project, tag.rules, now)
             runtime.store.replace_person_values(project.id, tag.scope, _ids_table(ids))
         except Exception as exc:
@@ -598,10 +613,10 @@ def _compute_nodes(
         t = time.perf_counter()
         try:
             if kind == "tag":
-                tag = compute_tag(runtime, project, ref, now)
+                tag = compute_tag(runtime, project, ref, now, refresh=False)
                 item = {"kind": "tag", "id": tag.id, "name": tag.name, "size": tag.size}
             else:
-                seg = compute_segment(runtime, project, int(ref), now)
+                seg = compute_segment(runtime, project, int(ref), now, refresh=False)
                 item = {"kind": "segment", "id": seg.id, "name": seg.name, "size": seg.size}
             item["seconds"] = round(time.perf_counter() - t, 3)
             report.computed.append(item)
