@@ -7,16 +7,22 @@ import re
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from sqlglot import exp
 
 from tests.conftest import LiveServer, start_server
+from yunying.activities.service import create_activity, settle, transition
+from yunying.activities.spec import rewards_of
+from yunying.audience.segments import compute_segment, create_segment
 from yunying.config import load_settings
 from yunying.console.users import create_user
 from yunying.console.web import ConsoleApp
 from yunying.demo import generate_demo
 from yunying.runtime import Runtime
+from yunying.state import list_projects
 
 #: One account per role (name = role), all with this password.
 PASSWORD = "correct-horse-42"
@@ -83,3 +89,57 @@ def artifacts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = Path(base) / "console" if base else tmp_path_factory.mktemp("screenshots")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def demo_people(rt: Runtime, n: int = 3) -> list[tuple[str, str]]:
+    """(distinct_id, person_id) of a few demo users."""
+    project = list_projects(rt.state)[0]
+    store = rt.store
+    q = (
+        exp.select("distinct_id", "person_id")
+        .from_(store.scoped("person_distinct_ids", project.id).subquery("d"))
+        .order_by("distinct_id")
+        .limit(n)
+    )
+    return [(str(d), str(p)) for d, p in store.query(q.sql(dialect=store.dialect)).rows]
+
+
+def seed_features(rt: Runtime) -> dict[str, Any]:
+    """A computed segment, a running gift activity and one held claim waiting for review."""
+    project = list_projects(rt.state)[0]
+    seg = create_segment(rt, project, "剪辑用户", rules={"type": "event", "event": "edit_video"})
+    compute_segment(rt, project, seg.id)
+    compute_segment(rt, project, seg.id)  # two sizes: a sparkline and a history chart
+    act = create_activity(
+        rt.state,
+        project.id,
+        {
+            "template": "gift",
+            "name": "新人礼 (held)",
+            "event": "sign_up",
+            "reward": {"kind": "points", "amount": 20},
+            "goal": {"metric": "rewards", "target": 10},
+            "risk": {"account_age": {"exempt_kinds": [], "min_age_minutes": 10**8}},
+        },
+        "test",
+    )
+    act = transition(rt.state, project.id, act.id, "start", "test")
+    held = []
+    for distinct_id, person_id in demo_people(rt, 2):
+        res = settle(
+            rt,
+            act,
+            user_id=distinct_id,
+            person_id=person_id,
+            reward=rewards_of(act.spec)[0],
+            key=f"test:{act.id}:{distinct_id}",
+        )
+        held.append(res.review_id)
+    assert all(held), held
+    return {"segment": seg.id, "activity": act.id, "reviews": held}
+
+
+@pytest.fixture(scope="module")
+def seeded(demo_runtime: Runtime) -> dict[str, Any]:
+    """The module's demo with :func:`seed_features` applied once."""
+    return seed_features(demo_runtime)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import LiveServer
-from tests.console.conftest import PASSWORD, artifacts_dir, console_of
+from tests.console.conftest import PASSWORD, artifacts_dir, console_of, demo_people
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -33,6 +33,16 @@ PAGES = {
     "lifecycle": ("/lifecycle", "#lifecycle-chart .main-svg"),
     "project": ("/settings/project", "#write-key"),
     "team": ("/settings/team", "tr[data-user=admin]"),
+    "segments": ("/segments", "#segments-table svg.spark"),
+    "segment": ("/segments/{segment}", "#persona-chart .main-svg"),
+    "segment-new": ("/segments/new", "#segment-form textarea"),
+    "layers": ("/audience/layers", "#stages-chart .main-svg"),
+    "person": ("/persons?q={person}", "#person-events"),
+    "activities": ("/activities", "#activities-table progress"),
+    "activity-new": ("/activities/new?template=referral", "#activity-form textarea"),
+    "activity": ("/activities/{activity}", "[data-live=participants]"),
+    "report": ("/activities/{activity}/report", "#report"),
+    "reviews": ("/reviews", "#reviews-table [data-approve]"),
 }
 
 
@@ -99,15 +109,16 @@ def sign_in(browser: Any, url: str, problems: Problems, user: str = "admin") -> 
 
 @pytest.mark.parametrize("lang", ["zh_CN", "en"])
 def test_every_page_in_both_languages(
-    console_live: LiveServer, browser: Any, shots: Path, lang: str
+    console_live: LiveServer, browser: Any, shots: Path, lang: str, seeded: dict[str, Any]
 ) -> None:
+    ids = {**seeded, "person": demo_people(console_of(console_live).runtime, 1)[0][0]}
     problems = Problems()
     page = sign_in(browser, console_live.url, problems)
     page.goto(f"{console_live.url}/?lang={lang}")
     expected = {"zh_CN": "数据看板", "en": "Dashboard"}[lang]
     assert page.locator("h1").inner_text() == expected
     for name, (path, ready) in PAGES.items():
-        page.goto(console_live.url + path)
+        page.goto(console_live.url + path.format(**ids))
         page.wait_for_selector(ready)
         page.wait_for_load_state("networkidle")
         assert page.locator("[data-state=error]").count() == 0, name
@@ -186,10 +197,16 @@ def test_viewer_sees_only_what_the_role_allows(console_live: LiveServer, browser
     page = sign_in(browser, console_live.url, problems, "viewer")
     nav = page.locator("nav.side [data-nav]")
     assert sorted(nav.evaluate_all("els => els.map(e => e.dataset.nav)")) == [
+        "activities",
         "dashboard",
+        "layers",
         "lifecycle",
+        "reviews",
+        "segments",
     ]
     assert page.locator("a[data-csv]").count() == 0
+    page.goto(console_live.url + "/activities")
+    assert page.locator("[data-new-activity]").count() == 0  # read-only
     problems.check("viewer")
     page.context.close()
 
@@ -212,4 +229,48 @@ def test_loading_state_reloads_into_the_result(
     finally:
         console.compute_wait = None
     problems.check("loading state")
+    page.context.close()
+
+
+def test_activity_from_template_and_review(
+    console_live: LiveServer, browser: Any, shots: Path, seeded: dict[str, Any]
+) -> None:
+    """An operator creates a task activity from its template and starts it, watches it, ends it
+    with the kill switch, then approves a held claim in the review queue."""
+    problems = Problems()
+    page = sign_in(browser, console_live.url, problems, "operator")
+    url = console_live.url
+    page.goto(url + "/activities")
+    page.click("[data-new-activity]")
+    page.click("[data-template=task]")
+    assert "template: task" in page.locator("#activity-form textarea").input_value()
+    page.click("[data-create-start]")
+    page.wait_for_selector("[data-state-label=running]")
+    page.screenshot(path=str(shots / "activity-monitor.png"), full_page=True)
+    page.click("[data-action=pause]")
+    page.wait_for_selector("[data-state-label=paused]")
+    page.fill("form.kill input[name=confirm]", "KILL")
+    page.click("[data-action=kill]")
+    page.wait_for_selector("[data-state-label=ended]")
+    page.click("[data-report]")
+    page.wait_for_selector("#report")
+
+    page.goto(url + "/reviews")
+    review = seeded["reviews"][0]
+    row = page.locator(f"tr[data-review='{review}']")
+    row.locator("input[name=note]").fill("known customer")
+    row.locator("[data-approve]").click()
+    page.wait_for_load_state("networkidle")
+    assert page.locator(f"tr[data-review='{review}']").count() == 0
+    page.select_option("select[name=status]", "approved")
+    page.wait_for_selector(f"tr[data-review='{review}']")
+
+    # the rule editor: preview the size, then save and land on the segment
+    page.goto(url + "/segments/new")
+    page.fill("input[name=name]", "browser segment")
+    page.click("[data-preview]")
+    page.wait_for_selector("[data-preview-size]")
+    page.click("[data-save]")
+    page.wait_for_selector("#members")
+    problems.check("activities and reviews")
     page.context.close()

@@ -30,6 +30,8 @@ from yunying.runtime import Runtime
 #: Modules defining ``register(console)``: add yours here (segments, activities...).
 PAGE_MODULES: tuple[str, ...] = (
     "yunying.console.pages.analytics",
+    "yunying.console.pages.audience",
+    "yunying.console.pages.activities",
     "yunying.console.pages.settings",
 )
 

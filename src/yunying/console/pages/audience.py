@@ -1,0 +1,487 @@
+"""Audience pages (用户): segments (list, detail with members and persona, rule editor, recompute,
+CSV), 用户分层 (lifecycle stages over time, transitions, RFM classes) and the person profile.
+
+Everything comes from :mod:`yunying.audience` called as plain functions; reading needs ``view``
+(lists and reports) or ``explore`` (members, personas, person profiles), changing a segment
+needs ``segments``.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+import orjson
+import yaml
+from fastapi import Request
+from fastapi.responses import Response
+
+from yunying.analytics import DateRange, InvalidQuery
+from yunying.audience.persona import PersonaQuery, persona
+from yunying.audience.profile import PersonNotFound, person_events, person_profile
+from yunying.audience.rfm import rfm_report
+from yunying.audience.segments import (
+    InvalidSegment,
+    Segment,
+    compute_segment,
+    create_segment,
+    export_rows,
+    get_segment,
+    list_segments,
+    members_page,
+    preview,
+    size_history,
+    update_segment,
+)
+from yunying.audience.settings import get_settings
+from yunying.audience.stages import STAGE_NAMES_ZH, STAGES, local_today, stage_transitions
+from yunying.audience.stages import stages_over_time as stages_timeline
+from yunying.console.data import N_, Table
+from yunying.console.web import ConsoleApp, Ctx, NavItem, csv_response, redirect
+from yunying.errors import Conflict, NotFound, YunyingError
+
+PAGE_SIZE = 50
+#: An example rule for a new segment (docs/audience.md).
+EXAMPLE_RULE = """type: and
+rules:
+  - {type: event, event: purchase_membership, count: at_least, times: 1, window: {last_days: 30}}
+  - {type: event, event: edit_video, count: at_least, times: 3, window: {last_days: 7}}
+"""
+STAGE_LABELS = {
+    "new": N_("New"),
+    "active": N_("Active"),
+    "retained": N_("Retained"),
+    "silent": N_("Silent"),
+    "churned": N_("Churned"),
+    "returned": N_("Returned"),
+    "none": N_("(not yet seen)"),
+}
+
+
+def sparkline(values: list[int], width: int = 120, height: int = 24) -> str:
+    """An SVG polyline's points for ``values`` (empty when fewer than two)."""
+    if len(values) < 2:
+        return ""
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1
+    step = width / (len(values) - 1)
+    return " ".join(
+        f"{i * step:.1f},{height - 2 - (v - lo) / span * (height - 4):.1f}"
+        for i, v in enumerate(values)
+    )
+
+
+def parse_rule_text(text: str) -> Any:
+    """A rule tree from the editor's YAML or JSON text (:class:`InvalidSegment` otherwise)."""
+    try:
+        data = orjson.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+        raise InvalidSegment(f"not valid YAML or JSON: {exc}", "rules") from None
+    if not isinstance(data, dict):
+        raise InvalidSegment("a rule is a mapping with a type field", "rules")
+    return data
+
+
+def rule_text(seg: Segment | None) -> str:
+    """The stored rule as YAML for the editor."""
+    if seg is None or seg.rules is None:
+        return EXAMPLE_RULE
+    return str(yaml.safe_dump(seg.rules, allow_unicode=True, sort_keys=False))
+
+
+def register(console: ConsoleApp) -> None:
+    """Add the segment, 用户分层 and person pages."""
+    runtime = console.runtime
+    console.nav(NavItem("segments", "/segments", N_("Segments"), N_("Audience"), "view", 200))
+    console.nav(
+        NavItem("layers", "/audience/layers", N_("User layers"), N_("Audience"), "view", 210)
+    )
+    console.nav(
+        NavItem("persons", "/persons", N_("Person profile"), N_("Audience"), "explore", 220)
+    )
+
+    def no_project(ctx: Ctx, template: str, **values: Any) -> Response:
+        return console.render(ctx, template, no_project=True, **values)
+
+    @console.router.get("/segments")
+    def segments_page(request: Request) -> Response:
+        """Every segment with its size, last computation, schedule and size sparkline."""
+        ctx = console.context(request, "view")
+        if ctx.project is None:
+            return no_project(ctx, "segments.html", rows=[])
+        rows: list[dict[str, Any]] = []
+        for seg in list_segments(runtime.state, ctx.project.id):
+            sizes = [int(h["size"]) for h in size_history(runtime.state, seg.id, 30)]
+            rows.append({"seg": seg, "spark": sparkline(sizes)})
+        if ctx.param("format") == "csv" and ctx.can("export"):
+            table = Table(
+                ("id", "name", "kind", "size", "last_computed_at", "schedule_minutes", "error"),
+                tuple(
+                    (
+                        r["seg"].id,
+                        r["seg"].name,
+                        r["seg"].kind,
+                        r["seg"].size,
+                        r["seg"].last_computed_at.isoformat() if r["seg"].last_computed_at else "",
+                        r["seg"].schedule_minutes,
+                        r["seg"].last_error or "",
+                    )
+                    for r in rows
+                ),
+            )
+            return csv_response(table, "segments.csv")
+        return console.render(ctx, "segments.html", rows=rows)
+
+    def editor(
+        ctx: Ctx,
+        seg: Segment | None,
+        *,
+        name: str = "",
+        description: str = "",
+        schedule: str = "",
+        text: str | None = None,
+        errors: list[dict[str, str]] | None = None,
+        size: int | None = None,
+        status: int = 200,
+    ) -> Response:
+        return console.render(
+            ctx,
+            "segment_form.html",
+            status,
+            seg=seg,
+            name=name or (seg.name if seg else ""),
+            description=description or (seg.description if seg else ""),
+            schedule=schedule
+            or (str(seg.schedule_minutes) if seg and seg.schedule_minutes else ""),
+            text=rule_text(seg) if text is None else text,
+            errors=errors or [],
+            preview_size=size,
+        )
+
+    @console.router.get("/segments/new")
+    def segment_new(request: Request) -> Response:
+        """The rule editor for a new segment."""
+        ctx = console.context(request, "segments")
+        return editor(ctx, None)
+
+    @console.router.get("/segments/{seg_id:int}/edit")
+    def segment_edit(request: Request, seg_id: int) -> Response:
+        """The rule editor for an existing segment."""
+        ctx = console.context(request, "segments")
+        assert ctx.project is not None
+        return editor(ctx, get_segment(runtime.state, ctx.project.id, seg_id))
+
+    @console.router.post("/segments/save")
+    async def segment_save(request: Request) -> Response:
+        """Preview the size of the rule, or save (create or update) and compute the segment."""
+        ctx = console.context(request, "segments")
+        form = await request.form()
+        console.check_csrf(ctx, form)
+        if ctx.project is None:
+            return redirect("/segments")
+        project = ctx.project
+        sid = str(form.get("segment_id") or "")
+        seg = get_segment(runtime.state, project.id, int(sid)) if sid.isdigit() else None
+        name = str(form.get("name") or "").strip()
+        description = str(form.get("description") or "").strip()
+        schedule = str(form.get("schedule_minutes") or "").strip()
+        text = str(form.get("rules") or "")
+        keep: dict[str, Any] = {
+            "name": name,
+            "description": description,
+            "schedule": schedule,
+            "text": text,
+        }
+        try:
+            rules = parse_rule_text(text)
+            minutes = int(schedule) if schedule else None
+            if form.get("action") == "preview":
+                size = int(preview(runtime, project, rules)["size"])
+                return editor(ctx, seg, size=size, **keep)
+            if seg is None:
+                seg = create_segment(
+                    runtime,
+                    project,
+                    name,
+                    rules=rules,
+                    description=description,
+                    schedule_minutes=minutes,
+                )
+            else:
+                seg = update_segment(
+                    runtime,
+                    project,
+                    seg.id,
+                    {
+                        "name": name,
+                        "description": description,
+                        "rules": rules,
+                        "schedule_minutes": minutes,
+                    },
+                )
+            compute_segment(runtime, project, seg.id)
+        except ValueError:
+            errs = [{"field": "schedule_minutes", "message": ctx.gettext("Enter whole minutes.")}]
+            return editor(ctx, seg, errors=errs, status=400, **keep)
+        except InvalidSegment as exc:
+            return editor(ctx, seg, errors=exc.errors, status=400, **keep)
+        except (Conflict, YunyingError) as exc:
+            return editor(ctx, seg, errors=[{"field": "", "message": str(exc)}], status=400, **keep)
+        return redirect(f"/segments/{seg.id}")
+
+    @console.router.post("/segments/{seg_id:int}/recompute")
+    async def segment_recompute(request: Request, seg_id: int) -> Response:
+        """Compute the segment now."""
+        ctx = console.context(request, "segments")
+        console.check_csrf(ctx, await request.form())
+        assert ctx.project is not None
+        try:
+            compute_segment(runtime, ctx.project, seg_id)
+        except NotFound:
+            raise
+        except Exception:  # noqa: BLE001 - recorded in last_error and shown on the page
+            pass
+        return redirect(f"/segments/{seg_id}")
+
+    @console.router.get("/segments/{seg_id:int}")
+    def segment_detail(request: Request, seg_id: int) -> Response:
+        """A segment: size history, a page of members and its persona next to everyone."""
+        ctx = console.context(request, "view")
+        assert ctx.project is not None
+        project = ctx.project
+        try:
+            seg = get_segment(runtime.state, project.id, seg_id)
+        except NotFound:
+            return console.render(ctx, "message.html", 404, message=ctx.gettext("No such segment."))
+        if ctx.param("format") == "csv" and ctx.can("export"):
+            rows = tuple(tuple(r) for r in export_rows(runtime, project, seg.scope))
+            return csv_response(Table(rows[0], rows[1:]), f"segment-{seg.id}.csv")
+        history = size_history(runtime.state, seg.id, 200)
+        chart = None
+        if len(history) > 1:
+            chart = {
+                "data": [
+                    {
+                        "type": "scatter",
+                        "mode": "lines+markers",
+                        "x": [h["computed_at"] for h in history],
+                        "y": [h["size"] for h in history],
+                        "name": ctx.gettext("Size"),
+                    }
+                ],
+                "layout": {"height": 220, "margin": {"t": 10, "b": 40, "l": 50, "r": 10}},
+            }
+        members = None
+        report = None
+        persona_error = None
+        lift_chart = None
+        page = max(0, int(ctx.param("page", "0") or 0)) if ctx.param("page").isdigit() else 0
+        if ctx.can("explore") and seg.last_computed_at is not None:
+            members = members_page(runtime, project, seg.scope, PAGE_SIZE, page * PAGE_SIZE)
+            try:
+                last = local_today(project.timezone)
+                q = PersonaQuery(
+                    "segment",
+                    DateRange(last - timedelta(days=29), last, project.timezone),
+                    str(seg.id),
+                )
+                settings = get_settings(runtime.state, project.id)
+                report = console.cached(
+                    project,
+                    ("persona", seg.id, str(seg.last_computed_at), last),
+                    lambda: persona(runtime.store, project.id, q, settings),
+                )
+                lift_chart = persona_chart(ctx, report)
+            except (InvalidQuery, YunyingError) as exc:
+                persona_error = str(exc)
+        return console.render(
+            ctx,
+            "segment_detail.html",
+            seg=seg,
+            history=history,
+            chart=chart or lift_chart,
+            size_chart=chart,
+            lift_chart=lift_chart,
+            members=members,
+            page=page,
+            page_size=PAGE_SIZE,
+            report=report,
+            persona_error=persona_error,
+        )
+
+    @console.router.get("/audience/layers")
+    def layers(request: Request) -> Response:
+        """用户分层: lifecycle stages over time, stage transitions and the eight RFM classes."""
+        ctx = console.context(request, "view")
+        if ctx.project is None:
+            return no_project(ctx, "layers.html")
+        project = ctx.project
+        interval = ctx.param("interval", "week")
+        if interval not in ("day", "week", "month"):
+            interval = "week"
+        today = local_today(project.timezone)
+        periods = {"day": 30, "week": 12, "month": 6}[interval]
+        first = {
+            "day": today - timedelta(days=periods - 1),
+            "week": today - timedelta(weeks=periods - 1),
+            "month": date(today.year - (1 if today.month <= periods - 1 else 0),
+                          (today.month - periods) % 12 + 1, 1),
+        }[interval]  # fmt: skip
+        dr = DateRange(first, today, project.timezone)
+        settings = get_settings(runtime.state, project.id)
+        store = runtime.store
+
+        def compute() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+            return (
+                stages_timeline(store, project.id, settings, dr, interval),
+                stage_transitions(store, project.id, settings, dr, interval),
+                rfm_report(store, project.id, settings, today, project.timezone),
+            )
+
+        try:
+            timeline, transitions, rfm = console.cached(
+                project, ("layers", interval, today, str(settings)), compute
+            )
+        except (InvalidQuery, YunyingError) as exc:
+            return console.render(ctx, "layers.html", error=str(exc), interval=interval)
+        last = transitions["periods"][-1] if transitions["periods"] else None
+        trans_rows = sorted((last["transitions"] if last else []), key=lambda t: -int(t["persons"]))
+        table = ctx.param("table", "rfm")
+        if ctx.param("format") == "csv" and ctx.can("export"):
+            if table == "stages":
+                cols = ("period_end", *STAGES)
+                rows = tuple(
+                    (end, *(timeline["stages"][s][i] for s in STAGES))
+                    for i, end in enumerate(timeline["as_of"])
+                )
+                return csv_response(Table(cols, rows), "stages.csv")
+            if table == "transitions":
+                return csv_response(
+                    Table(
+                        ("from", "to", "persons"),
+                        tuple((t["from"], t["to"], t["persons"]) for t in trans_rows),
+                    ),
+                    "stage-transitions.csv",
+                )
+            return csv_response(
+                Table(
+                    ("class", "name_zh", "persons", "share", "revenue", "revenue_share"),
+                    tuple(
+                        (
+                            c["class"],
+                            c["name_zh"],
+                            c["persons"],
+                            c["share"],
+                            c["revenue"],
+                            c["revenue_share"],
+                        )
+                        for c in rfm["classes"]
+                    ),  # fmt: skip
+                ),
+                "rfm.csv",
+            )
+        chart = {
+            "data": [
+                {
+                    "type": "bar",
+                    "name": ctx.gettext(STAGE_LABELS[s]),
+                    "x": timeline["as_of"],
+                    "y": timeline["stages"][s],
+                }
+                for s in STAGES
+            ],
+            "layout": {
+                "barmode": "stack",
+                "height": 340,
+                "margin": {"t": 10, "b": 40, "l": 50, "r": 10},
+                "legend": {"orientation": "h"},
+            },
+        }
+        return console.render(
+            ctx,
+            "layers.html",
+            chart=chart,
+            interval=interval,
+            last=last,
+            transitions=trans_rows,
+            rfm=rfm,
+            stage_labels=STAGE_LABELS,
+            stage_zh=STAGE_NAMES_ZH,
+            error=None,
+        )
+
+    @console.router.get("/persons")
+    def person_page(request: Request) -> Response:
+        """A person's profile and latest events, found by distinct id or person id."""
+        ctx = console.context(request, "explore")
+        key = ctx.param("q")
+        profile = events = None
+        error = None
+        if key and ctx.project is not None:
+            project = ctx.project
+            settings = get_settings(runtime.state, project.id)
+            today = local_today(project.timezone)
+            try:
+                profile = person_profile(
+                    runtime.store, project.id, key, settings, project.timezone, today
+                )
+                events = person_events(runtime.store, project.id, key, 50)
+            except PersonNotFound:
+                error = ctx.gettext(
+                    "No person has this id. Check the distinct id your app sends "
+                    "(a user id or device id) or copy one from a segment's member list."
+                )
+            if profile and ctx.param("format") == "csv" and ctx.can("export"):
+                assert events is not None
+                return csv_response(
+                    Table(
+                        ("timestamp", "event", "distinct_id", "amount", "properties"),
+                        tuple(
+                            (
+                                e["timestamp"],
+                                e["event"],
+                                e["distinct_id"],
+                                e.get("amount"),
+                                orjson.dumps(e["properties"]).decode(),
+                            )
+                            for e in events["events"]
+                        ),  # fmt: skip
+                    ),
+                    "person-events.csv",
+                )
+        return console.render(
+            ctx, "person.html", q=key, profile=profile, events=events, error=error
+        )
+
+
+def persona_chart(ctx: Ctx, report: dict[str, Any]) -> dict[str, Any] | None:
+    """Group vs population shares of the first distribution with values (a grouped bar chart)."""
+    for dist in report.get("distributions", []):
+        values = [v for v in dist["values"] if v["value"] is not None][:10]
+        if not values:
+            continue
+        x = [str(v["value"]) for v in values]
+        return {
+            "data": [
+                {
+                    "type": "bar",
+                    "name": ctx.gettext("Segment"),
+                    "x": x,
+                    "y": [v["group_share"] for v in values],
+                },
+                {
+                    "type": "bar",
+                    "name": ctx.gettext("Everyone"),
+                    "x": x,
+                    "y": [v["population_share"] for v in values],
+                },
+            ],  # fmt: skip
+            "layout": {
+                "barmode": "group",
+                "height": 280,
+                "yaxis": {"tickformat": ".0%"},
+                "margin": {"t": 30, "b": 60, "l": 50, "r": 10},
+                "title": {"text": dist["field"], "font": {"size": 13}},
+            },
+        }
+    return None

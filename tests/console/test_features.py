@@ -1,0 +1,127 @@
+"""Audience and activity pages over plain HTTP: every page answers, role limits (403 on POST for
+analyst and viewer), CSRF on the new forms, the rule editor's preview and validation, creating
+and starting an activity, the kill switch confirmation and deciding a held review."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import LiveServer
+from tests.console.conftest import console_of, csrf_of, demo_people, login
+
+RULE = "type: event\nevent: edit_video\ncount: at_least\ntimes: 1\nwindow: {last_days: 30}\n"
+
+
+def pages(seeded: dict[str, Any]) -> list[str]:
+    seg, act = seeded["segment"], seeded["activity"]
+    return [
+        "/segments",
+        f"/segments/{seg}",
+        "/segments/new",
+        f"/segments/{seg}/edit",
+        "/audience/layers",
+        "/persons",
+        "/activities",
+        "/activities/new?template=referral",
+        f"/activities/{act}",
+        f"/activities/{act}/report",
+        "/reviews",
+    ]
+
+
+def test_pages_and_csv(console_live: LiveServer, seeded: dict[str, Any]) -> None:
+    client = login(console_live.url, "admin")
+    for lang in ("zh_CN", "en"):
+        for path in pages(seeded):
+            sep = "&" if "?" in path else "?"
+            r = client.get(f"{path}{sep}lang={lang}")
+            assert r.status_code == 200, (path, r.text[:300])
+            assert 'data-state="error"' not in r.text and "persona could not" not in r.text, path
+    for path in ("/segments", f"/segments/{seeded['segment']}", "/audience/layers",
+                 "/audience/layers?table=stages", "/activities", f"/activities/{seeded['activity']}",
+                 f"/activities/{seeded['activity']}/report", "/reviews"):  # fmt: skip
+        sep = "&" if "?" in path else "?"
+        r = client.get(f"{path}{sep}format=csv")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv"), path
+    person = demo_people(console_of(console_live).runtime, 1)[0][0]
+    r = client.get("/persons", params={"q": person})
+    assert r.status_code == 200 and 'id="profile"' in r.text
+    r = client.get("/persons", params={"q": "nobody-has-this-id"})
+    assert 'data-state="not-found"' in r.text
+
+
+def test_roles(console_live: LiveServer, seeded: dict[str, Any]) -> None:
+    seg, act = seeded["segment"], seeded["activity"]
+    for role in ("analyst", "viewer"):
+        client = login(console_live.url, role)
+        token = csrf_of(client.get("/segments").text)
+        for path, data in (
+            ("/segments/save", {"name": "x", "rules": RULE}),
+            (f"/segments/{seg}/recompute", {}),
+            ("/activities/new", {"spec": "template: gift"}),
+            (f"/activities/{act}/state", {"action": "pause"}),
+            (f"/reviews/{seeded['reviews'][1]}", {"decision": "approve"}),
+        ):
+            r = client.post(path, data={"csrf_token": token, **data})
+            assert r.status_code == 403, (role, path)
+        assert client.get("/segments/new").status_code == 403
+        assert client.get("/activities/new").status_code == 403
+        assert client.get("/activities").status_code == 200
+    viewer = login(console_live.url, "viewer")
+    assert viewer.get("/persons").status_code == 403
+    assert "data-new-activity" not in viewer.get("/activities").text
+
+
+def test_forms_need_csrf(console_live: LiveServer, seeded: dict[str, Any]) -> None:
+    client = login(console_live.url, "operator")
+    for path in ("/segments/save", f"/segments/{seeded['segment']}/recompute", "/activities/new",
+                 f"/activities/{seeded['activity']}/state", f"/reviews/{seeded['reviews'][1]}"):  # fmt: skip
+        assert client.post(path, data={"action": "pause"}).status_code == 403, path
+        assert client.post(path, data={"csrf_token": "forged"}).status_code == 403, path
+
+
+def test_segment_editor(console_live: LiveServer, seeded: dict[str, Any]) -> None:
+    client = login(console_live.url, "operator")
+    token = csrf_of(client.get("/segments/new").text)
+    r = client.post("/segments/save", data={"csrf_token": token, "action": "preview",
+                                            "name": "editors", "rules": RULE})  # fmt: skip
+    assert r.status_code == 200 and "data-preview-size" in r.text
+    bad = "type: event\nevent: edit_video\ncount: sometimes\n"
+    r = client.post("/segments/save", data={"csrf_token": token, "action": "save",
+                                            "name": "bad", "rules": bad})  # fmt: skip
+    assert r.status_code == 400 and "rules.count" in r.text
+    r = client.post("/segments/save", data={"csrf_token": token, "action": "save",
+                                            "name": "editors", "rules": RULE})  # fmt: skip
+    assert r.status_code == 303
+    detail = client.get(r.headers["location"])
+    assert detail.status_code == 200 and 'id="members"' in detail.text
+
+
+def test_activity_lifecycle_and_review(console_live: LiveServer, seeded: dict[str, Any]) -> None:
+    client = login(console_live.url, "operator")
+    token = csrf_of(client.get("/activities/new?template=checkin").text)
+    r = client.post("/activities/new", data={"csrf_token": token, "template": "checkin",
+                                             "spec": "template: checkin\nname: x\n"})  # fmt: skip
+    assert r.status_code == 400 and "milestones" in r.text
+    form = client.get("/activities/new?template=task").text
+    import html
+    import re
+
+    spec = html.unescape(re.search(r"<textarea[^>]*>(.*?)</textarea>", form, re.S).group(1))  # type: ignore[union-attr]
+    r = client.post("/activities/new", data={"csrf_token": token, "template": "task",
+                                             "spec": spec, "action": "start"})  # fmt: skip
+    assert r.status_code == 303
+    path = r.headers["location"]
+    assert 'data-state-label="running"' in client.get(path).text
+    r = client.post(path + "/state", data={"csrf_token": token, "action": "kill"})
+    assert r.headers["location"].endswith("error=confirm")
+    r = client.post(
+        path + "/state", data={"csrf_token": token, "action": "kill", "confirm": "KILL"}
+    )
+    page = client.get(path).text
+    assert 'data-state-label="ended"' in page and "frozen" in page.lower() or "冻结" in page
+    review = seeded["reviews"][1]
+    r = client.post(f"/reviews/{review}", data={"csrf_token": token, "decision": "deny"})
+    assert r.status_code == 303 and r.headers["location"] == "/reviews"
+    r = client.post(f"/reviews/{review}", data={"csrf_token": token, "decision": "deny"})
+    assert r.headers["location"].endswith("error=decided")
