@@ -22,9 +22,13 @@ from tests.audience.conftest import (
     Loaded,
     reference_members,
 )
+from yunying.analytics.common import Sql
 from yunying.audience.rules import (
     InvalidRule,
+    compile_batch,
+    inline_references,
     matching_persons,
+    matching_persons_batch,
     parse_rule,
     references,
     rule_json,
@@ -297,3 +301,53 @@ def test_random_trees_match_the_reference(loaded: Loaded, rule: dict[str, Any]) 
     parsed = parse_rule(rule)
     for rt, pid in loaded.both():
         assert matching_persons(rt.store, pid, parsed, TZ, NOW) == want, rt.store.dialect
+
+
+# -- batches: many trees in one query --------------------------------------------------------------
+
+
+def test_examples_together_match_each_reference(loaded: Loaded) -> None:
+    """All examples computed by ONE query (one events scan) give each one's reference."""
+    want = [reference_members(loaded.world, r) for r in EXAMPLES]
+    parsed = [parse_rule(r) for r in EXAMPLES]
+    for rt, pid in loaded.both():
+        sql = Sql(rt.store.dialect).render(compile_batch(rt.store, pid, parsed, TZ, NOW))
+        assert sql.count("raw_events") == 1, sql
+        got = matching_persons_batch(rt.store, pid, parsed, TZ, NOW)
+        for rule, g, w in zip(EXAMPLES, got, want, strict=True):
+            assert g == w, (rt.store.dialect, rule)
+
+
+def test_inlined_references_read_the_batch_not_the_stored_values(loaded: Loaded) -> None:
+    """A tree reading tag ``heavy`` / segment 901, with their definitions inlined, matches the
+    reference where the stored ``heavy`` / 901 members are replaced by those definitions'."""
+    heavy = {"type": "event", "event": "edit_video", "times": 3}
+    s901 = {"type": "and", "rules": [{"type": "tag", "name": "heavy"},
+                                     {"type": "property", "name": "city", "op": "eq",
+                                      "value": "北京"}]}  # fmt: skip
+    reader = {"type": "or", "rules": [{"type": "segment", "id": 901},
+                                      {"type": "not", "rule": {"type": "tag", "name": "heavy"}},
+                                      {"type": "tag", "name": "剪辑"}]}  # fmt: skip
+    defs = {("tag", "heavy"): parse_rule(heavy), ("segment", "901"): parse_rule(s901)}
+    inlined = inline_references(parse_rule(reader), defs)
+    expanded = {"type": "or", "rules": [
+        {"type": "and", "rules": [heavy, s901["rules"][1]]},  # type: ignore[index]
+        {"type": "not", "rule": heavy}, {"type": "tag", "name": "剪辑"}]}  # fmt: skip
+    assert inlined == parse_rule(expanded)
+    want = reference_members(loaded.world, expanded)
+    for rt, pid in loaded.both():
+        assert matching_persons_batch(rt.store, pid, [inlined], TZ, NOW) == [want]
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(rules=st.lists(trees, min_size=2, max_size=8))
+def test_random_trees_together_match_each_reference(
+    loaded: Loaded, rules: list[dict[str, Any]]
+) -> None:
+    want = [reference_members(loaded.world, r) for r in rules]
+    parsed = [parse_rule(r) for r in rules]
+    for rt, pid in loaded.both():
+        got = matching_persons_batch(rt.store, pid, parsed, TZ, NOW)
+        assert got == want, rt.store.dialect

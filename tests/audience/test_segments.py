@@ -65,6 +65,7 @@ def test_tags_then_segments_in_dependency_order_on_both_engines(loaded: Loaded) 
         report = S.recompute_all(rt, project, NOW, derived=False)
         assert not report.failed, report.failed
         assert [c["kind"] for c in report.computed][:1] == ["tag"]
+        assert report.query_seconds is not None  # all three by one query
 
         # the reference: the tag's members, then A, then B over the same world
         w = World(world.persons, world.distinct, world.events, dict(world.values))
@@ -234,5 +235,59 @@ def test_a_segment_on_stages_computes_them_first_when_none_are_stored(tmp_path: 
         want = sorted(p for p, label in stored if label in ("silent", "churned"))
         assert stored and want
         assert _scope_members(rt, pid, f"segment:{seg.id}") == want
+    finally:
+        rt.close()
+
+
+def test_batch_reads_static_segments_and_falls_back_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full recompute writes static segments first (a dynamic one of the batch reads them),
+    gives the same members as computing each definition by its own query, and if the batch
+    query fails computes them one by one."""
+    rt, pid = fresh(tmp_path)
+    world = make_world(8, persons=80)
+    load_world(rt, pid, world)
+    try:
+        project = _project(rt)
+        chosen = sorted(world.persons)[:30]
+        static = S.create_segment(rt, project, "list", kind="static")
+        S.set_static_members(rt.state, static.id, chosen, replace=True)
+        tag = {"type": "event", "event": "edit_video", "times": 2}
+        T.create_tag(rt.state, project, "editor", tag)
+        rules = [
+            {"type": "and", "rules": [{"type": "segment", "id": static.id},
+                                      {"type": "tag", "name": "editor"}]},
+            {"type": "or", "rules": [{"type": "property", "name": "city", "op": "eq",
+                                      "value": "北京"},
+                                     {"type": "aggregate", "event": "purchase_membership",
+                                      "value": 30, "window": {"last_days": 20}}]},
+        ]  # fmt: skip
+        segs = [S.create_segment(rt, project, f"s{i}", rules=r) for i, r in enumerate(rules)]
+        editors = ref(world, tag)
+        want = [sorted(set(chosen) & set(editors)), ref(world, rules[1])]
+
+        def check(report: S.RecomputeReport) -> None:
+            assert not report.failed, report.failed
+            assert _scope_members(rt, pid, static.scope) == sorted(chosen)
+            assert _scope_members(rt, pid, "tag:editor") == editors
+            for seg, w in zip(segs, want, strict=True):
+                assert _scope_members(rt, pid, seg.scope) == w
+                assert S.get_segment(rt.state, pid, seg.id).size == len(w)
+
+        report = S.recompute_all(rt, project, NOW, derived=False)
+        assert report.query_seconds is not None
+        assert [c["name"] for c in report.computed][0] == "list"
+        check(report)
+        rt.store.replace_person_values(pid, "tag:editor", pa.table({"person_id": pa.array(
+            [], "str")}))  # fmt: skip
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("no batch today")
+
+        monkeypatch.setattr(S, "run_batch", broken)
+        report = S.recompute_all(rt, project, NOW, derived=False)
+        assert report.query_seconds is None
+        check(report)
     finally:
         rt.close()

@@ -472,10 +472,55 @@ def uses_scopes(rule: Any) -> set[str]:
 # -- the compiler -----------------------------------------------------------------------------------
 
 
+class _EventSql(Sql):
+    """The event-side builders of a compilation: a top-level event property is read from a
+    column of the events scan that extracts it ONCE per event (``_t0``, ``_n0``...), however many
+    conditions (of however many rules) test it; the columns are collected in ``extracted``."""
+
+    def __init__(self, dialect: str) -> None:
+        super().__init__(dialect)
+        self.extracted: dict[tuple[str, str], tuple[str, exp.Expr]] = {}
+        #: The event names of the conditions reading each extracted property (None: any event).
+        self.readers: dict[tuple[str, str], set[str | None]] = {}
+        #: The event name of the condition being compiled.
+        self.event: str | None = None
+
+    def _once(self, kind: str, key: str, column: str, build: exp.Expr) -> exp.Expr:
+        if column != "properties":  # not an event property: as usual
+            return build
+        if (kind, key) not in self.extracted:
+            self.extracted[(kind, key)] = (f"_{kind}{len(self.extracted)}", build)
+        self.readers.setdefault((kind, key), set()).add(self.event)
+        return exp.column(self.extracted[(kind, key)][0])
+
+    def columns(self) -> list[exp.Expr]:
+        """The extraction columns of the events scan. A property read only by conditions on
+        some event names (each ANDed with ``event = name``) is extracted from those events only:
+        on the others its value is never looked at."""
+        out: list[exp.Expr] = []
+        for key, (alias, build) in self.extracted.items():
+            names = self.readers.get(key, {None})
+            if None not in names:
+                event = exp.column("event")
+                only = exp.In(
+                    this=event, expressions=[lit(n) for n in sorted(n for n in names if n)]
+                )
+                build = exp.Case(ifs=[exp.If(this=only, true=build)])
+            out.append(build.as_(alias))
+        return out
+
+    def prop_text(self, key: str, column: str = "properties") -> exp.Expr:
+        return self._once("t", key, column, super().prop_text(key, column))
+
+    def prop_number(self, key: str, column: str = "properties") -> exp.Expr:
+        return self._once("n", key, column, super().prop_number(key, column))
+
+
 @dataclass
 class _Compiler:
-    """State of one compilation: the per-person aggregates and person-value lookups collected
-    while the tree is turned into a condition on them."""
+    """State of one compilation (of one rule tree or of a batch of them): the per-person
+    aggregates and person-value lookups collected while each tree is turned into a condition on
+    them. Identical aggregates of different trees are computed once."""
 
     sql: Sql
     now: datetime
@@ -484,6 +529,10 @@ class _Compiler:
     lookups: dict[tuple[str, str], str] = field(default_factory=dict)  # (scope, kind) -> alias
     starts: list[datetime | None] = field(default_factory=list)  # window starts of event scans
     events: set[str | None] = field(default_factory=set)
+    esql: _EventSql = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.esql = _EventSql(self.sql.dialect)
 
     def aggregate(self, agg: exp.Expr) -> exp.Expr:
         """A column of the per-person events aggregate computing ``agg`` (deduplicated)."""
@@ -501,8 +550,9 @@ class _Compiler:
 
     def matches(self, event: str | None, filters: list[EventFilter]) -> exp.Expr:
         self.events.add(event)
+        self.esql.event = event
         return exp.and_(
-            self.sql.event_is(event), self.sql.filters([f.to_filter() for f in filters])
+            self.sql.event_is(event), self.esql.filters([f.to_filter() for f in filters])
         )
 
     def in_window(self, window: Window | None, ts: exp.Expr) -> tuple[exp.Expr, datetime | None]:
@@ -555,7 +605,8 @@ class _Compiler:
             window, start = self.in_window(rule.window, ts)
             self.starts.append(start)
             cond = exp.and_(self.matches(rule.event, rule.filters), window)
-            value = sql.field_number(rule.field.to_field())
+            self.esql.event = rule.event
+            value = self.esql.field_number(rule.field.to_field())
             when = exp.Case(ifs=[exp.If(this=cond, true=value)])
             fn_cls = {"sum": exp.Sum, "avg": exp.Avg, "min": exp.Min, "max": exp.Max}[rule.math]
             got: exp.Expr = self.aggregate(fn_cls(this=when))
@@ -584,6 +635,11 @@ class _Compiler:
         raise InvalidRule(f"unknown rule node {type(rule).__name__}")
 
 
+def _aware(now: datetime | None) -> datetime:
+    when = now or datetime.now(UTC)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 def compile_rule(
     source: Source, project_id: int, rule: Any, timezone: str, now: datetime | None = None
 ) -> exp.Select:
@@ -592,20 +648,65 @@ def compile_rule(
     ``now`` (default: the current time) is the moment the rule is evaluated at: relative windows
     end there and later events are ignored; its date in ``timezone`` is "today".
     """
-    when = now or datetime.now(UTC)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    c = _Compiler(Sql(source.dialect), when, timezone)
+    c = _Compiler(Sql(source.dialect), _aware(now), timezone)
     where = c.condition(rule)
+    query = _persons_query(source, project_id, c, [exp.column("id", "p").as_("person_id")])
+    return query.where(where)
+
+
+def compile_batch(
+    source: Source,
+    project_id: int,
+    rules: list[Any],
+    timezone: str,
+    now: datetime | None = None,
+) -> exp.Select:
+    """ONE SELECT computing many rule trees together: per person of the project, ``person_id``
+    and one boolean column ``m0``, ``m1``... per tree (in order), true where the tree matches —
+    each column is exactly the condition :func:`compile_rule` filters on.
+
+    All trees share one pass over ``events`` (every aggregate any of them needs, identical ones
+    once, over the union of their event names and their widest window, each event property
+    extracted once per event) and one over ``person_values``. Use :func:`inline_references` first
+    so that trees reading each other's results do not need them stored.
+    """
+    c = _Compiler(Sql(source.dialect), _aware(now), timezone)
+    conds = [c.condition(r) for r in rules]
+    columns = [exp.column("id", "p").as_("person_id")]
+    columns += [cond.as_(f"m{i}") for i, cond in enumerate(conds)]
+    return _persons_query(source, project_id, c, columns)
+
+
+def inline_references(rule: Any, defs: dict[tuple[str, str], Any]) -> Any:
+    """``rule`` with every ``segment`` / ``tag`` condition whose target is in ``defs`` (keyed
+    ``("segment", "12")`` / ``("tag", "name")``) replaced by the target's own rule tree (itself
+    inlined): computed at the same ``now`` over the same data, it holds for exactly the persons
+    whose stored membership the condition would read once the target is computed. Targets must
+    not form a cycle (definitions are checked when saved)."""
+    if isinstance(rule, SegmentRule | TagRule):
+        key = ("segment", str(rule.id)) if isinstance(rule, SegmentRule) else ("tag", rule.name)
+        if key in defs:
+            return inline_references(defs[key], defs)
+        return rule
+    if isinstance(rule, And | Or):
+        return rule.model_copy(update={"rules": [inline_references(r, defs) for r in rule.rules]})
+    if isinstance(rule, Not):
+        return rule.model_copy(update={"rule": inline_references(rule.rule, defs)})
+    return rule
+
+
+def _persons_query(
+    source: Source, project_id: int, c: _Compiler, columns: list[exp.Expr]
+) -> exp.Select:
     persons = source.scoped("persons", project_id).subquery("p")
-    query = exp.select(exp.column("id", "p").as_("person_id")).from_(persons)
+    query = exp.select(*columns).from_(persons)
     if c.aggregates:
         query = query.join(_events_pivot(source, project_id, c), on=exp.column("pid", "e").eq(
             exp.column("id", "p")), join_type="left")  # fmt: skip
     if c.lookups:
         query = query.join(_values_pivot(source, project_id, c), on=exp.column("vid", "v").eq(
             exp.column("id", "p")), join_type="left")  # fmt: skip
-    return query.where(where)
+    return query
 
 
 def _events_pivot(source: Source, project_id: int, c: _Compiler) -> exp.Expr:
@@ -619,16 +720,22 @@ def _events_pivot(source: Source, project_id: int, c: _Compiler) -> exp.Expr:
     if None not in c.events:
         names = sorted(e for e in c.events if e is not None)
         scan.append(exp.In(this=exp.column("event"), expressions=[lit(n) for n in names]))
-    return (
-        exp.select(
-            exp.column("person_id").as_("pid"),
-            *[agg.as_(alias) for alias, agg in c.aggregates.values()],
+    relation: exp.Expr = source.scoped("events", project_id).subquery("ev")
+    if c.esql.extracted:  # each event property used, extracted once per scanned event
+        relation = (
+            exp.select(exp.Star(), *c.esql.columns())
+            .from_(relation)
+            .where(exp.and_(*scan))
+            .subquery("ex")
         )
-        .from_(source.scoped("events", project_id).subquery("ev"))
-        .where(exp.and_(*scan))
-        .group_by(exp.column("person_id"))
-        .subquery("e")
-    )
+        scan = []
+    pivot = exp.select(
+        exp.column("person_id").as_("pid"),
+        *[agg.as_(alias) for alias, agg in c.aggregates.values()],
+    ).from_(relation)
+    if scan:
+        pivot = pivot.where(exp.and_(*scan))
+    return pivot.group_by(exp.column("person_id")).subquery("e")
 
 
 def _values_pivot(source: Source, project_id: int, c: _Compiler) -> exp.Expr:
@@ -665,3 +772,16 @@ def matching_persons(
     """The person ids matching ``rule`` (sorted), by running the compiled query."""
     sql = rule_sql(source, project_id, rule, timezone, now)
     return sorted(str(r[0]) for r in source.query(sql).rows)
+
+
+def matching_persons_batch(
+    source: Source, project_id: int, rules: list[Any], timezone: str, now: datetime | None = None
+) -> list[list[str]]:
+    """The person ids matching each of ``rules`` (sorted), by running :func:`compile_batch`."""
+    sql = Sql(source.dialect).render(compile_batch(source, project_id, rules, timezone, now))
+    out: list[list[str]] = [[] for _ in rules]
+    for row in source.query(sql).rows:
+        for i, hit in enumerate(row[1:]):
+            if hit:
+                out[i].append(str(row[0]))
+    return [sorted(ids) for ids in out]

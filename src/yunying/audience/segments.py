@@ -38,7 +38,9 @@ from yunying.audience.rules import (
     InvalidRule,
     SegmentRule,
     TagRule,
+    compile_batch,
     compile_rule,
+    inline_references,
     parse_rule,
     references,
     rule_json,
@@ -432,17 +434,48 @@ def run_rule(
     return _arrow_column(store, text)
 
 
-def _arrow_column(store: Any, sql: str) -> pa.Array:
-    """The first column of a query as Arrow strings; the engines' Arrow readers when they have
-    one (millions of ids), rows otherwise."""
+def _arrow_table(store: Any, sql: str) -> pa.Table:
+    """A query's result as an Arrow table; the engines' Arrow readers when they have one
+    (millions of ids), rows otherwise."""
     db = getattr(store, "db", None)
     if db is not None and hasattr(db, "query_arrow"):  # ClickHouse
-        return db.query_arrow(sql).column(0).combine_chunks().cast(pa.string())
+        return db.query_arrow(sql)
     con = getattr(store, "_reader", None)
     if callable(con):  # DuckDB: its Arrow result, without a Python object per row
-        table = con().sql(sql).to_arrow_table()
-        return table.column(0).combine_chunks().cast(pa.string())
-    return pa.array([str(r[0]) for r in store.query(sql).rows], pa.string())
+        return con().sql(sql).to_arrow_table()
+    result = store.query(sql)
+    return pa.table({c: [r[i] for r in result.rows] for i, c in enumerate(result.columns)})
+
+
+def _arrow_column(store: Any, sql: str) -> pa.Array:
+    """The first column of a query as Arrow strings."""
+    return _arrow_table(store, sql).column(0).combine_chunks().cast(pa.string())
+
+
+def run_batch(
+    runtime: Runtime, project: Project, rules: list[Any], now: datetime | None = None
+) -> list[pa.Array]:
+    """The person ids (Arrow strings) matching each of several parsed rule trees as of ``now``,
+    from ONE query (:func:`~yunying.audience.rules.compile_batch`: one pass over the events for
+    all of them)."""
+    if not rules:
+        return []
+    store = runtime.store
+    tree = compile_batch(store, project.id, rules, project.timezone, _now(now))
+    sql = Sql(store.dialect)
+    columns = [f"m{i}" for i in range(len(rules))]
+    text = sql.render(
+        exp.select(sql.text(exp.column("person_id")).as_("person_id"), *columns).from_(
+            tree.subquery("m")
+        )
+    )
+    table = _arrow_table(store, text)
+    ids = table.column("person_id").combine_chunks().cast(pa.string())
+    out = []
+    for c in columns:
+        hit = table.column(c).combine_chunks().cast(pa.bool_()).fill_null(False)
+        out.append(ids.filter(hit))
+    return out
 
 
 def _record(
@@ -591,6 +624,9 @@ class RecomputeReport:
     computed: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    #: Seconds of the one query computing the tags and dynamic segments together (None when
+    #: they were computed one by one); each item's ``seconds`` is then its write.
+    query_seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -599,32 +635,143 @@ class RecomputeReport:
             "computed": self.computed,
             "failed": self.failed,
             "seconds": round(self.seconds, 3),
+            "query_seconds": self.query_seconds,
         }
 
 
+def _batch_rules(engine: sa.Engine, project_id: int, nodes: list[Node]) -> dict[Node, Any]:
+    """The parsed rule of each node that is a tag or a dynamic segment (what a batch computes)."""
+    rules: dict[Node, Any] = {}
+    wanted = set(nodes)
+    for s in list_segments(engine, project_id):
+        node = ("segment", str(s.id))
+        if node in wanted and s.kind == "dynamic" and s.rules:
+            rules[node] = parse_rule(s.rules)
+    for t in tagmod.list_tags(engine, project_id):
+        node = ("tag", t.name)
+        if node in wanted and t.rules:
+            rules[node] = parse_rule(t.rules)
+    return rules
+
+
+def _compute_batch(
+    runtime: Runtime,
+    project: Project,
+    nodes: list[Node],
+    now: datetime | None,
+    items: dict[Node, dict[str, Any]],
+    report: RecomputeReport,
+) -> None:
+    """Compute the tags and dynamic segments among ``nodes`` with ONE query (a segment or tag
+    read by another one of the batch is inlined, not read back), then store each one's members;
+    what it computes goes into ``items``. If the query fails, nothing is computed here (the
+    caller computes the nodes one by one, recording each one's error)."""
+    import time
+
+    defs = _batch_rules(runtime.state, project.id, nodes)
+    batch = [n for n in nodes if n in defs]
+    if len(batch) < 2:
+        return
+    at = datetime.now(UTC)
+    t = time.perf_counter()
+    try:
+        found = run_batch(runtime, project, [inline_references(defs[n], defs) for n in batch], now)
+    except Exception as exc:
+        log.warning("computing %d definitions in one query failed (%s): one by one", len(batch),
+                    exc)  # fmt: skip
+        return
+    report.query_seconds = round(time.perf_counter() - t, 3)
+    for node, ids in zip(batch, found, strict=True):
+        kind, ref = node
+        t = time.perf_counter()
+        try:
+            if kind == "tag":
+                tag = tagmod.get_tag(runtime.state, project.id, ref)
+                try:
+                    runtime.store.replace_person_values(project.id, tag.scope, _ids_table(ids))
+                except Exception as exc:
+                    tagmod.record_tag(runtime.state, tag.id, at, None,
+                                      f"{type(exc).__name__}: {exc}")  # fmt: skip
+                    raise
+                tagmod.record_tag(runtime.state, tag.id, at, len(ids), None)
+                item = {"kind": "tag", "id": tag.id, "name": tag.name, "size": len(ids)}
+            else:
+                seg = get_segment(runtime.state, project.id, int(ref))
+                try:
+                    runtime.store.replace_person_values(project.id, seg.scope, _ids_table(ids))
+                except Exception as exc:
+                    _record(runtime.state, seg.id, at, None, f"{type(exc).__name__}: {exc}")
+                    raise
+                _record(runtime.state, seg.id, at, len(ids), None)
+                item = {"kind": "segment", "id": seg.id, "name": seg.name, "size": len(ids)}
+            item["seconds"] = round(time.perf_counter() - t, 3)
+            items[node] = item
+        except Exception as exc:
+            log.warning("storing %s %s failed: %s", kind, ref, exc)
+            items[node] = {"failed": {"kind": kind, "ref": ref, "error": str(exc)}}
+
+
 def _compute_nodes(
-    runtime: Runtime, project: Project, nodes: list[Node], now: datetime | None
+    runtime: Runtime,
+    project: Project,
+    nodes: list[Node],
+    now: datetime | None,
+    batch: bool = True,
 ) -> RecomputeReport:
+    """Compute ``nodes`` (in dependency order). With ``batch``, static segments are rewritten
+    first, then every tag and dynamic segment is computed by one query (:func:`run_batch`) — one
+    pass over the events for all of them instead of one each; without it (or if that query
+    fails), each is computed by its own query, in order."""
     import time
 
     started = time.perf_counter()
     report = RecomputeReport(project.name)
-    for kind, ref in nodes:
-        t = time.perf_counter()
-        try:
-            if kind == "tag":
-                tag = compute_tag(runtime, project, ref, now, refresh=False)
-                item = {"kind": "tag", "id": tag.id, "name": tag.name, "size": tag.size}
-            else:
-                seg = compute_segment(runtime, project, int(ref), now, refresh=False)
-                item = {"kind": "segment", "id": seg.id, "name": seg.name, "size": seg.size}
-            item["seconds"] = round(time.perf_counter() - t, 3)
+    items: dict[Node, dict[str, Any]] = {}
+    if batch:
+        defs = _batch_rules(runtime.state, project.id, nodes)
+        if sum(1 for n in nodes if n in defs) >= 2:
+            static = [n for n in nodes if n[0] == "segment" and n not in defs]
+            rest = [n for n in nodes if n in defs]
+            nodes = static + rest  # statics read nothing; the others may read them
+            for node in static:
+                _compute_one(runtime, project, node, now, items)
+            _compute_batch(runtime, project, rest, now, items, report)
+    for node in nodes:
+        if node not in items:
+            _compute_one(runtime, project, node, now, items)
+    for node in nodes:
+        item = items[node]
+        if "failed" in item:
+            report.failed.append(item["failed"])
+        else:
             report.computed.append(item)
-        except Exception as exc:  # recorded on the definition; the others go on
-            log.warning("computing %s %s failed: %s", kind, ref, exc)
-            report.failed.append({"kind": kind, "ref": ref, "error": str(exc)})
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _compute_one(
+    runtime: Runtime,
+    project: Project,
+    node: Node,
+    now: datetime | None,
+    items: dict[Node, dict[str, Any]],
+) -> None:
+    import time
+
+    kind, ref = node
+    t = time.perf_counter()
+    try:
+        if kind == "tag":
+            tag = compute_tag(runtime, project, ref, now, refresh=False)
+            item = {"kind": "tag", "id": tag.id, "name": tag.name, "size": tag.size}
+        else:
+            seg = compute_segment(runtime, project, int(ref), now, refresh=False)
+            item = {"kind": "segment", "id": seg.id, "name": seg.name, "size": seg.size}
+        item["seconds"] = round(time.perf_counter() - t, 3)
+        items[node] = item
+    except Exception as exc:  # recorded on the definition; the others go on
+        log.warning("computing %s %s failed: %s", kind, ref, exc)
+        items[node] = {"failed": {"kind": kind, "ref": ref, "error": str(exc)}}
 
 
 def _scopes_read(engine: sa.Engine, project_id: int, nodes: list[Node]) -> set[str]:
