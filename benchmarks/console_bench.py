@@ -43,7 +43,54 @@ PAGES = {
     "lifecycle": "/lifecycle",
     "project settings": "/settings/project",
     "team": "/settings/team",
+    "segments": "/segments",
+    "segment (members + persona)": "/segments/{segment}",
+    "segment editor": "/segments/new",
+    "user layers (stages + RFM)": "/audience/layers",
+    "person profile": "/persons?q={person}",
+    "activities": "/activities",
+    "activity monitor": "/activities/{activity}",
+    "activity post-mortem": "/activities/{activity}/report",
+    "review queue": "/reviews",
 }
+
+
+def seed_features(rt: Any) -> dict[str, str]:
+    """A computed segment, a running activity with a held claim, and a demo user to look up
+    (created once per data directory; later runs find them by name)."""
+    from sqlglot import exp
+
+    from yunying.activities.service import create_activity, list_activities, settle, transition
+    from yunying.activities.spec import rewards_of
+    from yunying.audience.segments import compute_segment, create_segment, list_segments
+    from yunying.state import list_projects
+
+    project = list_projects(rt.state)[0]
+    store = rt.store
+    q = (
+        exp.select("distinct_id", "person_id")
+        .from_(store.scoped("person_distinct_ids", project.id).subquery("d"))
+        .order_by("distinct_id")
+        .limit(1)
+    )
+    person, person_id = (str(v) for v in store.query(q.sql(dialect=store.dialect)).rows[0])
+    seg = next((s for s in list_segments(rt.state, project.id) if s.name == "bench editors"), None)
+    if seg is None:
+        rule = {"type": "event", "event": "edit_video", "count": "at_least", "times": 3,
+                "window": {"last_days": 30}}  # fmt: skip
+        seg = create_segment(rt, project, "bench editors", rules=rule)
+        compute_segment(rt, project, seg.id)
+    act = next((a for a in list_activities(rt.state, project.id) if a.name == "bench gift"), None)
+    if act is None:
+        spec = {"template": "gift", "name": "bench gift", "event": "sign_up",
+                "reward": {"kind": "points", "amount": 20},
+                "goal": {"metric": "rewards", "target": 100},
+                "risk": {"account_age": {"exempt_kinds": [], "min_age_minutes": 10**8}}}  # fmt: skip
+        act = create_activity(rt.state, project.id, spec, "bench")
+        act = transition(rt.state, project.id, act.id, "start", "bench")
+        settle(rt, act, user_id=person, person_id=person_id, reward=rewards_of(act.spec)[0],
+               key=f"bench:{act.id}:{person}")  # fmt: skip
+    return {"segment": str(seg.id), "activity": str(act.id), "person": person}
 
 
 def main() -> None:
@@ -86,6 +133,7 @@ def main() -> None:
     except NotFound:
         create_user(rt.state, "bench", password, "admin")
 
+    ids = seed_features(rt)
     app = create_app(rt)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -116,7 +164,8 @@ def main() -> None:
         return (time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000
 
     rows: list[dict[str, Any]] = []
-    for name, path in PAGES.items():
+    for name, template in PAGES.items():
+        path = template.format(**ids)
         cold = []
         for _ in range(args.cold_runs):
             console.cache.clear()

@@ -244,6 +244,8 @@ def test_activity_from_template_and_review(
     page.click("[data-new-activity]")
     page.click("[data-template=task]")
     assert "template: task" in page.locator("#activity-form textarea").input_value()
+    page.click("[data-validate]")
+    page.wait_for_selector("[data-valid]")
     page.click("[data-create-start]")
     page.wait_for_selector("[data-state-label=running]")
     page.screenshot(path=str(shots / "activity-monitor.png"), full_page=True)

@@ -109,6 +109,9 @@ def test_activity_lifecycle_and_review(console_live: LiveServer, seeded: dict[st
 
     spec = html.unescape(re.search(r"<textarea[^>]*>(.*?)</textarea>", form, re.S).group(1))  # type: ignore[union-attr]
     r = client.post("/activities/new", data={"csrf_token": token, "template": "task",
+                                             "spec": spec, "action": "validate"})  # fmt: skip
+    assert r.status_code == 200 and "data-valid" in r.text
+    r = client.post("/activities/new", data={"csrf_token": token, "template": "task",
                                              "spec": spec, "action": "start"})  # fmt: skip
     assert r.status_code == 303
     path = r.headers["location"]

@@ -23,8 +23,9 @@ from yunying.activities.service import (
     list_activities,
     list_claims,
     transition,
+    validate_risk,
 )
-from yunying.activities.spec import TEMPLATES, SpecError
+from yunying.activities.spec import TEMPLATES, SpecError, parse_spec
 from yunying.console.data import N_, Table
 from yunying.console.web import ConsoleApp, Ctx, NavItem, csv_response, redirect
 from yunying.errors import NotFound, YunyingError
@@ -186,7 +187,12 @@ def register(console: ConsoleApp) -> None:
         )
 
     def new_form(
-        ctx: Ctx, template: str, text: str, errors: list[dict[str, str]], status: int = 200
+        ctx: Ctx,
+        template: str,
+        text: str,
+        errors: list[dict[str, str]],
+        status: int = 200,
+        valid: bool = False,
     ) -> Response:
         return console.render(
             ctx,
@@ -197,6 +203,7 @@ def register(console: ConsoleApp) -> None:
             chosen=template,
             text=text,
             errors=errors,
+            valid=valid,
         )
 
     @console.router.get("/activities/new")
@@ -219,6 +226,9 @@ def register(console: ConsoleApp) -> None:
         if ctx.project is None:
             return redirect("/activities")
         try:
+            if form.get("action") == "validate":
+                validate_risk(parse_spec(text))
+                return new_form(ctx, template, text, [], valid=True)
             act = create_activity(state, ctx.project.id, text, actor(ctx))
             if form.get("action") == "start":
                 act = transition(state, ctx.project.id, act.id, "start", actor(ctx))
@@ -272,6 +282,7 @@ def register(console: ConsoleApp) -> None:
             goal_labels=GOAL_LABELS,
             yuan=yuan,
             error=ctx.param("error"),
+            live_refresh=ctx.param("live") == "1" and act.state == "running",
         )
 
     @console.router.post("/activities/{activity_id:int}/state")

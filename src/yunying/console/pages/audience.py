@@ -277,7 +277,11 @@ def register(console: ConsoleApp) -> None:
         lift_chart = None
         page = max(0, int(ctx.param("page", "0") or 0)) if ctx.param("page").isdigit() else 0
         if ctx.can("explore") and seg.last_computed_at is not None:
-            members = members_page(runtime, project, seg.scope, PAGE_SIZE, page * PAGE_SIZE)
+            members = console.cached(
+                project,
+                ("members", seg.id, str(seg.last_computed_at), page),
+                lambda: members_page(runtime, project, seg.scope, PAGE_SIZE, page * PAGE_SIZE),
+            )
             try:
                 last = local_today(project.timezone)
                 q = PersonaQuery(
@@ -347,6 +351,13 @@ def register(console: ConsoleApp) -> None:
         last = transitions["periods"][-1] if transitions["periods"] else None
         trans_rows = sorted((last["transitions"] if last else []), key=lambda t: -int(t["persons"]))
         table = ctx.param("table", "rfm")
+
+        def stage_name(stage: str) -> str:
+            """The stage's Chinese name from the audience module in Chinese, else English."""
+            if ctx.locale == "zh_CN" and stage in STAGE_NAMES_ZH:
+                return STAGE_NAMES_ZH[stage]
+            return ctx.gettext(STAGE_LABELS.get(stage, stage))
+
         if ctx.param("format") == "csv" and ctx.can("export"):
             if table == "stages":
                 cols = ("period_end", *STAGES)
@@ -384,14 +395,15 @@ def register(console: ConsoleApp) -> None:
             "data": [
                 {
                     "type": "bar",
-                    "name": ctx.gettext(STAGE_LABELS[s]),
-                    "x": timeline["as_of"],
+                    "name": stage_name(s),
+                    "x": timeline["labels"],
                     "y": timeline["stages"][s],
                 }
                 for s in STAGES
             ],
             "layout": {
                 "barmode": "stack",
+                "xaxis": {"type": "category"},
                 "height": 340,
                 "margin": {"t": 10, "b": 40, "l": 50, "r": 10},
                 "legend": {"orientation": "h"},
@@ -405,8 +417,7 @@ def register(console: ConsoleApp) -> None:
             last=last,
             transitions=trans_rows,
             rfm=rfm,
-            stage_labels=STAGE_LABELS,
-            stage_zh=STAGE_NAMES_ZH,
+            stage_name=stage_name,
             error=None,
         )
 
@@ -422,10 +433,16 @@ def register(console: ConsoleApp) -> None:
             settings = get_settings(runtime.state, project.id)
             today = local_today(project.timezone)
             try:
-                profile = person_profile(
-                    runtime.store, project.id, key, settings, project.timezone, today
+                profile, events = console.cached(
+                    project,
+                    ("person", key, today, str(settings)),
+                    lambda: (
+                        person_profile(
+                            runtime.store, project.id, key, settings, project.timezone, today
+                        ),
+                        person_events(runtime.store, project.id, key, 50),
+                    ),
                 )
-                events = person_events(runtime.store, project.id, key, 50)
             except PersonNotFound:
                 error = ctx.gettext(
                     "No person has this id. Check the distinct id your app sends "
