@@ -47,6 +47,12 @@ rules:
   - {type: event, event: purchase_membership, count: at_least, times: 1, window: {last_days: 30}}
   - {type: event, event: edit_video, count: at_least, times: 3, window: {last_days: 7}}
 """
+DIMENSION_LABELS = {
+    "channel": N_("First-touch channel"),
+    "os": N_("OS"),
+    "device": N_("Device type"),
+    "city": N_("City"),
+}
 STAGE_LABELS = {
     "new": N_("New"),
     "active": N_("Active"),
@@ -311,6 +317,7 @@ def register(console: ConsoleApp) -> None:
             page_size=PAGE_SIZE,
             report=report,
             persona_error=persona_error,
+            dim_labels=DIMENSION_LABELS,
         )
 
     @console.router.get("/audience/layers")
@@ -498,7 +505,10 @@ def persona_chart(ctx: Ctx, report: dict[str, Any]) -> dict[str, Any] | None:
                 "height": 280,
                 "yaxis": {"tickformat": ".0%"},
                 "margin": {"t": 30, "b": 60, "l": 50, "r": 10},
-                "title": {"text": dist["field"], "font": {"size": 13}},
+                "title": {
+                    "text": ctx.gettext(DIMENSION_LABELS.get(dist["field"], dist["label"])),
+                    "font": {"size": 13},
+                },
             },
         }
     return None
