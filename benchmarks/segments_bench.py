@@ -283,6 +283,8 @@ def run_engine(
         "load_seconds": round(load_s, 2),
         "recompute_seconds": round(full, 3),
         "recompute_runs": [round(r, 3) for r in runs],
+        "recompute_query_seconds": report.query_seconds,
+        "recompute_write_seconds": report.write_seconds,
         "queries_only_seconds": round(queries, 3),
         "scan_seconds": round(scan, 3),
         "ratio_to_scan": round(full / scan, 1),

@@ -627,6 +627,8 @@ class RecomputeReport:
     #: Seconds of the one query computing the tags and dynamic segments together (None when
     #: they were computed one by one); each item's ``seconds`` is then its write.
     query_seconds: float | None = None
+    #: Seconds writing all their members at once (None when written one by one).
+    write_seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -636,21 +638,28 @@ class RecomputeReport:
             "failed": self.failed,
             "seconds": round(self.seconds, 3),
             "query_seconds": self.query_seconds,
+            "write_seconds": self.write_seconds,
         }
 
 
 def _batch_rules(engine: sa.Engine, project_id: int, nodes: list[Node]) -> dict[Node, Any]:
-    """The parsed rule of each node that is a tag or a dynamic segment (what a batch computes)."""
-    rules: dict[Node, Any] = {}
+    """The parsed rule of each node that is a tag or a dynamic segment (what a batch computes);
+    one whose stored rule does not parse is left out (computed alone, it records the error)."""
+    stored: dict[Node, Any] = {}
     wanted = set(nodes)
     for s in list_segments(engine, project_id):
-        node = ("segment", str(s.id))
-        if node in wanted and s.kind == "dynamic" and s.rules:
-            rules[node] = parse_rule(s.rules)
+        if s.kind == "dynamic" and s.rules:
+            stored[("segment", str(s.id))] = s.rules
     for t in tagmod.list_tags(engine, project_id):
-        node = ("tag", t.name)
-        if node in wanted and t.rules:
-            rules[node] = parse_rule(t.rules)
+        if t.rules:
+            stored[("tag", t.name)] = t.rules
+    rules: dict[Node, Any] = {}
+    for node, data in stored.items():
+        if node in wanted:
+            try:
+                rules[node] = parse_rule(data)
+            except InvalidRule:
+                continue
     return rules
 
 
@@ -681,34 +690,51 @@ def _compute_batch(
                     exc)  # fmt: skip
         return
     report.query_seconds = round(time.perf_counter() - t, 3)
-    for node, ids in zip(batch, found, strict=True):
-        kind, ref = node
-        t = time.perf_counter()
+    t = time.perf_counter()
+    scopes = {_scope(n): _ids_table(ids) for n, ids in zip(batch, found, strict=True)}
+    many = getattr(runtime.store, "replace_person_values_many", None)
+    error: str | None = None
+    if many is not None:  # every scope in one go (one transaction / one delete)
         try:
-            if kind == "tag":
-                tag = tagmod.get_tag(runtime.state, project.id, ref)
-                try:
-                    runtime.store.replace_person_values(project.id, tag.scope, _ids_table(ids))
-                except Exception as exc:
-                    tagmod.record_tag(runtime.state, tag.id, at, None,
-                                      f"{type(exc).__name__}: {exc}")  # fmt: skip
-                    raise
-                tagmod.record_tag(runtime.state, tag.id, at, len(ids), None)
-                item = {"kind": "tag", "id": tag.id, "name": tag.name, "size": len(ids)}
-            else:
-                seg = get_segment(runtime.state, project.id, int(ref))
-                try:
-                    runtime.store.replace_person_values(project.id, seg.scope, _ids_table(ids))
-                except Exception as exc:
-                    _record(runtime.state, seg.id, at, None, f"{type(exc).__name__}: {exc}")
-                    raise
-                _record(runtime.state, seg.id, at, len(ids), None)
-                item = {"kind": "segment", "id": seg.id, "name": seg.name, "size": len(ids)}
-            item["seconds"] = round(time.perf_counter() - t, 3)
-            items[node] = item
+            many(project.id, scopes)
         except Exception as exc:
-            log.warning("storing %s %s failed: %s", kind, ref, exc)
-            items[node] = {"failed": {"kind": kind, "ref": ref, "error": str(exc)}}
+            log.warning("storing %d definitions failed: %s", len(batch), exc)
+            error = f"{type(exc).__name__}: {exc}"
+        report.write_seconds = round(time.perf_counter() - t, 3)
+    for node, ids in zip(batch, found, strict=True):
+        t = time.perf_counter()
+        failure = error
+        if many is None:
+            try:
+                runtime.store.replace_person_values(project.id, _scope(node), scopes[_scope(node)])
+            except Exception as exc:
+                log.warning("storing %s %s failed: %s", node[0], node[1], exc)
+                failure = f"{type(exc).__name__}: {exc}"
+        items[node] = _record_node(runtime, project, node, at, len(ids), failure)
+        items[node].setdefault("seconds", round(time.perf_counter() - t, 3))
+
+
+def _scope(node: Node) -> str:
+    return f"{node[0]}:{node[1]}"
+
+
+def _record_node(
+    runtime: Runtime, project: Project, node: Node, at: datetime, size: int, error: str | None
+) -> dict[str, Any]:
+    """Record a batch computation of a node (its size, or the error storing it); the report
+    item."""
+    kind, ref = node
+    if kind == "tag":
+        tag = tagmod.get_tag(runtime.state, project.id, ref)
+        tagmod.record_tag(runtime.state, tag.id, at, None if error else size, error)
+        item: dict[str, Any] = {"kind": "tag", "id": tag.id, "name": tag.name, "size": size}
+    else:
+        seg = get_segment(runtime.state, project.id, int(ref))
+        _record(runtime.state, seg.id, at, None if error else size, error)
+        item = {"kind": "segment", "id": seg.id, "name": seg.name, "size": size}
+    if error:
+        return {"failed": {"kind": kind, "ref": ref, "error": error}}
+    return item
 
 
 def _compute_nodes(

@@ -565,6 +565,38 @@ class ClickHouseEventStore:
             if n:
                 self.db.insert_arrow("person_values", rows)
 
+    def replace_person_values_many(self, project_id: int, scopes: dict[str, pa.Table]) -> None:
+        """:meth:`replace_person_values` of several scopes with ONE lightweight delete and ONE
+        insert (each delete costs about a second whatever its size)."""
+        if not scopes:
+            return
+        now = datetime.now(UTC).replace(tzinfo=None)
+        parts = []
+        for scope, data in scopes.items():
+            data = person_values_table(data)
+            n = data.num_rows
+            parts.append(
+                pa.table(
+                    {
+                        "project_id": pa.array([project_id] * n, pa.int32()),
+                        "scope": pa.array([scope] * n, pa.string()),
+                        "person_id": data.column("person_id"),
+                        "label": data.column("label"),
+                        "value": data.column("value"),
+                        "computed_at": pa.array([now] * n, pa.timestamp("us")),
+                    }
+                )
+            )
+        rows = pa.concat_tables(parts)
+        names = ", ".join(_quote(s) for s in scopes)
+        with self._write_lock:
+            self.db.command(
+                f"DELETE FROM person_values WHERE project_id = {int(project_id)} "
+                f"AND scope IN ({names}) SETTINGS lightweight_deletes_sync = 2"
+            )
+            if rows.num_rows:
+                self.db.insert_arrow("person_values", rows)
+
     def delete_project_data(self, project_id: int) -> None:
         """Remove every event, person, distinct id and person value of a project (a synchronous
         mutation)."""

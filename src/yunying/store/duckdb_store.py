@@ -409,6 +409,28 @@ class DuckDBEventStore:
             finally:
                 con.close()
 
+    def replace_person_values_many(self, project_id: int, scopes: dict[str, pa.Table]) -> None:
+        """:meth:`replace_person_values` of several scopes in ONE transaction."""
+        with self._write_lock:
+            con = self._con.cursor()
+            try:
+                con.execute("BEGIN TRANSACTION")
+                for scope, data in scopes.items():
+                    con.register("_values", person_values_table(data))
+                    con.execute(
+                        "DELETE FROM person_values WHERE project_id = ? AND scope = ?",
+                        [project_id, scope],
+                    )
+                    con.execute(
+                        "INSERT INTO person_values SELECT ?, ?, person_id::UUID, label, value, "
+                        "now()::TIMESTAMP FROM _values",
+                        [project_id, scope],
+                    )
+                    con.unregister("_values")
+                con.execute("COMMIT")
+            finally:
+                con.close()  # uncommitted: rolled back
+
     def delete_project_data(self, project_id: int) -> None:
         """Remove every event, person, distinct id and person value of a project (demo reset)."""
         with self._write_lock:
