@@ -67,6 +67,9 @@ def test_roles(console_live: LiveServer, seeded: dict[str, Any]) -> None:
         assert client.get("/segments/new").status_code == 403
         assert client.get("/activities/new").status_code == 403
         assert client.get("/activities").status_code == 200
+        if role == "viewer":
+            assert client.get("/activities?format=csv").status_code == 403
+            assert client.get("/audience/layers?format=csv").status_code == 403
     viewer = login(console_live.url, "viewer")
     assert viewer.get("/persons").status_code == 403
     assert "data-new-activity" not in viewer.get("/activities").text
@@ -128,3 +131,22 @@ def test_activity_lifecycle_and_review(console_live: LiveServer, seeded: dict[st
     assert r.status_code == 303 and r.headers["location"] == "/reviews"
     r = client.post(f"/reviews/{review}", data={"csrf_token": token, "decision": "deny"})
     assert r.headers["location"].endswith("error=decided")
+
+
+def test_slow_pages_show_the_computing_state(
+    console_live: LiveServer, seeded: dict[str, Any]
+) -> None:
+    """With no time to wait, a cold 用户分层 page and a segment's persona answer "computing"."""
+    console = console_of(console_live)
+    client = login(console_live.url, "analyst")
+    console.cache.clear()
+    console.compute_wait = 0.0
+    try:
+        for path in ("/audience/layers?interval=month", f"/segments/{seeded['segment']}"):
+            r = client.get(path)
+            assert r.status_code == 200 and 'data-state="computing"' in r.text, path
+            assert 'http-equiv="refresh"' in r.text
+    finally:
+        console.compute_wait = None
+    for path in ("/audience/layers?interval=month", f"/segments/{seeded['segment']}"):
+        assert 'data-state="computing"' not in client.get(path).text

@@ -27,6 +27,7 @@ from yunying.activities.service import (
 )
 from yunying.activities.spec import TEMPLATES, SpecError, parse_spec
 from yunying.console.data import N_, Table
+from yunying.console.pages.audience import csv_denied
 from yunying.console.web import ConsoleApp, Ctx, NavItem, csv_response, redirect
 from yunying.errors import NotFound, YunyingError
 from yunying.risk.review import ReviewAlreadyDecided, ReviewHandlerFailed, decide, list_reviews
@@ -156,6 +157,8 @@ def register(console: ConsoleApp) -> None:
     def activities_page(request: Request) -> Response:
         """Every activity with its state, budget use and progress toward its goal."""
         ctx = console.context(request, "view")
+        if (denied := csv_denied(console, ctx)) is not None:
+            return denied
         if ctx.project is None:
             return console.render(ctx, "activities.html", no_project=True, rows=[])
         rows: list[dict[str, Any]] = [
@@ -254,6 +257,8 @@ def register(console: ConsoleApp) -> None:
     def activity_monitor(request: Request, activity_id: int) -> Response:
         """Live numbers: participants, grants, cost against budget, held and denied claims."""
         ctx = console.context(request, "view")
+        if (denied := csv_denied(console, ctx)) is not None:
+            return denied
         act = load(ctx, activity_id)
         if act is None:
             return missing(ctx)
@@ -309,6 +314,8 @@ def register(console: ConsoleApp) -> None:
     def activity_postmortem(request: Request, activity_id: int) -> Response:
         """复盘: participants, conversion against a comparable group, revenue, ROI, cost."""
         ctx = console.context(request, "view")
+        if (denied := csv_denied(console, ctx)) is not None:
+            return denied
         act = load(ctx, activity_id)
         if act is None:
             return missing(ctx)
@@ -338,6 +345,8 @@ def register(console: ConsoleApp) -> None:
     def reviews_page(request: Request) -> Response:
         """Held claims waiting for a reviewer, with the reasons anti-fraud gave."""
         ctx = console.context(request, "view")
+        if (denied := csv_denied(console, ctx)) is not None:
+            return denied
         if ctx.project is None:
             return console.render(ctx, "reviews.html", no_project=True, items=[], names={})
         status = ctx.param("status", "pending")

@@ -8,8 +8,10 @@ needs ``segments``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import yaml
@@ -40,6 +42,7 @@ from yunying.console.data import N_, Table
 from yunying.console.web import ConsoleApp, Ctx, NavItem, csv_response, redirect
 from yunying.errors import Conflict, NotFound, YunyingError
 
+T = TypeVar("T")
 PAGE_SIZE = 50
 #: An example rule for a new segment (docs/audience.md).
 EXAMPLE_RULE = """type: and
@@ -75,6 +78,30 @@ def sparkline(values: list[int], width: int = 120, height: int = 24) -> str:
         f"{i * step:.1f},{height - 2 - (v - lo) / span * (height - 4):.1f}"
         for i, v in enumerate(values)
     )
+
+
+def csv_denied(console: ConsoleApp, ctx: Ctx) -> Response | None:
+    """A 403 page when a role without ``export`` asks for a CSV (as the analytics pages do)."""
+    if ctx.param("format") == "csv" and not ctx.can("export"):
+        return console.render(ctx, "error_inline.html", 403, reason="export")
+    return None
+
+
+def slow(console: ConsoleApp, ctx: Ctx, compute: Callable[[], T]) -> tuple[bool, T | None]:
+    """``(True, result)``, or ``(False, None)`` when the computation takes longer than the
+    console's ``compute_wait`` (the page then shows the self-reloading "computing" state and the
+    reload picks up the same work)."""
+    if console.compute_wait is None or ctx.param("format") == "csv":
+        return True, compute()
+    assert ctx.project is not None
+    key = (ctx.locale, ctx.project.id, ctx.request.url.path, ctx.request.url.query)
+    running = console.start(key, compute)
+    try:
+        return True, running.result(timeout=console.compute_wait)
+    except FutureTimeout:
+        return False, None
+    finally:
+        console.finish(key, running)
 
 
 def parse_rule_text(text: str) -> Any:
@@ -113,6 +140,8 @@ def register(console: ConsoleApp) -> None:
     def segments_page(request: Request) -> Response:
         """Every segment with its size, last computation, schedule and size sparkline."""
         ctx = console.context(request, "view")
+        if (denied := csv_denied(console, ctx)) is not None:
+            return denied
         if ctx.project is None:
             return no_project(ctx, "segments.html", rows=[])
         rows: list[dict[str, Any]] = []
@@ -253,6 +282,8 @@ def register(console: ConsoleApp) -> None:
     def segment_detail(request: Request, seg_id: int) -> Response:
         """A segment: size history, a page of members and its persona next to everyone."""
         ctx = console.context(request, "view")
+        if (denied := csv_denied(console, ctx)) is not None:
+            return denied
         assert ctx.project is not None
         project = ctx.project
         try:
@@ -281,6 +312,7 @@ def register(console: ConsoleApp) -> None:
         report = None
         persona_error = None
         lift_chart = None
+        computing = False
         page = max(0, int(ctx.param("page", "0") or 0)) if ctx.param("page").isdigit() else 0
         if ctx.can("explore") and seg.last_computed_at is not None:
             members = console.cached(
@@ -296,12 +328,17 @@ def register(console: ConsoleApp) -> None:
                     str(seg.id),
                 )
                 settings = get_settings(runtime.state, project.id)
-                report = console.cached(
-                    project,
-                    ("persona", seg.id, str(seg.last_computed_at), last),
-                    lambda: persona(runtime.store, project.id, q, settings),
+                done, report = slow(
+                    console,
+                    ctx,
+                    lambda: console.cached(
+                        project,
+                        ("persona", seg.id, str(seg.last_computed_at), last),
+                        lambda: persona(runtime.store, project.id, q, settings),
+                    ),
                 )
-                lift_chart = persona_chart(ctx, report)
+                computing = not done
+                lift_chart = persona_chart(ctx, report) if report else None
             except (InvalidQuery, YunyingError) as exc:
                 persona_error = str(exc)
         return console.render(
@@ -318,12 +355,15 @@ def register(console: ConsoleApp) -> None:
             report=report,
             persona_error=persona_error,
             dim_labels=DIMENSION_LABELS,
+            computing=computing,
         )
 
     @console.router.get("/audience/layers")
     def layers(request: Request) -> Response:
         """用户分层: lifecycle stages over time, stage transitions and the eight RFM classes."""
         ctx = console.context(request, "view")
+        if (denied := csv_denied(console, ctx)) is not None:
+            return denied
         if ctx.project is None:
             return no_project(ctx, "layers.html")
         project = ctx.project
@@ -350,11 +390,18 @@ def register(console: ConsoleApp) -> None:
             )
 
         try:
-            timeline, transitions, rfm = console.cached(
-                project, ("layers", interval, today, str(settings)), compute
+            done, found = slow(
+                console,
+                ctx,
+                lambda: console.cached(
+                    project, ("layers", interval, today, str(settings)), compute
+                ),
             )
         except (InvalidQuery, YunyingError) as exc:
             return console.render(ctx, "layers.html", error=str(exc), interval=interval)
+        if not done or found is None:
+            return console.render(ctx, "layers.html", computing=True, interval=interval)
+        timeline, transitions, rfm = found
         last = transitions["periods"][-1] if transitions["periods"] else None
         trans_rows = sorted((last["transitions"] if last else []), key=lambda t: -int(t["persons"]))
         table = ctx.param("table", "rfm")
@@ -432,6 +479,8 @@ def register(console: ConsoleApp) -> None:
     def person_page(request: Request) -> Response:
         """A person's profile and latest events, found by distinct id or person id."""
         ctx = console.context(request, "explore")
+        if (denied := csv_denied(console, ctx)) is not None:
+            return denied
         key = ctx.param("q")
         profile = events = None
         error = None
