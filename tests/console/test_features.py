@@ -150,3 +150,14 @@ def test_slow_pages_show_the_computing_state(
         console.compute_wait = None
     for path in ("/audience/layers?interval=month", f"/segments/{seeded['segment']}"):
         assert 'data-state="computing"' not in client.get(path).text
+
+
+def test_unknown_ids_answer_404(console_live: LiveServer, seeded: dict[str, Any]) -> None:
+    client = login(console_live.url, "operator")
+    for path in ("/segments/999", "/segments/999/edit", "/activities/999",
+                 "/activities/999/report"):  # fmt: skip
+        r = client.get(path)
+        assert r.status_code == 404 and 'data-state="not-found"' in r.text, path
+    token = csrf_of(client.get("/segments").text)
+    r = client.post("/segments/999/recompute", data={"csrf_token": token})
+    assert r.status_code == 303 and r.headers["location"] == "/segments"

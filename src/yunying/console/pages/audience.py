@@ -8,6 +8,7 @@ needs ``segments``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import date, timedelta
@@ -204,7 +205,13 @@ def register(console: ConsoleApp) -> None:
         """The rule editor for an existing segment."""
         ctx = console.context(request, "segments")
         assert ctx.project is not None
-        return editor(ctx, get_segment(runtime.state, ctx.project.id, seg_id))
+        try:
+            seg = get_segment(runtime.state, ctx.project.id, seg_id)
+        except NotFound:
+            return console.render(
+                ctx, "message.html", 404, message=ctx.gettext("No such segment."), back="/segments"
+            )
+        return editor(ctx, seg)
 
     @console.router.post("/segments/save")
     async def segment_save(request: Request) -> Response:
@@ -216,7 +223,10 @@ def register(console: ConsoleApp) -> None:
             return redirect("/segments")
         project = ctx.project
         sid = str(form.get("segment_id") or "")
-        seg = get_segment(runtime.state, project.id, int(sid)) if sid.isdigit() else None
+        try:
+            seg = get_segment(runtime.state, project.id, int(sid)) if sid.isdigit() else None
+        except NotFound:
+            return redirect("/segments")
         name = str(form.get("name") or "").strip()
         description = str(form.get("description") or "").strip()
         schedule = str(form.get("schedule_minutes") or "").strip()
@@ -254,7 +264,6 @@ def register(console: ConsoleApp) -> None:
                         "schedule_minutes": minutes,
                     },
                 )
-            compute_segment(runtime, project, seg.id)
         except ValueError:
             errs = [{"field": "schedule_minutes", "message": ctx.gettext("Enter whole minutes.")}]
             return editor(ctx, seg, errors=errs, status=400, **keep)
@@ -262,6 +271,9 @@ def register(console: ConsoleApp) -> None:
             return editor(ctx, seg, errors=exc.errors, status=400, **keep)
         except (Conflict, YunyingError) as exc:
             return editor(ctx, seg, errors=[{"field": "", "message": str(exc)}], status=400, **keep)
+        # a failure is stored as the segment's last_error, which its page shows
+        with contextlib.suppress(Exception):
+            compute_segment(runtime, project, seg.id)
         return redirect(f"/segments/{seg.id}")
 
     @console.router.post("/segments/{seg_id:int}/recompute")
@@ -273,7 +285,7 @@ def register(console: ConsoleApp) -> None:
         try:
             compute_segment(runtime, ctx.project, seg_id)
         except NotFound:
-            raise
+            return redirect("/segments")
         except Exception:  # noqa: BLE001 - recorded in last_error and shown on the page
             pass
         return redirect(f"/segments/{seg_id}")
