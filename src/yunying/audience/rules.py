@@ -477,8 +477,9 @@ class _EventSql(Sql):
     column of the events scan that extracts it ONCE per event (``_t0``, ``_n0``...), however many
     conditions (of however many rules) test it; the columns are collected in ``extracted``."""
 
-    def __init__(self, dialect: str) -> None:
+    def __init__(self, dialect: str, prefix: str = "_") -> None:
         super().__init__(dialect)
+        self.prefix = prefix
         self.extracted: dict[tuple[str, str], tuple[str, exp.Expr]] = {}
         #: The event names of the conditions reading each extracted property (None: any event).
         self.readers: dict[tuple[str, str], set[str | None]] = {}
@@ -489,7 +490,7 @@ class _EventSql(Sql):
         if column != "properties":  # not an event property: as usual
             return build
         if (kind, key) not in self.extracted:
-            self.extracted[(kind, key)] = (f"_{kind}{len(self.extracted)}", build)
+            self.extracted[(kind, key)] = (f"{self.prefix}{kind}{len(self.extracted)}", build)
         self.readers.setdefault((kind, key), set()).add(self.event)
         return exp.column(self.extracted[(kind, key)][0])
 
@@ -530,9 +531,11 @@ class _Compiler:
     starts: list[datetime | None] = field(default_factory=list)  # window starts of event scans
     events: set[str | None] = field(default_factory=set)
     esql: _EventSql = field(init=False)
+    psql: _EventSql = field(init=False)  # the same for person properties (``_pt0``...)
 
     def __post_init__(self) -> None:
         self.esql = _EventSql(self.sql.dialect)
+        self.psql = _EventSql(self.sql.dialect, "_p")
 
     def aggregate(self, agg: exp.Expr) -> exp.Expr:
         """A column of the per-person events aggregate computing ``agg`` (deduplicated)."""
@@ -581,10 +584,9 @@ class _Compiler:
         return exp.func("coalesce", cond, false)
 
     def _leaf(self, rule: Any) -> exp.Expr:
-        sql = self.sql
         ts = exp.column("timestamp")
         if isinstance(rule, PersonProperty):
-            return sql.filter(rule.to_filter())
+            return self.psql.filter(rule.to_filter())
         if isinstance(rule, EventCount):
             window, start = self.in_window(rule.window, ts)
             self.starts.append(start)
@@ -699,6 +701,12 @@ def _persons_query(
     source: Source, project_id: int, c: _Compiler, columns: list[exp.Expr]
 ) -> exp.Select:
     persons = source.scoped("persons", project_id).subquery("p")
+    if c.psql.extracted:  # each person property used, extracted once per person
+        persons = (
+            exp.select(exp.column("id"), *c.psql.columns())
+            .from_(source.scoped("persons", project_id).subquery("p0"))
+            .subquery("p")
+        )
     query = exp.select(*columns).from_(persons)
     if c.aggregates:
         query = query.join(_events_pivot(source, project_id, c), on=exp.column("pid", "e").eq(
