@@ -578,12 +578,12 @@ class ClickHouseEventStore:
             parts.append(
                 pa.table(
                     {
-                        "project_id": pa.array([project_id] * n, pa.int32()),
-                        "scope": pa.array([scope] * n, pa.string()),
+                        "project_id": pa.repeat(pa.scalar(project_id, pa.int32()), n),
+                        "scope": pa.repeat(pa.scalar(scope, pa.string()), n),
                         "person_id": data.column("person_id"),
                         "label": data.column("label"),
                         "value": data.column("value"),
-                        "computed_at": pa.array([now] * n, pa.timestamp("us")),
+                        "computed_at": pa.repeat(pa.scalar(now, pa.timestamp("us")), n),
                     }
                 )
             )
