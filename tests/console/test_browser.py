@@ -43,6 +43,7 @@ PAGES = {
     "activity": ("/activities/{activity}", "[data-live=participants]"),
     "report": ("/activities/{activity}/report", "#report"),
     "reviews": ("/reviews", "#reviews-table [data-approve]"),
+    "blocklist": ("/blocklist", "[data-state=empty]"),
 }
 
 
@@ -198,6 +199,7 @@ def test_viewer_sees_only_what_the_role_allows(console_live: LiveServer, browser
     nav = page.locator("nav.side [data-nav]")
     assert sorted(nav.evaluate_all("els => els.map(e => e.dataset.nav)")) == [
         "activities",
+        "blocklist",
         "dashboard",
         "layers",
         "lifecycle",

@@ -26,6 +26,7 @@ def pages(seeded: dict[str, Any]) -> list[str]:
         f"/activities/{act}",
         f"/activities/{act}/report",
         "/reviews",
+        "/blocklist",
     ]
 
 
@@ -61,6 +62,7 @@ def test_roles(console_live: LiveServer, seeded: dict[str, Any]) -> None:
             ("/activities/new", {"spec": "template: gift"}),
             (f"/activities/{act}/state", {"action": "pause"}),
             (f"/reviews/{seeded['reviews'][1]}", {"decision": "approve"}),
+            ("/blocklist", {"kind": "device", "value": "emu-1", "reason": "farm"}),
         ):
             r = client.post(path, data={"csrf_token": token, **data})
             assert r.status_code == 403, (role, path)
@@ -161,3 +163,20 @@ def test_unknown_ids_answer_404(console_live: LiveServer, seeded: dict[str, Any]
     token = csrf_of(client.get("/segments").text)
     r = client.post("/segments/999/recompute", data={"csrf_token": token})
     assert r.status_code == 303 and r.headers["location"] == "/segments"
+
+
+def test_blocklist(console_live: LiveServer, seeded: dict[str, Any]) -> None:
+    client = login(console_live.url, "operator")
+    token = csrf_of(client.get("/blocklist").text)
+    r = client.post("/blocklist", data={"csrf_token": token, "kind": "subnet",
+                                        "value": "not-a-subnet", "reason": "x"})  # fmt: skip
+    assert r.status_code == 400 and 'data-state="invalid"' in r.text
+    r = client.post("/blocklist", data={"csrf_token": token, "kind": "subnet",
+                                        "value": "203.0.113.77/24", "reason": "proxy pool"})  # fmt: skip
+    assert r.status_code == 303
+    page = client.get("/blocklist").text
+    assert "203.0.113.0/24" in page and "console:operator" in page
+    entry = page.split('data-entry="')[1].split('"')[0]
+    assert client.get("/blocklist?format=csv").text.count("203.0.113.0/24") == 1
+    r = client.post("/blocklist", data={"csrf_token": token, "action": "remove", "entry_id": entry})
+    assert r.status_code == 303 and "203.0.113.0/24" not in client.get("/blocklist").text

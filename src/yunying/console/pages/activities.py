@@ -30,6 +30,13 @@ from yunying.console.data import N_, Table
 from yunying.console.pages.audience import csv_denied
 from yunying.console.web import ConsoleApp, Ctx, NavItem, csv_response, redirect
 from yunying.errors import NotFound, YunyingError
+from yunying.risk.blocklist import (
+    BLOCK_KINDS,
+    InvalidBlockEntry,
+    add_block,
+    list_blocks,
+    remove_block,
+)
 from yunying.risk.review import ReviewAlreadyDecided, ReviewHandlerFailed, decide, list_reviews
 
 TEMPLATE_LABELS = {
@@ -152,6 +159,7 @@ def register(console: ConsoleApp) -> None:
         NavItem("activities", "/activities", N_("Activities"), N_("Activities"), "view", 300)
     )
     console.nav(NavItem("reviews", "/reviews", N_("Review queue"), N_("Activities"), "view", 310))
+    console.nav(NavItem("blocklist", "/blocklist", N_("Blocklist"), N_("Activities"), "view", 320))
 
     @console.router.get("/activities")
     def activities_page(request: Request) -> Response:
@@ -404,6 +412,57 @@ def register(console: ConsoleApp) -> None:
         except NotFound:
             return redirect("/reviews?error=missing")
         return redirect("/reviews")
+
+    def blocklist_view(ctx: Ctx, error: str | None = None, status: int = 200) -> Response:
+        assert ctx.project is not None
+        entries = list_blocks(state, ctx.project.id)
+        if ctx.param("format") == "csv" and ctx.can("export"):
+            table = Table(
+                ("id", "kind", "value", "reason", "created_by", "created_at", "expires_at"),
+                tuple(
+                    (e.id, e.kind, e.value, e.reason, e.created_by, e.created_at.isoformat(),
+                     e.expires_at.isoformat() if e.expires_at else "")
+                    for e in entries
+                ),
+            )  # fmt: skip
+            return csv_response(table, "blocklist.csv")
+        return console.render(
+            ctx, "blocklist.html", status, entries=entries, kinds=BLOCK_KINDS, error=error
+        )
+
+    @console.router.get("/blocklist")
+    def blocklist_page(request: Request) -> Response:
+        """Blocked persons, distinct ids, devices, IPs and subnets (claims from them are denied)."""
+        ctx = console.context(request, "view")
+        if (denied := csv_denied(console, ctx)) is not None:
+            return denied
+        if ctx.project is None:
+            return redirect("/")
+        return blocklist_view(ctx)
+
+    @console.router.post("/blocklist")
+    async def blocklist_change(request: Request) -> Response:
+        """Add (or refresh) an entry, or remove one."""
+        ctx = console.context(request, "activities")
+        form = await request.form()
+        console.check_csrf(ctx, form)
+        if ctx.project is None:
+            return redirect("/")
+        try:
+            if form.get("action") == "remove":
+                remove_block(state, ctx.project.id, int(str(form.get("entry_id") or "0")))
+            else:
+                add_block(
+                    state,
+                    ctx.project.id,
+                    str(form.get("kind") or ""),
+                    str(form.get("value") or "").strip(),
+                    str(form.get("reason") or "").strip(),
+                    created_by=actor(ctx),
+                )
+        except (InvalidBlockEntry, NotFound, ValueError) as exc:
+            return blocklist_view(ctx, str(exc), 400)
+        return redirect("/blocklist")
 
 
 def report_rows(rep: dict[str, Any]) -> list[tuple[str, Any]]:
