@@ -52,6 +52,7 @@ PAGES = {
     "activity monitor": "/activities/{activity}",
     "activity post-mortem": "/activities/{activity}/report",
     "review queue": "/reviews",
+    "blocklist": "/blocklist",
 }
 
 
