@@ -18,7 +18,8 @@ evaluated "as of" a moment ``now``: events at or after it are never seen.
 :func:`compile_rule` turns a tree into ONE SQLGlot SELECT of ``person_id`` over the project's
 ``persons``, one pass over ``events`` (all behavioural conditions as conditional aggregates per
 person) and one over ``person_values``; it renders for DuckDB and ClickHouse. User input only
-enters the SQL as literals built by SQLGlot.
+enters the SQL as literals built by SQLGlot. :func:`compile_batch` compiles many trees through the
+same compiler into ONE SELECT with a boolean column per tree (one events pass for all of them).
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ rules and the operations engine read them. Each computation is recorded: ``last_
 ``size`` and a row of the size history.
 
 Recomputing everything (:func:`recompute_all`) first refreshes the lifecycle stages and RFM
-classes when those modules are installed, then tags, then segments, in dependency order (a rule
-can read a tag or another segment; cycles are refused when a definition is saved).
+classes when those modules are installed, then static segments, then every tag and dynamic
+segment by ONE query (:func:`run_batch`; a rule reading a tag or another segment of the batch
+gets its definition inlined; cycles are refused when a definition is saved) and one write of all
+their members; if that query fails, each is computed alone, in dependency order.
 :func:`recompute_due` computes what a schedule (``schedule_minutes``) says is due; the server
 calls it from a background task.
 """
