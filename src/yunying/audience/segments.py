@@ -694,25 +694,16 @@ def _compute_batch(
     report.query_seconds = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
     scopes = {_scope(n): _ids_table(ids) for n, ids in zip(batch, found, strict=True)}
-    many = getattr(runtime.store, "replace_person_values_many", None)
     error: str | None = None
-    if many is not None:  # every scope in one go (one transaction / one delete)
-        try:
-            many(project.id, scopes)
-        except Exception as exc:
-            log.warning("storing %d definitions failed: %s", len(batch), exc)
-            error = f"{type(exc).__name__}: {exc}"
-        report.write_seconds = round(time.perf_counter() - t, 3)
+    try:  # every scope in one go (one transaction / one delete)
+        runtime.store.replace_person_values_many(project.id, scopes)
+    except Exception as exc:
+        log.warning("storing %d definitions failed: %s", len(batch), exc)
+        error = f"{type(exc).__name__}: {exc}"
+    report.write_seconds = round(time.perf_counter() - t, 3)
     for node, ids in zip(batch, found, strict=True):
         t = time.perf_counter()
-        failure = error
-        if many is None:
-            try:
-                runtime.store.replace_person_values(project.id, _scope(node), scopes[_scope(node)])
-            except Exception as exc:
-                log.warning("storing %s %s failed: %s", node[0], node[1], exc)
-                failure = f"{type(exc).__name__}: {exc}"
-        items[node] = _record_node(runtime, project, node, at, len(ids), failure)
+        items[node] = _record_node(runtime, project, node, at, len(ids), error)
         items[node].setdefault("seconds", round(time.perf_counter() - t, 3))
 
 

@@ -134,6 +134,11 @@ class EventStore(Protocol):
         """
         ...
 
+    def replace_person_values_many(self, project_id: int, scopes: dict[str, Any]) -> None:
+        """:meth:`replace_person_values` for several scopes at once (one transaction on DuckDB,
+        one delete and one insert on ClickHouse): a batch recompute writes all its segments."""
+        ...
+
     def delete_project_data(self, project_id: int) -> None:
         """Remove every event, person, distinct id and person value of a project."""
         ...

@@ -542,32 +542,12 @@ class ClickHouseEventStore:
     def replace_person_values(self, project_id: int, scope: str, data: pa.Table) -> None:
         """Swap the rows of one ``scope`` in ``person_values`` (a synchronous lightweight delete,
         then an insert: readers may briefly see the scope empty, never half old and half new)."""
-        data = person_values_table(data)
-        n = data.num_rows
-        now = datetime.now(UTC).replace(tzinfo=None)
-        rows = pa.table(
-            {
-                "project_id": pa.array([project_id] * n, pa.int32()),
-                "scope": pa.array([scope] * n, pa.string()),
-                "person_id": data.column("person_id"),
-                "label": data.column("label"),
-                "value": data.column("value"),
-                "computed_at": pa.array([now] * n, pa.timestamp("us")),
-            }
-        )
-        with self._write_lock:
-            # A lightweight delete only masks the scope's rows; ALTER TABLE … DELETE would rewrite
-            # every part of the table (all scopes) for each segment recomputed.
-            self.db.command(
-                f"DELETE FROM person_values WHERE project_id = {int(project_id)} "
-                f"AND scope = {_quote(scope)} SETTINGS lightweight_deletes_sync = 2"
-            )
-            if n:
-                self.db.insert_arrow("person_values", rows)
+        self.replace_person_values_many(project_id, {scope: data})
 
     def replace_person_values_many(self, project_id: int, scopes: dict[str, pa.Table]) -> None:
-        """:meth:`replace_person_values` of several scopes with ONE lightweight delete and ONE
-        insert (each delete costs about a second whatever its size)."""
+        """:meth:`replace_person_values` of several scopes with ONE lightweight delete (it only
+        masks those scopes' rows; ``ALTER TABLE … DELETE`` would rewrite every part, all scopes)
+        and ONE insert."""
         if not scopes:
             return
         now = datetime.now(UTC).replace(tzinfo=None)

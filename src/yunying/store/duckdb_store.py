@@ -389,25 +389,7 @@ class DuckDBEventStore:
 
     def replace_person_values(self, project_id: int, scope: str, data: pa.Table) -> None:
         """Swap the rows of one ``scope`` in ``person_values`` atomically."""
-        data = person_values_table(data)
-        with self._write_lock:
-            con = self._con.cursor()
-            try:
-                con.register("_values", data)
-                con.execute("BEGIN TRANSACTION")
-                con.execute(
-                    "DELETE FROM person_values WHERE project_id = ? AND scope = ?",
-                    [project_id, scope],
-                )
-                con.execute(
-                    "INSERT INTO person_values SELECT ?, ?, person_id::UUID, label, value, "
-                    "now()::TIMESTAMP FROM _values",
-                    [project_id, scope],
-                )
-                con.execute("COMMIT")
-                con.unregister("_values")
-            finally:
-                con.close()
+        self.replace_person_values_many(project_id, {scope: data})
 
     def replace_person_values_many(self, project_id: int, scopes: dict[str, pa.Table]) -> None:
         """:meth:`replace_person_values` of several scopes in ONE transaction."""
