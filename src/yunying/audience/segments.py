@@ -35,7 +35,9 @@ import sqlalchemy as sa
 from sqlglot import exp
 
 from yunying.analytics.common import Sql, lit
+from yunying.audience import definitions
 from yunying.audience import tags as tagmod
+from yunying.audience.definitions import aware, iso
 from yunying.audience.rules import (
     InvalidRule,
     SegmentRule,
@@ -49,7 +51,7 @@ from yunying.audience.rules import (
     uses_scopes,
 )
 from yunying.audience.segment_tables import segment_members, segment_sizes, segments, tags
-from yunying.audience.tags import Tag, aware, check_schedule
+from yunying.audience.tags import Tag, check_schedule
 from yunying.errors import Conflict, NotFound, YunyingError
 from yunying.runtime import Runtime
 from yunying.state import Project, list_projects
@@ -118,16 +120,12 @@ class Segment:
             "schedule_minutes": self.schedule_minutes,
             "source": self.source,
             "scope": self.scope,
-            "last_computed_at": _iso(self.last_computed_at),
+            "last_computed_at": iso(self.last_computed_at),
             "size": self.size,
             "last_error": self.last_error,
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
         }
-
-
-def _iso(ts: datetime | None) -> str | None:
-    return None if ts is None else aware(ts).isoformat()
 
 
 def _row(r: Any) -> Segment:
@@ -162,17 +160,10 @@ def list_segments(engine: sa.Engine, project_id: int) -> list[Segment]:
 
 def get_segment(engine: sa.Engine, project_id: int, ref: int | str) -> Segment:
     """A segment by id or by name (an id wins when a name is also digits)."""
-    where = segments.c.project_id == project_id
-    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-        cond = sa.or_(segments.c.id == int(ref), segments.c.name == str(ref))
-    else:
-        cond = segments.c.name == ref
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(segments).where(where, cond).order_by(segments.c.id)).all()
-    if not rows:
+    row = definitions.find(engine, segments, project_id, ref)
+    if row is None:
         raise NotFound(f"no segment {ref!r} in this project")
-    by_id = [r for r in rows if str(r.id) == str(ref)]
-    return _row(by_id[0] if by_id else rows[0])
+    return _row(row)
 
 
 def _check_name(name: Any) -> str:
@@ -334,12 +325,7 @@ def create_segment(
         if rule is not None:
             check_graph(engine, project.id, ("segment", "new"), rule)
         with engine.begin() as conn:
-            taken = conn.execute(
-                sa.select(segments.c.id).where(
-                    segments.c.project_id == project.id, segments.c.name == name
-                )
-            ).first()
-            if taken:
+            if definitions.name_taken(conn, segments, project.id, name):
                 raise Conflict(f"a segment named {name!r} already exists in this project")
             sid = conn.execute(
                 segments.insert().values(
@@ -483,11 +469,8 @@ def run_batch(
 def _record(
     engine: sa.Engine, seg_id: int, at: datetime, size: int | None, error: str | None
 ) -> None:
-    values: dict[str, Any] = {"last_error": error}
-    if error is None:
-        values.update(last_computed_at=at, size=size)
     with engine.begin() as conn:
-        conn.execute(segments.update().where(segments.c.id == seg_id).values(**values))
+        definitions.record(conn, segments, seg_id, at, size, error)
         if error is None:
             conn.execute(
                 segment_sizes.insert().values(segment_id=seg_id, computed_at=at, size=size)
@@ -1138,7 +1121,7 @@ def size_history(engine: sa.Engine, seg_id: int, limit: int = 200) -> list[dict[
             .order_by(segment_sizes.c.computed_at.desc(), segment_sizes.c.id.desc())
             .limit(limit)
         ).all()
-    return [{"computed_at": _iso(r.computed_at), "size": r.size} for r in reversed(rows)]
+    return [{"computed_at": iso(r.computed_at), "size": r.size} for r in reversed(rows)]
 
 
 def all_node_ids(engine: sa.Engine, project_id: int) -> list[Node]:

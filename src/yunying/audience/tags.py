@@ -13,6 +13,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from yunying.audience import definitions
+from yunying.audience.definitions import aware, iso
 from yunying.audience.rules import TAG_NAME, InvalidRule, parse_rule, rule_json
 from yunying.audience.segment_tables import tags
 from yunying.errors import Conflict, NotFound, YunyingError
@@ -57,21 +59,12 @@ class Tag:
             "rules": self.rules,
             "schedule_minutes": self.schedule_minutes,
             "scope": self.scope,
-            "last_computed_at": _iso(self.last_computed_at),
+            "last_computed_at": iso(self.last_computed_at),
             "size": self.size,
             "last_error": self.last_error,
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
         }
-
-
-def _iso(ts: datetime | None) -> str | None:
-    return None if ts is None else aware(ts).isoformat()
-
-
-def aware(ts: datetime) -> datetime:
-    """A stored timestamp as an aware UTC datetime (SQLite hands back naive ones)."""
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 def _row(r: Any) -> Tag:
@@ -131,17 +124,10 @@ def list_tags(engine: sa.Engine, project_id: int) -> list[Tag]:
 
 def get_tag(engine: sa.Engine, project_id: int, ref: int | str) -> Tag:
     """A tag by id or name (:class:`NotFound` otherwise)."""
-    where = tags.c.project_id == project_id
-    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-        cond = sa.or_(tags.c.id == int(ref), tags.c.name == str(ref))
-    else:
-        cond = tags.c.name == ref
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(tags).where(where, cond).order_by(tags.c.id)).all()
-    if not rows:
+    row = definitions.find(engine, tags, project_id, ref)
+    if row is None:
         raise NotFound(f"no tag {ref!r} in this project")
-    by_id = [r for r in rows if str(r.id) == str(ref)]
-    return _row(by_id[0] if by_id else rows[0])
+    return _row(row)
 
 
 def create_tag(
@@ -161,10 +147,7 @@ def create_tag(
     check_graph(engine, project.id, ("tag", name), rule)
     now = datetime.now(UTC)
     with engine.begin() as conn:
-        taken = conn.execute(
-            sa.select(tags.c.id).where(tags.c.project_id == project.id, tags.c.name == name)
-        ).first()
-        if taken:
+        if definitions.name_taken(conn, tags, project.id, name):
             raise Conflict(f"a tag named {name!r} already exists in this project")
         tid = conn.execute(
             tags.insert().values(
@@ -203,11 +186,8 @@ def record_tag(
     engine: sa.Engine, tag_id: int, at: datetime, size: int | None, error: str | None
 ) -> None:
     """Remember a computation (size) or its failure (error, size unchanged)."""
-    values: dict[str, Any] = {"last_error": error}
-    if error is None:
-        values.update(last_computed_at=at, size=size)
     with engine.begin() as conn:
-        conn.execute(tags.update().where(tags.c.id == tag_id).values(**values))
+        definitions.record(conn, tags, tag_id, at, size, error)
 
 
 def delete_tag_row(engine: sa.Engine, tag_id: int) -> None:
