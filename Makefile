@@ -39,9 +39,12 @@ demo: $(STAMP)
 # Console translations: re-extract the strings of templates and code, merge them into the .po
 # catalogs (translate the new entries in zh_CN), then check. The .po files are compiled in memory.
 CONSOLE := src/yunying/console
+# Feature modules whose error messages (marked M_ where raised) the console shows translated.
+MESSAGE_SOURCES := src/yunying/errors.py src/yunying/analytics src/yunying/audience \
+	src/yunying/activities src/yunying/risk
 i18n: $(STAMP)
-	$(BIN)/pybabel extract -F $(CONSOLE)/babel.cfg -k N_ --no-location --sort-output \
-		--project Yunying -o $(CONSOLE)/locale/messages.pot $(CONSOLE)
+	$(BIN)/pybabel extract -F $(CONSOLE)/babel.cfg -k N_ -k M_ --no-location --sort-output \
+		--project Yunying -o $(CONSOLE)/locale/messages.pot $(CONSOLE) $(MESSAGE_SOURCES)
 	$(BIN)/pybabel update -i $(CONSOLE)/locale/messages.pot -d $(CONSOLE)/locale \
 		--no-fuzzy-matching --ignore-obsolete
 	$(BIN)/pybabel compile --statistics -d $(CONSOLE)/locale -o /dev/null -l zh_CN \

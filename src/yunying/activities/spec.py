@@ -18,7 +18,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from yunying.errors import YunyingError
+from yunying.errors import M_, YunyingError, pydantic_message
 
 RewardKind = Literal["points", "coupon", "membership_days", "cash", "badge"]
 Op = Literal["eq", "neq", "gt", "gte", "lt", "lte", "contains", "in", "is_set"]
@@ -94,9 +94,9 @@ class Reward(_Model):
     @model_validator(mode="after")
     def _kind_fields(self) -> Reward:
         if self.kind == "coupon" and self.discount_fen is None:
-            raise ValueError("a coupon reward needs discount_fen")
+            raise ValueError(M_("a coupon reward needs discount_fen"))
         if self.kind == "badge" and not self.badge:
-            raise ValueError("a badge reward needs badge (its name)")
+            raise ValueError(M_("a badge reward needs badge (its name)"))
         return self
 
     def cost(self) -> int:
@@ -121,9 +121,11 @@ class Schedule(_Model):
             try:
                 ZoneInfo(self.timezone)
             except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {self.timezone!r}") from None
+                raise ValueError(
+                    M_("unknown time zone {timezone!r}", timezone=self.timezone)
+                ) from None
         if self.start and self.end and _utc(self.end) <= _utc(self.start):
-            raise ValueError("end must be after start")
+            raise ValueError(M_("end must be after start"))
         return self
 
 
@@ -182,7 +184,7 @@ class CheckinSpec(_Base):
     def _ordered(self) -> CheckinSpec:
         days = [m.days for m in self.milestones]
         if days != sorted(set(days)):
-            raise ValueError("milestones must have increasing, distinct days")
+            raise ValueError(M_("milestones must have increasing, distinct days"))
         return self
 
 
@@ -255,7 +257,7 @@ class PromotionSpec(_Base):
     @model_validator(mode="after")
     def _coupon(self) -> PromotionSpec:
         if self.reward.kind != "coupon":
-            raise ValueError("a promotion's reward must be a coupon")
+            raise ValueError(M_("a promotion's reward must be a coupon"))
         return self
 
 
@@ -277,8 +279,7 @@ def _errors(exc: ValidationError) -> list[dict[str, str]]:
         loc = [str(p) for p in e["loc"]]
         if len(loc) > 0 and loc[0] in TEMPLATES:  # the discriminator's branch name
             loc = loc[1:]
-        msg = e["msg"].removeprefix("Value error, ")
-        out.append({"field": ".".join(loc), "message": msg})
+        out.append({"field": ".".join(loc), "message": pydantic_message(e)})
     return out
 
 
@@ -290,12 +291,21 @@ def parse_spec(data: Any) -> Any:
         try:
             data = orjson.loads(data) if data.lstrip().startswith("{") else yaml.safe_load(data)
         except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
-            raise SpecError([{"field": "", "message": f"not valid YAML or JSON: {exc}"}]) from None
+            raise SpecError(
+                [{"field": "", "message": M_("not valid YAML or JSON: {error}", error=str(exc))}]
+            ) from None
     if not isinstance(data, dict):
-        raise SpecError([{"field": "", "message": "a spec is a mapping with a template field"}])
+        raise SpecError([{"field": "", "message": M_("a spec is a mapping with a template field")}])
     if data.get("template") not in TEMPLATES:
         raise SpecError(
-            [{"field": "template", "message": f"template must be one of {', '.join(TEMPLATES)}"}]
+            [
+                {
+                    "field": "template",
+                    "message": M_(
+                        "template must be one of {templates}", templates=", ".join(TEMPLATES)
+                    ),
+                }
+            ]  # fmt: skip
         )
     try:
         return _ADAPTER.validate_python(data)

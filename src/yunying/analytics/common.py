@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlglot import exp
 
-from yunying.errors import YunyingError
+from yunying.errors import M_, YunyingError
 from yunying.store.base import QueryResult
 
 
@@ -73,9 +73,14 @@ class DateRange:
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise InvalidQuery(f"unknown time zone {self.timezone!r}") from None
+            raise InvalidQuery(
+                M_("unknown time zone {timezone!r}", timezone=self.timezone)
+            ) from None
         if self.date_to < self.date_from:
-            raise InvalidQuery(f"date_to {self.date_to} is before date_from {self.date_from}")
+            raise InvalidQuery(
+                M_("date_to {date_to} is before date_from {date_from}",
+                   date_to=self.date_to, date_from=self.date_from)
+            )  # fmt: skip
 
     @property
     def days(self) -> int:
@@ -125,7 +130,8 @@ def period_number(day: date, interval: str, hour: int = 0) -> int:
         return (d - 4) // 7  # 1970-01-05 was a Monday: weeks start on Monday
     if interval == "month":
         return day.year * 12 + day.month - 1
-    raise InvalidQuery(f"unknown interval {interval!r}; use one of {', '.join(INTERVALS)}")
+    raise InvalidQuery(M_("unknown interval {interval!r}; use one of {choices}",
+                          interval=interval, choices=", ".join(INTERVALS)))  # fmt: skip
 
 
 def periods(date_range: DateRange, interval: str) -> list[Period]:
@@ -171,15 +177,22 @@ class Field:
 
     def __post_init__(self) -> None:
         if self.kind == "column" and self.name not in COLUMNS:
-            raise InvalidQuery(f"unknown column {self.name!r}; columns are {', '.join(COLUMNS)}")
+            raise InvalidQuery(M_("unknown column {name!r}; columns are {columns}",
+                                  name=self.name, columns=", ".join(COLUMNS)))  # fmt: skip
         if self.kind not in FIELD_KINDS:
             raise InvalidQuery(
-                f"field kind must be one of {', '.join(FIELD_KINDS)}, not {self.kind!r}"
+                M_(
+                    "field kind must be one of {kinds}, not {kind!r}",
+                    kinds=", ".join(FIELD_KINDS),
+                    kind=self.kind,
+                )
             )
         if not self.name:
-            raise InvalidQuery("a property name must not be empty")
+            raise InvalidQuery(M_("a property name must not be empty"))
         if self.kind == "segment" and not (self.name.isascii() and self.name.isdigit()):
-            raise InvalidQuery(f"a segment field's name is the segment id, not {self.name!r}")
+            raise InvalidQuery(
+                M_("a segment field's name is the segment id, not {name!r}", name=self.name)
+            )
 
     @property
     def scope(self) -> str | None:
@@ -270,15 +283,20 @@ class Filter:
 
     def __post_init__(self) -> None:
         if self.op not in FILTER_OPS:
-            raise InvalidQuery(f"unknown filter operator {self.op!r}; use {', '.join(FILTER_OPS)}")
+            raise InvalidQuery(M_("unknown filter operator {op!r}; use {ops}",
+                                  op=self.op, ops=", ".join(FILTER_OPS)))  # fmt: skip
         if self.op in ("in", "not_in"):
             if not isinstance(self.value, list | tuple) or not self.value:
-                raise InvalidQuery(f"filter {self.op} needs a non-empty list of values")
+                raise InvalidQuery(M_("filter {op} needs a non-empty list of values", op=self.op))
         elif self.op in ("gt", "gte", "lt", "lte"):
             if isinstance(self.value, bool) or not isinstance(self.value, int | float):
-                raise InvalidQuery(f"filter {self.op} needs a number, got {self.value!r}")
+                raise InvalidQuery(
+                    M_("filter {op} needs a number, got {value!r}", op=self.op, value=self.value)
+                )
         elif self.op not in ("is_set", "is_not_set") and self.value is None:
-            raise InvalidQuery(f"filter {self.op} on {self.field.name!r} needs a value")
+            raise InvalidQuery(
+                M_("filter {op} on {name!r} needs a value", op=self.op, name=self.field.name)
+            )
 
 
 def _text(value: Any) -> str:
@@ -369,7 +387,8 @@ class Sql:
                 this=exp.Add(this=exp.Mul(this=year, expression=lit(12)), expression=month),
                 expression=lit(1),
             )
-        raise InvalidQuery(f"unknown interval {interval!r}; use one of {', '.join(INTERVALS)}")
+        raise InvalidQuery(M_("unknown interval {interval!r}; use one of {choices}",
+                              interval=interval, choices=", ".join(INTERVALS)))  # fmt: skip
 
     def int_div(self, a: exp.Expr, b: int) -> exp.Expr:
         """Floor division of an integer expression by a positive constant."""
@@ -483,10 +502,12 @@ class Sql:
         if field.kind == "value" and field.scope is not None:
             return exp.column(value_column(field.scope, "value"))
         if field.kind == "segment":
-            raise InvalidQuery("a segment field is not numeric: compare it with eq true/false")
+            raise InvalidQuery(M_("a segment field is not numeric: compare it with eq true/false"))
         if field.kind == "column":
             if field.name != "amount":
-                raise InvalidQuery(f"column {field.name!r} is not numeric; only amount is")
+                raise InvalidQuery(
+                    M_("column {name!r} is not numeric; only amount is", name=field.name)
+                )
             return exp.column("amount")
         if field.kind == "person":
             return self.prop_number(field.name, PERSON_PROPERTIES)

@@ -39,6 +39,7 @@ from yunying.analytics.common import (
     run,
     uses_person,
 )
+from yunying.errors import M_
 
 WINDOW_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86_400, "week": 604_800}
 ORDERS = ("ordered", "strict", "unordered")
@@ -98,14 +99,17 @@ class FunnelQuery:
         object.__setattr__(self, "exclusions", tuple(self.exclusions))
         n = len(self.steps)
         if not 1 <= n <= MAX_STEPS:
-            raise InvalidQuery(f"a funnel needs 1 to {MAX_STEPS} steps, got {n}")
+            raise InvalidQuery(M_("a funnel needs 1 to {max} steps, got {n}", max=MAX_STEPS, n=n))
         if self.window_unit not in WINDOW_UNITS:
             raise InvalidQuery(
                 f"unknown window unit {self.window_unit!r}; use {', '.join(WINDOW_UNITS)}"
             )
         if not isinstance(self.window, int) or self.window <= 0:
             raise InvalidQuery(
-                f"the conversion window must be a positive integer, got {self.window!r}"
+                M_(
+                    "the conversion window must be a positive integer, got {window!r}",
+                    window=self.window,
+                )
             )
         if self.order not in ORDERS:
             raise InvalidQuery(f"unknown funnel order {self.order!r}; use {', '.join(ORDERS)}")

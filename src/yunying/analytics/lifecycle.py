@@ -27,6 +27,7 @@ from yunying.analytics.common import (
     run,
     uses_person,
 )
+from yunying.errors import M_
 
 STATUSES = ("new", "returning", "resurrecting", "dormant")
 
@@ -45,7 +46,10 @@ class LifecycleQuery:
         object.__setattr__(self, "filters", tuple(self.filters))
         if self.interval not in ("day", "week", "month"):
             raise InvalidQuery(
-                f"lifecycle interval must be day, week or month, not {self.interval!r}"
+                M_(
+                    "lifecycle interval must be day, week or month, not {interval!r}",
+                    interval=self.interval,
+                )
             )
 
 

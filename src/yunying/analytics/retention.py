@@ -26,6 +26,7 @@ from yunying.analytics.common import (
     run,
     uses_person,
 )
+from yunying.errors import M_
 
 PERIODS = ("day", "week", "month")
 
@@ -50,12 +51,20 @@ class RetentionQuery:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.period not in PERIODS:
             raise InvalidQuery(
-                f"unknown retention period {self.period!r}; use {', '.join(PERIODS)}"
+                M_(
+                    "unknown retention period {period!r}; use {periods}",
+                    period=self.period,
+                    periods=", ".join(PERIODS),
+                )
             )
         if self.cohort not in ("first_time", "recurring"):
-            raise InvalidQuery(f"cohort must be 'first_time' or 'recurring', not {self.cohort!r}")
+            raise InvalidQuery(
+                M_("cohort must be 'first_time' or 'recurring', not {cohort!r}", cohort=self.cohort)
+            )
         if self.mode not in ("on", "on_or_after"):
-            raise InvalidQuery(f"mode must be 'on' or 'on_or_after', not {self.mode!r}")
+            raise InvalidQuery(
+                M_("mode must be 'on' or 'on_or_after', not {mode!r}", mode=self.mode)
+            )
 
 
 @dataclass(frozen=True)

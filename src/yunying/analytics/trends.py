@@ -27,6 +27,7 @@ from yunying.analytics.common import (
     run,
     uses_person,
 )
+from yunying.errors import M_
 
 Math = Literal[
     "total", "unique_persons", "dau", "wau", "mau", "sum", "avg", "median", "p90", "min", "max",
@@ -54,7 +55,9 @@ class Series:
     def __post_init__(self) -> None:
         object.__setattr__(self, "filters", tuple(self.filters))
         if self.math not in MATHS:
-            raise InvalidQuery(f"unknown math {self.math!r}; use {', '.join(MATHS)}")
+            raise InvalidQuery(
+                M_("unknown math {math!r}; use {maths}", math=self.math, maths=", ".join(MATHS))
+            )
 
     @property
     def label(self) -> str:
@@ -79,14 +82,17 @@ class TrendsQuery:
         object.__setattr__(self, "series", tuple(self.series))
         object.__setattr__(self, "filters", tuple(self.filters))
         if not self.series:
-            raise InvalidQuery("a trends query needs at least one series")
+            raise InvalidQuery(M_("a trends query needs at least one series"))
         if self.interval not in INTERVALS:
-            raise InvalidQuery(f"unknown interval {self.interval!r}; use {', '.join(INTERVALS)}")
+            raise InvalidQuery(M_("unknown interval {interval!r}; use {choices}",
+                                  interval=self.interval, choices=", ".join(INTERVALS)))  # fmt: skip
         for s in self.series:
             if s.math in ROLLING and self.interval != "day":
-                raise InvalidQuery(f"{s.math} is a rolling daily count: use interval 'day'")
+                raise InvalidQuery(
+                    M_("{math} is a rolling daily count: use interval 'day'", math=s.math)
+                )
         if self.breakdown_limit < 1:
-            raise InvalidQuery("breakdown_limit must be at least 1")
+            raise InvalidQuery(M_("breakdown_limit must be at least 1"))
         if self.formula is not None:
             used = fx.refs(fx.parse(self.formula))
             if used and max(used) >= len(self.series):

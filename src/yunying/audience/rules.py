@@ -53,7 +53,7 @@ from yunying.analytics.common import (
     Sql,
     lit,
 )
-from yunying.errors import YunyingError
+from yunying.errors import M_, Message, YunyingError, pydantic_message
 
 #: Labels of the ``stage`` scope (written by :mod:`yunying.audience.stages`).
 STAGES = ("new", "active", "retained", "silent", "churned", "returned")
@@ -66,6 +66,12 @@ TAG_NAME = re.compile(r"^[\w.-]{1,100}$")
 MAX_DAYS = 36_600
 #: Deepest rule tree accepted (a bound on what a client can make the compiler recurse into).
 MAX_DEPTH = 32
+
+
+def _error(kind: str, message: Message | str) -> PydanticCustomError:
+    """A Pydantic error whose text is ``message``; a marked :class:`Message` rides along in the
+    context, so :func:`errors_of` keeps its template for translation."""
+    return PydanticCustomError(kind, "{message}", {"message": message})
 
 
 class InvalidRule(YunyingError):
@@ -108,11 +114,11 @@ class EventField(_Node):
     @model_validator(mode="after")
     def _check(self) -> EventField:
         if self.kind == "column" and self.name not in COLUMNS:
-            raise PydanticCustomError(
+            raise _error(
                 "unknown_column",
-                "unknown column {name!r}; columns are {columns}",
-                {"name": self.name, "columns": ", ".join(COLUMNS)},
-            )
+                M_("unknown column {name!r}; columns are {columns}",
+                   name=self.name, columns=", ".join(COLUMNS)),
+            )  # fmt: skip
         return self
 
     def to_field(self) -> Field:
@@ -131,9 +137,7 @@ class EventFilter(_Node):
         try:
             self.to_filter()
         except InvalidQuery as exc:
-            raise PydanticCustomError(
-                "invalid_filter", "{message}", {"message": str(exc)}
-            ) from None
+            raise _error("invalid_filter", exc.message) from None
         return self
 
     def to_filter(self) -> Filter:
@@ -162,22 +166,20 @@ class Window(_Node):
     def _check(self) -> Window:
         given = [k for k in ("from_", "to", "after", "before") if getattr(self, k) is not None]
         if self.last_days is not None and given:
-            raise PydanticCustomError(
-                "window", "give either last_days or from/to/after/before, not both"
-            )
+            raise _error("window", M_("give either last_days or from/to/after/before, not both"))
         if self.last_days is None and not given:
-            raise PydanticCustomError(
-                "window", "a window needs last_days, or at least one of from, to, after, before"
+            raise _error(
+                "window", M_("a window needs last_days, or at least one of from, to, after, before")
             )
         if self.from_ is not None and self.after is not None:
-            raise PydanticCustomError("window", "give either from or after, not both")
+            raise _error("window", M_("give either from or after, not both"))
         if self.to is not None and self.before is not None:
-            raise PydanticCustomError("window", "give either to or before, not both")
+            raise _error("window", M_("give either to or before, not both"))
         first, last = self.first_day(), self.last_day()
         if first is not None and last is not None and last < first:
-            raise PydanticCustomError(
-                "window", "the window is empty: it ends ({last}) before it starts ({first})",
-                {"first": first.isoformat(), "last": last.isoformat()},
+            raise _error(
+                "window", M_("the window is empty: it ends ({last}) before it starts ({first})",
+                             first=first.isoformat(), last=last.isoformat()),
             )  # fmt: skip
         return self
 
@@ -261,9 +263,7 @@ class PersonProperty(_Node):
         try:
             self.to_filter()
         except InvalidQuery as exc:
-            raise PydanticCustomError(
-                "invalid_filter", "{message}", {"message": str(exc)}
-            ) from None
+            raise _error("invalid_filter", exc.message) from None
         return self
 
     def to_filter(self) -> Filter:
@@ -314,10 +314,10 @@ class EventAggregate(_Node):
     @model_validator(mode="after")
     def _check(self) -> EventAggregate:
         if self.field.kind == "column" and self.field.name != "amount":
-            raise PydanticCustomError(
-                "not_numeric", "column {name!r} is not numeric; only amount is",
-                {"name": self.field.name},
-            )  # fmt: skip
+            raise _error(
+                "not_numeric",
+                M_("column {name!r} is not numeric; only amount is", name=self.field.name),
+            )
         return self
 
 
@@ -401,11 +401,11 @@ def errors_of(exc: ValidationError, prefix: str = "") -> list[dict[str, str]]:
     """Pydantic's errors as ``{"field", "message"}`` with clean dotted paths."""
     out = []
     for e in exc.errors():
-        message = str(e.get("msg", "invalid"))
+        message: str = pydantic_message(e)
         if e.get("type") == "union_tag_invalid":
-            message = f"unknown rule type; use one of {', '.join(RULE_TYPES)}"
+            message = M_("unknown rule type; use one of {types}", types=", ".join(RULE_TYPES))
         elif e.get("type") == "union_tag_not_found":
-            message = f"a rule needs a 'type': one of {', '.join(RULE_TYPES)}"
+            message = M_("a rule needs a 'type': one of {types}", types=", ".join(RULE_TYPES))
         out.append({"field": error_path(tuple(e.get("loc", ())), prefix), "message": message})
     return out
 
@@ -420,8 +420,11 @@ def parse_rule(data: Any, prefix: str = "rules") -> Any:
         raise InvalidRule(f"invalid rule: {text}", errors) from None
     depth = _depth(rule)
     if depth > MAX_DEPTH:
-        raise InvalidRule(f"the rule tree is {depth} levels deep; at most {MAX_DEPTH} are allowed",
-                          [{"field": prefix, "message": "too deep"}])  # fmt: skip
+        raise InvalidRule(
+            M_("the rule tree is {depth} levels deep; at most {max} are allowed",
+               depth=depth, max=MAX_DEPTH),
+            [{"field": prefix, "message": M_("too deep")}],
+        )  # fmt: skip
     return rule
 
 

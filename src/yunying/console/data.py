@@ -85,7 +85,11 @@ def _local_day(value: Any, tz: str) -> date | None:
     return ts.replace(tzinfo=ZoneInfo("UTC")).astimezone(ZoneInfo(tz)).date()
 
 
-def event_names(store: Source, project: Project, limit: int = 300) -> list[str]:
+#: How many event names the pickers list (a project with fewer has them all).
+EVENT_NAMES_LIMIT = 300
+
+
+def event_names(store: Source, project: Project, limit: int = EVENT_NAMES_LIMIT) -> list[str]:
     """The project's event names, most frequent first (for the pickers)."""
     q = (
         exp.select("event", "count(*) AS n")

@@ -6,6 +6,11 @@ source; they are compiled in memory when the console starts (no ``.mo`` build st
 written into the installed package). ``make i18n`` re-extracts the strings and updates the
 catalogs after a template changes.
 
+Errors of the feature modules carry :class:`yunying.errors.Message` texts (marked with ``M_`` where
+they are raised): :func:`translate` renders one through the catalog from its template and
+parameters, so the HTTP API keeps its English text while console pages speak the reader's
+language. Unmarked texts are shown as they are.
+
 Numbers, money (CNY) and dates are formatted per locale with Babel; dates and times are shown in
 the project's time zone.
 """
@@ -13,6 +18,7 @@ the project's time zone.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import cache
@@ -25,6 +31,8 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.numbers import format_compact_decimal, format_currency, format_decimal, format_percent
 from babel.support import Translations
+
+from yunying.errors import Message, message_of
 
 LOCALES: tuple[str, ...] = ("zh_CN", "en")
 DEFAULT_LOCALE = "zh_CN"
@@ -130,3 +138,21 @@ class Formatter:
         return format_datetime(
             value, format=fmt, tzinfo=ZoneInfo(self.timezone), locale=self.locale
         )
+
+
+def translate(message: object, gettext: Callable[[str], str]) -> str:
+    """``message`` (an error, a :class:`Message` or plain text) in the catalog's language: a
+    marked message's template is looked up and filled with its parameters (marked parameters
+    translated too); anything else, or a translation that does not fit its parameters, is shown
+    as the English text."""
+    if isinstance(message, BaseException):
+        message = message_of(message)
+    if not isinstance(message, Message):
+        return "" if message is None else str(message)
+    params = {
+        k: translate(v, gettext) if isinstance(v, Message) else v for k, v in message.params.items()
+    }
+    try:
+        return gettext(message.template).format(**params)
+    except (KeyError, IndexError, ValueError, AttributeError):
+        return str(message)

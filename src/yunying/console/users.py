@@ -19,7 +19,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import Engine
 
 from yunying.console.tables import console_sessions, console_users
-from yunying.errors import Conflict, NotFound, YunyingError
+from yunying.errors import M_, Conflict, NotFound, YunyingError
 
 #: Roles, most powerful first. The seeds' operations director is ``admin``.
 ROLES: tuple[str, ...] = ("admin", "operator", "analyst", "viewer")
@@ -44,7 +44,12 @@ _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
 class InvalidUser(YunyingError):
-    """A user name, role or password is not acceptable."""
+    """A user name, role or password is not acceptable; ``field`` names which (``username``,
+    ``role``, ``password``; empty when it is about the request as a whole)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,11 @@ def normalise_role(role: str) -> str:
     """``director`` → ``admin``; raises :class:`InvalidUser` for an unknown role."""
     role = ROLE_ALIASES.get(role.strip().lower(), role.strip().lower())
     if role not in ROLES:
-        raise InvalidUser(f"unknown role {role!r}; roles are {', '.join(ROLES)} (director = admin)")
+        raise InvalidUser(
+            M_("unknown role {role!r}; roles are {roles} (director = admin)",
+               role=role, roles=", ".join(ROLES)),
+            "role",
+        )  # fmt: skip
     return role
 
 
@@ -101,13 +110,15 @@ def _user(r: sa.Row[Any]) -> User:
 def _check_name(name: str) -> str:
     name = name.strip()
     if not name or len(name) > 100 or any(c.isspace() for c in name):
-        raise InvalidUser("a user name is 1 to 100 characters without spaces")
+        raise InvalidUser(M_("a user name is 1 to 100 characters without spaces"), "username")
     return name
 
 
 def _check_password(password: str) -> None:
     if len(password) < MIN_PASSWORD:
-        raise InvalidUser(f"a password needs at least {MIN_PASSWORD} characters")
+        raise InvalidUser(
+            M_("a password needs at least {n} characters", n=MIN_PASSWORD), "password"
+        )
 
 
 def generate_password() -> str:
@@ -123,7 +134,7 @@ def create_user(engine: Engine, name: str, password: str, role: str = "viewer") 
     now = datetime.now(UTC)
     with engine.begin() as conn:
         if conn.execute(sa.select(console_users.c.id).where(console_users.c.name == name)).first():
-            raise Conflict(f"a user named {name!r} already exists")
+            raise Conflict(M_("a user named {name!r} already exists", name=name))
         uid = conn.execute(
             console_users.insert().values(
                 name=name,
@@ -179,7 +190,7 @@ def get_user(engine: Engine, name: str) -> User:
     with engine.connect() as conn:
         r = conn.execute(sa.select(console_users).where(console_users.c.name == name)).first()
     if r is None:
-        raise NotFound(f"no user named {name!r}")
+        raise NotFound(M_("no user named {name!r}", name=name))
     return _user(r)
 
 

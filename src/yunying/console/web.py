@@ -44,9 +44,11 @@ from yunying.console.i18n import (
     LOCALES,
     Formatter,
     pick_locale,
+    translate,
     translations,
 )
 from yunying.console.users import Session, session_for
+from yunying.errors import M_
 from yunying.runtime import Runtime
 from yunying.state import Project, list_projects
 
@@ -118,6 +120,15 @@ class Ctx:
     def can(self, permission: str) -> bool:
         return self.session.user.can(permission)
 
+    def tr(self, message: object) -> str:
+        """An error or message in the page's language (see :func:`translate`)."""
+        return translate(message, self.gettext)
+
+    def field_errors(self, errors: Iterable[Any]) -> list[dict[str, str]]:
+        """``{"field", "message"}`` problems with their messages in the page's language."""
+        return [{"field": str(e.get("field") or ""), "message": self.tr(e.get("message"))}
+                for e in errors]  # fmt: skip
+
     def param(self, name: str, default: str = "") -> str:
         """A query parameter, stripped."""
         return (self.request.query_params.get(name) or default).strip()
@@ -157,6 +168,9 @@ class ConsoleApp:
         )
         env.install_gettext_translations(translations(locale), newstyle=True)  # type: ignore[attr-defined]
         env.globals.update(locale=locale, LOCALE_NAMES=LOCALE_NAMES, LOCALES=LOCALES)
+        gettext = translations(locale).gettext
+        env.filters["tr"] = lambda message: translate(message, gettext)
+        env.tests["startswith_path"] = lambda field, name: str(field).startswith(f"{name}.")
         return env
 
     def add_template_dir(self, path: Path) -> None:
@@ -324,7 +338,11 @@ class ConsoleApp:
             if (d_to - d_from).days + 1 > MAX_RANGE_DAYS:
                 return fallback, ctx.gettext("A date range covers at most 366 days.")
             return DateRange(d_from, d_to, tz), None
-        except (ValueError, InvalidQuery):
+        except InvalidQuery as exc:  # e.g. the range ends before it starts
+            return fallback, ctx.tr(
+                M_("{problem}; showing the default range instead.", problem=exc.message)
+            )
+        except ValueError:
             return fallback, ctx.gettext(
                 "The dates were not understood; showing the default range instead."
             )

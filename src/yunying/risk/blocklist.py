@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
-from yunying.errors import NotFound, YunyingError
+from yunying.errors import M_, NotFound, YunyingError
 from yunying.risk.tables import risk_blocklist
 
 BlockKind = Literal["person", "distinct_id", "device", "ip", "subnet"]
@@ -84,24 +84,30 @@ def normalise(kind: str, value: str) -> str:
     """The stored form of ``value`` for ``kind``; :class:`InvalidBlockEntry` if unusable."""
     if kind not in BLOCK_KINDS:
         raise InvalidBlockEntry(
-            f"field 'kind' must be one of {', '.join(BLOCK_KINDS)}, not {kind!r}", "kind"
+            M_(
+                "field 'kind' must be one of {kinds}, not {kind!r}",
+                kinds=", ".join(BLOCK_KINDS),
+                kind=kind,
+            ),
+            "kind",
         )
     value = value.strip() if isinstance(value, str) else ""
     if not value or len(value) > 200:
-        raise InvalidBlockEntry("field 'value' must be 1 to 200 characters", "value")
+        raise InvalidBlockEntry(M_("field 'value' must be 1 to 200 characters"), "value")
     if kind == "ip":
         try:
             return str(ipaddress.ip_address(value))
         except ValueError:
             raise InvalidBlockEntry(
-                f"field 'value': {value!r} is not an IP address", "value"
+                M_("field 'value': {value!r} is not an IP address", value=value), "value"
             ) from None
     if kind == "subnet":
         try:
             return str(ipaddress.ip_network(value, strict=False))
         except ValueError:
             raise InvalidBlockEntry(
-                f"field 'value': {value!r} is not a subnet such as 203.0.113.0/24", "value"
+                M_("field 'value': {value!r} is not a subnet such as 203.0.113.0/24", value=value),
+                "value",
             ) from None
     return value
 
@@ -120,12 +126,12 @@ def add_block(
     value = normalise(kind, value)
     reason = (reason or "").strip()
     if not reason:
-        raise InvalidBlockEntry("field 'reason' is required: say why this is blocked", "reason")
+        raise InvalidBlockEntry(M_("field 'reason' is required: say why this is blocked"), "reason")
     now = datetime.now(UTC)
     if expires_at is not None:
         expires_at = utc(expires_at)
         if expires_at <= now:
-            raise InvalidBlockEntry("field 'expires_at' must be in the future", "expires_at")
+            raise InvalidBlockEntry(M_("field 'expires_at' must be in the future"), "expires_at")
     values = {
         "reason": reason,
         "created_by": created_by,
@@ -185,7 +191,12 @@ def list_blocks(
     """Entries of a project, newest first."""
     if kind is not None and kind not in BLOCK_KINDS:
         raise InvalidBlockEntry(
-            f"field 'kind' must be one of {', '.join(BLOCK_KINDS)}, not {kind!r}", "kind"
+            M_(
+                "field 'kind' must be one of {kinds}, not {kind!r}",
+                kinds=", ".join(BLOCK_KINDS),
+                kind=kind,
+            ),
+            "kind",
         )
     q = sa.select(risk_blocklist).where(risk_blocklist.c.project_id == project_id)
     if kind is not None:

@@ -28,6 +28,7 @@ from yunying.activities.service import (
 from yunying.activities.spec import TEMPLATES, SpecError, parse_spec
 from yunying.console.data import N_, Table
 from yunying.console.pages.audience import csv_denied
+from yunying.console.reasons import reason_text
 from yunying.console.web import ConsoleApp, Ctx, NavItem, csv_response, redirect
 from yunying.errors import NotFound, YunyingError
 from yunying.risk.blocklist import (
@@ -213,7 +214,7 @@ def register(console: ConsoleApp) -> None:
             template_labels=TEMPLATE_LABELS,
             chosen=template,
             text=text,
-            errors=errors,
+            errors=ctx.field_errors(errors),
             valid=valid,
         )
 
@@ -246,7 +247,7 @@ def register(console: ConsoleApp) -> None:
         except SpecError as exc:
             return new_form(ctx, template, text, exc.errors, 400)
         except YunyingError as exc:
-            return new_form(ctx, template, text, [{"field": "", "message": str(exc)}], 400)
+            return new_form(ctx, template, text, [{"field": "", "message": exc.message}], 400)
         return redirect(f"/activities/{act.id}")
 
     def load(ctx: Ctx, activity_id: int) -> Activity | None:
@@ -296,6 +297,7 @@ def register(console: ConsoleApp) -> None:
             yuan=yuan,
             error=ctx.param("error"),
             live_refresh=ctx.param("live") == "1" and act.state == "running",
+            reason_text=lambda r: reason_text(ctx, r),
         )
 
     @console.router.post("/activities/{activity_id:int}/state")
@@ -334,7 +336,7 @@ def register(console: ConsoleApp) -> None:
                     runtime, act)["claims"])), lambda: activity_report(runtime, act)
             )  # fmt: skip
         except YunyingError as exc:
-            return console.render(ctx, "activity_report.html", act=act, rep=None, error=str(exc))
+            return console.render(ctx, "activity_report.html", act=act, rep=None, error=ctx.tr(exc))
         rows = report_rows(rep)
         if ctx.param("format") == "csv" and ctx.can("export"):
             return csv_response(Table(("metric", "value"), tuple(rows)), f"activity-{act.id}.csv")
@@ -383,6 +385,7 @@ def register(console: ConsoleApp) -> None:
             names=names,
             filter_status=status,
             error=ctx.param("error"),
+            reason_text=lambda r: reason_text(ctx, r),
         )
 
     @console.router.post("/reviews/{review_id:int}")
@@ -413,7 +416,12 @@ def register(console: ConsoleApp) -> None:
             return redirect("/reviews?error=missing")
         return redirect("/reviews")
 
-    def blocklist_view(ctx: Ctx, error: str | None = None, status: int = 200) -> Response:
+    def blocklist_view(
+        ctx: Ctx,
+        errors: list[dict[str, Any]] | None = None,
+        status: int = 200,
+        form: Any = None,
+    ) -> Response:
         assert ctx.project is not None
         entries = list_blocks(state, ctx.project.id)
         if ctx.param("format") == "csv" and ctx.can("export"):
@@ -427,7 +435,13 @@ def register(console: ConsoleApp) -> None:
             )  # fmt: skip
             return csv_response(table, "blocklist.csv")
         return console.render(
-            ctx, "blocklist.html", status, entries=entries, kinds=BLOCK_KINDS, error=error
+            ctx,
+            "blocklist.html",
+            status,
+            entries=entries,
+            kinds=BLOCK_KINDS,
+            errors=ctx.field_errors(errors or []),
+            form=form or {},
         )
 
     @console.router.get("/blocklist")
@@ -460,8 +474,11 @@ def register(console: ConsoleApp) -> None:
                     str(form.get("reason") or "").strip(),
                     created_by=actor(ctx),
                 )
-        except (InvalidBlockEntry, NotFound, ValueError) as exc:
-            return blocklist_view(ctx, str(exc), 400)
+        except InvalidBlockEntry as exc:
+            return blocklist_view(ctx, [{"field": exc.field, "message": exc.message}], 400, form)
+        except (NotFound, ValueError):
+            errs = [{"field": "", "message": ctx.gettext("That entry no longer exists.")}]
+            return blocklist_view(ctx, errs, 400)
         return redirect("/blocklist")
 
 

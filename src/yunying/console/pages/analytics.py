@@ -7,20 +7,22 @@ JSON, and answers ``?format=csv`` with the same data as a download.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
 
-from yunying.analytics import AnalyticsError, DateRange
+from yunying.analytics import AnalyticsError, DateRange, InvalidQuery
 from yunying.console import data as d
 from yunying.console.data import N_
 from yunying.console.web import ConsoleApp, Ctx, NavItem, csv_response
+from yunying.errors import M_
 
 PALETTE = ["#2f6fed", "#f0883e", "#2da44e", "#a371f7", "#e5534b", "#1b9aaa", "#d4a72c",
            "#8c959f", "#bf3989", "#57606a"]  # fmt: skip
+MAX_WINDOW_DAYS = 90
 LATER = {"day": N_("Days later"), "week": N_("Weeks later"), "month": N_("Months later")}
 LIFECYCLE_COLORS = {"new": "#2f6fed", "returning": "#2da44e", "resurrecting": "#d4a72c",
                     "dormant": "#e5534b"}  # fmt: skip
@@ -118,8 +120,8 @@ def register(console: ConsoleApp) -> None:
                     console.finish(key, running)
         except AnalyticsError as exc:
             if want_csv:
-                return Response(str(exc), status_code=400, media_type="text/plain")
-            values["error"] = str(exc)
+                return Response(ctx.tr(exc), status_code=400, media_type="text/plain")
+            values["error"] = ctx.tr(exc)
             return console.render(ctx, template, 400, **values, chart=None)
         if want_csv:
             name = f"{ctx.project.name}-{csv_name}-{dr.date_from}-{dr.date_to}.csv"
@@ -181,6 +183,7 @@ def register(console: ConsoleApp) -> None:
                 if e.strip():
                     pairs.append((None if e.strip() == "*" else e.strip(), m))
             pairs = pairs[:3] or [("app_install", "total")]
+            notice = unknown_events(console, ctx, [e for e, _ in pairs])
             interval = ctx.param("interval", "day")
             interval = interval if interval in d.INTERVALS else "day"
             breakdown = ctx.param("breakdown")
@@ -213,7 +216,7 @@ def register(console: ConsoleApp) -> None:
             chart = {"data": traces, "layout": layout(ctx)}
             form = {"pairs": pairs, "interval": interval,
                     "breakdown": breakdown, "compare": compare}  # fmt: skip
-            return result, {"chart": chart, "form": form}
+            return result, {"chart": chart, "form": form, "notice": notice}
 
         return page(request, "trends.html", "explore", compute, "trends")
 
@@ -228,15 +231,19 @@ def register(console: ConsoleApp) -> None:
             project = ctx.project
             steps = ctx.params("step") or ["app_install", "sign_up", "edit_video",
                                            "export_video", "purchase_membership"]  # fmt: skip
-            try:
-                window = max(1, min(90, int(ctx.param("window", "14"))))
-            except ValueError:
-                window = 14
+            raw_window = ctx.param("window", "14")
             breakdown = ctx.param("breakdown")
             breakdown = breakdown if breakdown in d.BREAKDOWNS else ""
-            form = {"steps": steps, "window": window, "breakdown": breakdown}
+            form = {"steps": steps, "window": raw_window, "breakdown": breakdown}
+            window = int(raw_window) if raw_window.isascii() and raw_window.isdigit() else 0
+            if not 1 <= window <= MAX_WINDOW_DAYS:
+                raise d_invalid(
+                    M_("The conversion window is a whole number of days from 1 to {max}, "
+                       "not {window!r}.", max=MAX_WINDOW_DAYS, window=raw_window)
+                )  # fmt: skip
             if len(steps) < 2:
-                raise d_invalid(ctx.gettext("A funnel needs at least two steps."))
+                raise d_invalid(M_("A funnel needs at least two steps."))
+            notice = unknown_events(console, ctx, steps)
             result: d.FunnelPage = console.cached(
                 project,
                 ("funnel", dr, tuple(steps), window, breakdown),
@@ -255,7 +262,7 @@ def register(console: ConsoleApp) -> None:
                      "y": [s.count for s in b.steps], "marker": {"color": PALETTE[(i + 1) % 10]}}
                 )  # fmt: skip
             chart = {"data": traces, "layout": layout(ctx, barmode="group", hovermode="closest")}
-            return result, {"chart": chart, "form": form}
+            return result, {"chart": chart, "form": form, "notice": notice}
 
         return page(request, "funnels.html", "explore", compute, "funnel")
 
@@ -273,6 +280,7 @@ def register(console: ConsoleApp) -> None:
             period = ctx.param("period", "day")
             period = period if period in ("day", "week", "month") else "day"
             form = {"target": target, "return": returning, "period": period}
+            notice = unknown_events(console, ctx, [target, returning])
             result: d.RetentionPage = console.cached(
                 project,
                 ("retention", dr, target, returning, period),
@@ -306,7 +314,7 @@ def register(console: ConsoleApp) -> None:
                     xaxis={"type": "category", "title": {"text": ctx.gettext(LATER[period])}},
                 ),
             }  # fmt: skip
-            return result, {"chart": chart, "form": form, "periods": n}
+            return result, {"chart": chart, "form": form, "periods": n, "notice": notice}
 
         return page(request, "retention.html", "explore", compute, "retention")
 
@@ -323,6 +331,7 @@ def register(console: ConsoleApp) -> None:
             interval = ctx.param("interval", "day")
             interval = interval if interval in ("day", "week", "month") else "day"
             form = {"event": event, "interval": interval}
+            notice = unknown_events(console, ctx, [event])
             result: d.LifecyclePage = console.cached(
                 project,
                 ("lifecycle", dr, event, interval),
@@ -340,13 +349,28 @@ def register(console: ConsoleApp) -> None:
                      "marker": {"color": LIFECYCLE_COLORS[key]}}
                 )  # fmt: skip
             chart = {"data": traces, "layout": layout(ctx, barmode="relative")}
-            return result, {"chart": chart, "form": form}
+            return result, {"chart": chart, "form": form, "notice": notice}
 
         return page(request, "lifecycle.html", "view", compute, "lifecycle")
 
 
 def d_invalid(message: str) -> Exception:
     """An analytics error carrying a message for the page's error state."""
-    from yunying.analytics import InvalidQuery
-
     return InvalidQuery(message)
+
+
+def unknown_events(console: ConsoleApp, ctx: Ctx, names: Sequence[str | None]) -> str | None:
+    """A notice, in the page's language, naming event names the project never received (the
+    analysis still runs: an unknown event is a flat line, not an error); ``*`` and None mean any
+    event. Only checked when the picker lists every name."""
+    assert ctx.project is not None
+    events = console.events(ctx.project)
+    if len(events) >= d.EVENT_NAMES_LIMIT:
+        return None
+    for name in names:
+        if name and name != "*" and name not in events:
+            return ctx.tr(
+                M_("No event named {event!r} was received in this project: pick one from the "
+                   "list (names must match what your app sends exactly).", event=name)
+            )  # fmt: skip
+    return None

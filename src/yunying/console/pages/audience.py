@@ -24,6 +24,7 @@ from yunying.audience.persona import PersonaQuery, persona
 from yunying.audience.profile import PersonNotFound, person_events, person_profile
 from yunying.audience.rfm import rfm_report
 from yunying.audience.segments import (
+    DependencyCycle,
     InvalidSegment,
     Segment,
     compute_segment,
@@ -41,7 +42,7 @@ from yunying.audience.stages import STAGE_NAMES_ZH, STAGES, local_today, stage_t
 from yunying.audience.stages import stages_over_time as stages_timeline
 from yunying.console.data import N_, Table
 from yunying.console.web import ConsoleApp, Ctx, NavItem, csv_response, redirect
-from yunying.errors import Conflict, NotFound, YunyingError
+from yunying.errors import M_, Conflict, NotFound, YunyingError
 
 T = TypeVar("T")
 PAGE_SIZE = 50
@@ -110,9 +111,11 @@ def parse_rule_text(text: str) -> Any:
     try:
         data = orjson.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
     except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
-        raise InvalidSegment(f"not valid YAML or JSON: {exc}", "rules") from None
+        raise InvalidSegment(
+            M_("not valid YAML or JSON: {error}", error=str(exc)), "rules"
+        ) from None
     if not isinstance(data, dict):
-        raise InvalidSegment("a rule is a mapping with a type field", "rules")
+        raise InvalidSegment(M_("a rule is a mapping with a type field"), "rules")
     return data
 
 
@@ -190,7 +193,7 @@ def register(console: ConsoleApp) -> None:
             schedule=schedule
             or (str(seg.schedule_minutes) if seg and seg.schedule_minutes else ""),
             text=rule_text(seg) if text is None else text,
-            errors=errors or [],
+            errors=ctx.field_errors(errors or []),
             preview_size=size,
         )
 
@@ -269,8 +272,15 @@ def register(console: ConsoleApp) -> None:
             return editor(ctx, seg, errors=errs, status=400, **keep)
         except InvalidSegment as exc:
             return editor(ctx, seg, errors=exc.errors, status=400, **keep)
-        except (Conflict, YunyingError) as exc:
-            return editor(ctx, seg, errors=[{"field": "", "message": str(exc)}], status=400, **keep)
+        except DependencyCycle as exc:
+            errs = [{"field": "rules", "message": exc.message}]
+            return editor(ctx, seg, errors=errs, status=400, **keep)
+        except Conflict as exc:  # the name is taken
+            return editor(ctx, seg, errors=[{"field": "name", "message": exc.message}], status=400,
+                          **keep)  # fmt: skip
+        except YunyingError as exc:
+            return editor(ctx, seg, errors=[{"field": "", "message": exc.message}], status=400,
+                          **keep)  # fmt: skip
         # a failure is stored as the segment's last_error, which its page shows
         with contextlib.suppress(Exception):
             compute_segment(runtime, project, seg.id)
@@ -352,7 +362,7 @@ def register(console: ConsoleApp) -> None:
                 computing = not done
                 lift_chart = persona_chart(ctx, report) if report else None
             except (InvalidQuery, YunyingError) as exc:
-                persona_error = str(exc)
+                persona_error = ctx.tr(exc)
         return console.render(
             ctx,
             "segment_detail.html",
@@ -410,7 +420,7 @@ def register(console: ConsoleApp) -> None:
                 ),
             )
         except (InvalidQuery, YunyingError) as exc:
-            return console.render(ctx, "layers.html", error=str(exc), interval=interval)
+            return console.render(ctx, "layers.html", error=ctx.tr(exc), interval=interval)
         if not done or found is None:
             return console.render(ctx, "layers.html", computing=True, interval=interval)
         timeline, transitions, rfm = found

@@ -52,7 +52,8 @@ def register(console: ConsoleApp) -> None:
             users=list_users(state),
             roles=ROLES,
             created=None,
-            error=None,
+            errors=[],
+            form={},
         )
 
     @console.router.post("/settings/team")
@@ -64,7 +65,7 @@ def register(console: ConsoleApp) -> None:
         action = str(form.get("action") or "")
         name = str(form.get("username") or "").strip()
         created = None
-        error = None
+        errors: list[dict[str, object]] = []
         try:
             if action == "create":
                 password = generate_password()
@@ -81,15 +82,20 @@ def register(console: ConsoleApp) -> None:
                 update_user(state, name, active=action == "activate")
                 return redirect("/settings/team")
             else:
-                error = ctx.gettext("Unknown action.")
-        except (InvalidUser, Conflict, NotFound) as exc:
-            error = str(exc)
+                errors = [{"field": "", "message": ctx.gettext("Unknown action.")}]
+        except InvalidUser as exc:
+            errors = [{"field": exc.field, "message": exc.message}]
+        except Conflict as exc:  # the name is taken
+            errors = [{"field": "username", "message": exc.message}]
+        except NotFound as exc:
+            errors = [{"field": "", "message": exc.message}]
         return console.render(
             ctx,
             "settings_team.html",
-            400 if error else 200,
+            400 if errors else 200,
             users=list_users(state),
             roles=ROLES,
             created=created,
-            error=error,
+            errors=ctx.field_errors(errors),
+            form=form if errors and action == "create" else {},
         )
