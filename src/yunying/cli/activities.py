@@ -36,41 +36,10 @@ def register(app: typer.Typer) -> None:
         print_json,
         settings_of,
     )
-    from yunying.errors import YunyingError
+    from yunying.cli.remote import call_project_api
 
     app.add_typer(activity_app, name="activity", rich_help_panel="Operations")
     app.add_typer(ledger_app, name="ledger", rich_help_panel="Operations")
-
-    def call(
-        method: str,
-        path: str,
-        local: Any,
-        project: str | None,
-        data_dir: Any,
-        events_url: str | None,
-        state_url: str | None,
-        json: Any = None,
-        params: dict[str, Any] | None = None,
-    ) -> Any:
-        from yunying.cli.remote import call_api
-        from yunying.state import get_project
-
-        settings = settings_of(data_dir, events_url, state_url)
-
-        def run_local(rt: "Runtime") -> Any:
-            return local(rt, get_project(rt.state, project))
-
-        try:
-            return call_api(
-                settings,
-                method,
-                path,
-                run_local,
-                json=json,
-                params={"project": project, **(params or {})},
-            )
-        except YunyingError as exc:
-            fail(str(exc))
 
     def show(result: Any, json_out: bool, text: str | None = None) -> None:
         if json_out:
@@ -119,9 +88,10 @@ def register(app: typer.Typer) -> None:
             act = service.create_activity(rt.state, p.id, data, "cli")
             return report.activity_detail(rt, act)
 
-        a = call(
-            "POST", "/api/v1/activities", local, project, data_dir, events_url, state_url, json=data
-        )
+        a = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "POST", "/api/v1/activities",
+            local, json=data,
+        )  # fmt: skip
         if start:
             a = transition_cmd("start", a["id"], project, data_dir, events_url, state_url)
         show(a, json_out, summary(a))
@@ -136,15 +106,10 @@ def register(app: typer.Typer) -> None:
                 rt, service.transition(rt.state, p.id, activity_id, action, "cli")
             )
 
-        return call(
-            "POST",
-            f"/api/v1/activities/{activity_id}/{action}",
-            local,
-            project,
-            data_dir,
-            events_url,
-            state_url,
-        )
+        return call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "POST",
+            f"/api/v1/activities/{activity_id}/{action}", local,
+        )  # fmt: skip
 
     def make_transition(action: str, doc: str) -> None:
         def command(
@@ -194,16 +159,10 @@ def register(app: typer.Typer) -> None:
                 "activities": [a.as_dict() for a in service.list_activities(rt.state, p.id, state)]
             }
 
-        res = call(
-            "GET",
-            "/api/v1/activities",
-            local,
-            project,
-            data_dir,
-            events_url,
-            state_url,
-            params={"state": state},
-        )
+        res = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET", "/api/v1/activities",
+            local, params={"state": state},
+        )  # fmt: skip
         text = "\n".join(summary(a) for a in res["activities"]) or "no activities yet"
         show(res, json_out, text)
 
@@ -222,15 +181,10 @@ def register(app: typer.Typer) -> None:
         def local(rt: "Runtime", p: Any) -> Any:
             return report.activity_detail(rt, service.get_activity(rt.state, p.id, activity_id))
 
-        a = call(
-            "GET",
-            f"/api/v1/activities/{activity_id}",
-            local,
-            project,
-            data_dir,
-            events_url,
-            state_url,
-        )
+        a = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET",
+            f"/api/v1/activities/{activity_id}", local,
+        )  # fmt: skip
         show(a, json_out, summary(a))
 
     @activity_app.command("audit")
@@ -249,15 +203,10 @@ def register(app: typer.Typer) -> None:
             service.get_activity(rt.state, p.id, activity_id)
             return {"audit": service.audit_log(rt.state, p.id, activity_id)}
 
-        res = call(
-            "GET",
-            f"/api/v1/activities/{activity_id}/audit",
-            local,
-            project,
-            data_dir,
-            events_url,
-            state_url,
-        )
+        res = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET",
+            f"/api/v1/activities/{activity_id}/audit", local,
+        )  # fmt: skip
         text = "\n".join(
             f"{a['at']}  {a['actor']:<16} {a['action']:<8} {a['before']} → {a['after']}"
             for a in res["audit"]
@@ -284,8 +233,9 @@ def register(app: typer.Typer) -> None:
                 rt, service.get_activity(rt.state, p.id, activity_id), conversion_event
             )
 
-        r = call(
-            "GET", f"/api/v1/activities/{activity_id}/report", local, project, data_dir, events_url, state_url,
+        r = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET",
+            f"/api/v1/activities/{activity_id}/report", local,
             params={"conversion_event": conversion_event},
         )  # fmt: skip
         conv = r["conversion"]
@@ -345,9 +295,9 @@ def register(app: typer.Typer) -> None:
                 "balance": ledger.account_balance(rt.state, p.id, str(account)),
             }
 
-        res = call(
-            "GET", "/api/v1/ledger/balance", local, project, data_dir, events_url, state_url,
-            params={"user_id": user, "account": account},
+        res = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET", "/api/v1/ledger/balance",
+            local, params={"user_id": user, "account": account},
         )  # fmt: skip
         if user:
             text = (
@@ -382,9 +332,9 @@ def register(app: typer.Typer) -> None:
                 )
             }
 
-        res = call(
-            "GET", "/api/v1/ledger/entries", local, project, data_dir, events_url, state_url,
-            params={"user_id": user, "activity_id": activity, "limit": limit},
+        res = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET", "/api/v1/ledger/entries",
+            local, params={"user_id": user, "activity_id": activity, "limit": limit},
         )  # fmt: skip
         text = "\n".join(
             f"#{t['id']} {t['created_at'][:19]} {t['kind']:<8} {t['asset']:<15} {t['amount']:>8}  "
@@ -412,9 +362,9 @@ def register(app: typer.Typer) -> None:
                 "reverses": transaction_id,
             }
 
-        res = call(
-            "POST", "/api/v1/ledger/reverse", local, project, data_dir, events_url, state_url,
-            json={"transaction_id": transaction_id, "reason": reason},
+        res = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "POST", "/api/v1/ledger/reverse",
+            local, json={"transaction_id": transaction_id, "reason": reason},
         )  # fmt: skip
         show(res, json_out, f"reversed #{transaction_id} with #{res['reversal_id']}")
 
@@ -439,8 +389,8 @@ def register(app: typer.Typer) -> None:
                 "ttl": ttl,
             }
 
-        res = call(
-            "POST", "/api/v1/activities/user-token", local, project, data_dir, events_url, state_url,
-            json={"user_id": user, "ttl": ttl},
+        res = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "POST",
+            "/api/v1/activities/user-token", local, json={"user_id": user, "ttl": ttl},
         )  # fmt: skip
         show(res, json_out, res["token"])

@@ -299,7 +299,6 @@ def register(app: typer.Typer) -> None:
         print_json,
         settings_of,
     )
-    from yunying.errors import YunyingError
 
     DateFrom = Annotated[
         str | None,
@@ -325,15 +324,11 @@ def register(app: typer.Typer) -> None:
         events_url: str | None,
         state_url: str | None,
     ) -> dict[str, Any]:
-        from yunying.web.http import HTTPProblem  # the web stack loads only when a command runs
+        from yunying.cli.remote import refusals_fail
 
         settings = settings_of(data_dir, events_url, state_url)
-        try:
+        with refusals_fail():
             result = analyze(settings, kind, body)
-        except HTTPProblem as exc:
-            fail(str(exc.body["error"]))
-        except YunyingError as exc:
-            fail(str(exc))
         if json_out:
             print_json(result)
         return result

@@ -3,7 +3,7 @@
 
 Each command asks the running server's ``/api/v1/audience`` endpoints when one serves the data
 dir (DuckDB allows one process), else computes the same answer locally with the same functions
-(:func:`~yunying.cli.remote.call_api`), so ``--json`` prints the API's answer either way.
+(:func:`~yunying.cli.remote.call_project_api`), so ``--json`` prints the API's answer either way.
 """
 
 # no `from __future__ import annotations`: Typer reads the option types of the commands defined
@@ -19,7 +19,6 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from yunying.config import Settings
     from yunying.runtime import Runtime
     from yunying.state import Project
 
@@ -154,6 +153,7 @@ def register(app: typer.Typer) -> None:
         print_json,
         settings_of,
     )
+    from yunying.cli.remote import call_project_api
     from yunying.errors import YunyingError
 
     AsOf = Annotated[
@@ -163,25 +163,6 @@ def register(app: typer.Typer) -> None:
     DateTo = Annotated[
         str | None, typer.Option("--to", help="Last local day, YYYY-MM-DD (default: today).")
     ]
-
-    def call(
-        settings: "Settings",
-        method: str,
-        path: str,
-        local: Callable[["Runtime", "Project"], Any],
-        project: str | None,
-        params: dict[str, Any] | None = None,
-        json: Any = None,
-    ) -> Any:
-        """The endpoint's answer from the server, or ``local`` computed here."""
-        from yunying.cli.remote import call_api
-        from yunying.state import get_project
-
-        def here(rt: "Runtime") -> Any:
-            return local(rt, get_project(rt.state, project))
-
-        query = {"project": project, **(params or {})}
-        return call_api(settings, method, f"/api/v1/audience{path}", here, json=json, params=query)
 
     def execute(
         make: Callable[[], Any],
@@ -248,10 +229,10 @@ def register(app: typer.Typer) -> None:
                 raise UsageError(f"--interval must be day, week or month, not {interval!r}")
             params = {"date_from": date_from, "date_to": date_to, "interval": interval}
             if store:
-                call(
-                    settings, "POST", "/stages/store",
+                call_project_api(
+                    settings, project, "POST", "/api/v1/audience/stages/store",
                     lambda rt, p: {"scope": "stage", "persons": st.store_stages(rt, p, day)},
-                    project, {"as_of": as_of},
+                    params={"as_of": as_of},
                 )  # fmt: skip
             if members is not None:
                 frm, sep, to = members.partition(":")
@@ -267,9 +248,16 @@ def register(app: typer.Typer) -> None:
                         p.timezone, limit,
                     )  # fmt: skip
 
-                return call(
-                    settings, "GET", "/stages/transitions/members", local_members, project,
-                    {"as_of": as_of, "interval": interval, "from": frm, "to": to, "limit": limit},
+                query = {
+                    "as_of": as_of,
+                    "interval": interval,
+                    "from": frm,
+                    "to": to,
+                    "limit": limit,
+                }
+                return call_project_api(
+                    settings, project, "GET", "/api/v1/audience/stages/transitions/members",
+                    local_members, params=query,
                 )  # fmt: skip
             if transitions or over_time:
                 kind = "transitions" if transitions else "over-time"
@@ -281,7 +269,10 @@ def register(app: typer.Typer) -> None:
                         return st.stage_transitions(rt.store, p.id, s, rng, interval)
                     return st.stages_over_time(rt.store, p.id, s, rng, interval)
 
-                return call(settings, "GET", f"/stages/{kind}", local_series, project, params)
+                return call_project_api(
+                    settings, project, "GET", f"/api/v1/audience/stages/{kind}", local_series,
+                    params=params,
+                )  # fmt: skip
 
             def local_now(rt: "Runtime", p: "Project") -> Any:
                 s = aset.get_settings(rt.state, p.id)
@@ -289,7 +280,10 @@ def register(app: typer.Typer) -> None:
                     rt.store, p.id, s, day or st.local_today(p.timezone), p.timezone
                 )
 
-            return call(settings, "GET", "/stages", local_now, project, {"as_of": as_of})
+            return call_project_api(
+                settings, project, "GET", "/api/v1/audience/stages", local_now,
+                params={"as_of": as_of},
+            )  # fmt: skip
 
         def show(result: Any) -> None:
             if "persons" in result and "from" in result:
@@ -328,17 +322,19 @@ def register(app: typer.Typer) -> None:
         def make() -> Any:
             day = parse_day("--as-of", as_of)
             if store:
-                call(
-                    settings, "POST", "/rfm/store",
+                call_project_api(
+                    settings, project, "POST", "/api/v1/audience/rfm/store",
                     lambda rt, p: {"scope": "rfm", "persons": rf.store_rfm(rt, p, day)},
-                    project, {"as_of": as_of},
+                    params={"as_of": as_of},
                 )  # fmt: skip
 
             def local(rt: "Runtime", p: "Project") -> Any:
                 s = aset.get_settings(rt.state, p.id)
                 return rf.rfm_report(rt.store, p.id, s, day or local_today(p.timezone), p.timezone)
 
-            return call(settings, "GET", "/rfm", local, project, {"as_of": as_of})
+            return call_project_api(
+                settings, project, "GET", "/api/v1/audience/rfm", local, params={"as_of": as_of}
+            )
 
         execute(make, json_out, lambda r: console.print(rfm_table(r)))
 
@@ -417,12 +413,9 @@ def register(app: typer.Typer) -> None:
                     raise UsageError(f"{persona_field(req, str(exc))}: {exc}") from None
                 return persona(rt.store, p.id, q, aset.get_settings(rt.state, p.id))
 
-            from yunying.cli.remote import call_api
-            from yunying.state import get_project
-
-            return call_api(
-                settings, "POST", "/api/v1/audience/persona",
-                lambda rt: local(rt, get_project(rt.state, project)), json=json_body,
+            return call_project_api(
+                settings, project, "POST", "/api/v1/audience/persona", local, json=json_body,
+                project_in="body",
             )  # fmt: skip
 
         def show(result: Any) -> None:
@@ -453,7 +446,7 @@ def register(app: typer.Typer) -> None:
         def make() -> Any:
             if not 0 <= events <= 500:
                 raise UsageError("--events must be between 0 and 500")
-            path = f"/persons/{quote(key, safe='')}"
+            path = f"/api/v1/audience/persons/{quote(key, safe='')}"
 
             def local(rt: "Runtime", p: "Project") -> Any:
                 s = aset.get_settings(rt.state, p.id)
@@ -461,12 +454,12 @@ def register(app: typer.Typer) -> None:
                     rt.store, p.id, key, s, p.timezone, local_today(p.timezone)
                 )
 
-            result = dict(call(settings, "GET", path, local, project))
+            result = dict(call_project_api(settings, project, "GET", path, local))
             if events:
-                result["timeline"] = call(
-                    settings, "GET", f"{path}/events",
+                result["timeline"] = call_project_api(
+                    settings, project, "GET", f"{path}/events",
                     lambda rt, p: pr.person_events(rt.store, p.id, key, events),
-                    project, {"limit": events},
+                    params={"limit": events},
                 )  # fmt: skip
             return result
 
@@ -506,13 +499,12 @@ def register(app: typer.Typer) -> None:
         settings = settings_of(data_dir, events_url, state_url)
 
         def make() -> Any:
-            return call(
-                settings, "GET", "/settings",
+            return call_project_api(
+                settings, project, "GET", "/api/v1/audience/settings",
                 lambda rt, p: {
                     "project": p.name,
                     "settings": aset.get_settings(rt.state, p.id).model_dump(mode="json"),
                 },
-                project,
             )  # fmt: skip
 
         execute(make, json_out, lambda r: console.print_json(orjson.dumps(r).decode()))
@@ -536,25 +528,24 @@ def register(app: typer.Typer) -> None:
 
         def make() -> Any:
             parsed = dict(parse_change(c) for c in changes)
-            current = call(
-                settings, "GET", "/settings",
+            current = call_project_api(
+                settings, project, "GET", "/api/v1/audience/settings",
                 lambda rt, p: {
                     "project": p.name,
                     "settings": aset.get_settings(rt.state, p.id).model_dump(mode="json"),
                 },
-                project,
             )  # fmt: skip
             updated = aset.with_changes(
                 aset.AudienceSettings.model_validate(current["settings"]), parsed
             )
             doc = updated.model_dump(mode="json")
-            return call(
-                settings, "PUT", "/settings",
+            return call_project_api(
+                settings, project, "PUT", "/api/v1/audience/settings",
                 lambda rt, p: {
                     "project": p.name,
                     "settings": aset.put_settings(rt.state, p.id, doc).model_dump(mode="json"),
                 },
-                project, json=doc,
+                json=doc,
             )  # fmt: skip
 
         execute(make, json_out, lambda r: console.print_json(orjson.dumps(r).decode()))

@@ -62,11 +62,9 @@ def register(app: typer.Typer) -> None:
         StateURL,
         console,
         err,
-        fail,
         print_json,
         settings_of,
     )
-    from yunying.errors import YunyingError
 
     clv_app = typer.Typer(
         help="Customer lifetime value: BG/NBD + Gamma-Gamma fitted on a purchase event.",
@@ -113,10 +111,9 @@ def register(app: typer.Typer) -> None:
         state_url: StateURL = None,
     ) -> None:
         """Fit the models, write per-person predictions (clv:* values), print the estimates."""
-        from yunying.cli.remote import call_api
+        from yunying.cli.remote import call_api, refusals_fail
         from yunying.state import get_project
         from yunying.web.clv_api import parse_fit_body, run_fit
-        from yunying.web.http import HTTPProblem
 
         body = {
             "project": project,
@@ -133,12 +130,8 @@ def register(app: typer.Typer) -> None:
             parsed = parse_fit_body(body)
             return run_fit(rt.store, rt.state, get_project(rt.state, parsed.project), parsed)
 
-        try:
+        with refusals_fail():
             result = call_api(settings, "POST", "/api/v1/clv/fit", local, json=body)
-        except HTTPProblem as exc:
-            fail(str(exc.body["error"]))
-        except YunyingError as exc:
-            fail(str(exc))
         output(dict(result), json_out)
 
     @clv_app.command("show")
@@ -152,22 +145,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The latest fitted model of the project."""
         from yunying.audience.clv import latest_model
-        from yunying.cli.remote import call_api
-        from yunying.state import get_project
+        from yunying.cli.remote import call_project_api
 
-        settings = settings_of(data_dir, events_url, state_url)
-
-        def local(rt: "Runtime") -> dict[str, Any]:
-            return latest_model(rt.state, get_project(rt.state, project), event)
-
-        try:
-            result = call_api(
-                settings,
-                "GET",
-                "/api/v1/clv/models/latest",
-                local,
-                params={"project": project, "event": event},
-            )
-        except YunyingError as exc:
-            fail(str(exc))
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET",
+            "/api/v1/clv/models/latest", lambda rt, p: latest_model(rt.state, p, event),
+            params={"event": event},
+        )  # fmt: skip
         output(dict(result), json_out)

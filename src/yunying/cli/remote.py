@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
 import orjson
@@ -22,6 +23,7 @@ from yunying.errors import YunyingError
 
 if TYPE_CHECKING:
     from yunying.runtime import Runtime
+    from yunying.state import Project
 
 T = TypeVar("T")
 
@@ -105,6 +107,53 @@ def call_api(
         return local(rt)
     finally:
         rt.close()
+
+
+def call_project_api(
+    settings: Settings,
+    project: str | None,
+    method: str,
+    path: str,
+    local: Callable[[Runtime, Project], T],
+    *,
+    json: Any = None,
+    params: dict[str, Any] | None = None,
+    project_in: Literal["query", "body", "both"] = "query",
+) -> T | Any:
+    """:func:`call_api` for an endpoint about one project (``--project``; None: the default one),
+    as a command answers it: a refusal (the server's, an unknown project, a body that does not
+    validate) ends the command with its message and exit code 1.
+
+    The project's name goes in the query string, in the JSON body (when there is one), or in
+    both, as ``project_in`` says; ``local`` gets the runtime and the project, resolved here.
+    """
+    from yunying.state import get_project
+
+    if project_in != "body":
+        params = {"project": project, **(params or {})}
+    if project_in != "query" and json is not None:
+        json = {**json, "project": project}
+
+    def here(rt: Runtime) -> T:
+        return local(rt, get_project(rt.state, project))
+
+    with refusals_fail():
+        return call_api(settings, method, path, here, json=json, params=params)
+
+
+@contextmanager
+def refusals_fail() -> Iterator[None]:
+    """End the command with a refusal's message and exit code 1: the server's, an unknown
+    project's, a body's that does not validate (:class:`~yunying.web.http.HTTPProblem`)."""
+    from yunying.cli.main import fail
+    from yunying.web.http import HTTPProblem  # the web stack loads only when a command runs
+
+    try:
+        yield
+    except HTTPProblem as exc:
+        fail(str(exc.body["error"]))
+    except YunyingError as exc:
+        fail(str(exc))
 
 
 def _message(resp: httpx.Response) -> str:

@@ -9,7 +9,6 @@ API's answer either way.
 # inside register(), which refer to names local to it.
 
 import getpass
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -121,7 +120,7 @@ def register(app: typer.Typer) -> None:
         print_json,
         settings_of,
     )
-    from yunying.errors import YunyingError
+    from yunying.cli.remote import call_project_api
 
     review_app = typer.Typer(
         help="Anti-fraud review queue: held claims to approve or deny.", no_args_is_help=True
@@ -134,35 +133,6 @@ def register(app: typer.Typer) -> None:
 
     Reviewer = Annotated[str | None, typer.Option(help="Who decides (default: your user name).")]
     Note = Annotated[str | None, typer.Option(help="Why, kept with the decision.")]
-
-    def call(
-        method: str,
-        path: str,
-        local: Callable[["Runtime", Any], Any],
-        project: str | None,
-        data_dir: Any,
-        events_url: str | None,
-        state_url: str | None,
-        *,
-        json: Any = None,
-        params: dict[str, Any] | None = None,
-    ) -> Any:
-        """The API's answer: from the server, or ``local(runtime, project)`` here."""
-        from yunying.cli.remote import call_api
-        from yunying.state import get_project
-        from yunying.web.http import HTTPProblem
-
-        settings = settings_of(data_dir, events_url, state_url)
-
-        def here(rt: "Runtime") -> Any:
-            return local(rt, get_project(rt.state, project))
-
-        try:
-            return call_api(settings, method, f"/api/v1/risk{path}", here, json=json, params=params)
-        except HTTPProblem as exc:
-            fail(str(exc.body["error"]))
-        except YunyingError as exc:
-            fail(str(exc))
 
     @review_app.command("list")
     def review_list(
@@ -195,7 +165,6 @@ def register(app: typer.Typer) -> None:
             return {"reviews": [r.as_dict() for r in items]}
 
         params = {
-            "project": project,
             "status": status,
             "activity_id": activity,
             "person_id": person,
@@ -203,9 +172,10 @@ def register(app: typer.Typer) -> None:
             "limit": limit,
             "offset": offset,
         }
-        result = call(
-            "GET", "/reviews", local, project, data_dir, events_url, state_url, params=params
-        )
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET", "/api/v1/risk/reviews",
+            local, params=params,
+        )  # fmt: skip
         if json_out:
             print_json(result)
         elif not result["reviews"]:
@@ -225,16 +195,11 @@ def register(app: typer.Typer) -> None:
         """One review with its claim and reasons."""
         from yunying.risk import get_review
 
-        result = call(
-            "GET",
-            f"/reviews/{review_id}",
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET",
+            f"/api/v1/risk/reviews/{review_id}",
             lambda rt, p: get_review(rt.state, p.id, review_id).as_dict(),
-            project,
-            data_dir,
-            events_url,
-            state_url,
-            params={"project": project},
-        )
+        )  # fmt: skip
         if json_out:
             print_json(result)
         else:
@@ -260,17 +225,11 @@ def register(app: typer.Typer) -> None:
             return get_review(rt.state, p.id, review_id).as_dict()
 
         action = "approve" if approved else "deny"
-        body = {"project": project, "reviewer": who, "note": note}
-        result = call(
-            "POST",
-            f"/reviews/{review_id}/{action}",
-            local,
-            project,
-            data_dir,
-            events_url,
-            state_url,
-            json=body,
-        )
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "POST",
+            f"/api/v1/risk/reviews/{review_id}/{action}", local,
+            json={"reviewer": who, "note": note}, project_in="body",
+        )  # fmt: skip
         if json_out:
             print_json(result)
         else:
@@ -333,7 +292,6 @@ def register(app: typer.Typer) -> None:
             fail(str(exc))
         by = getpass.getuser()
         body = {
-            "project": project,
             "kind": kind,
             "value": value,
             "reason": reason,
@@ -353,9 +311,10 @@ def register(app: typer.Typer) -> None:
                 expires_at=expiry(parsed),
             ).as_dict()
 
-        result = call(
-            "POST", "/blocklist", local, project, data_dir, events_url, state_url, json=body
-        )
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "POST", "/api/v1/risk/blocklist",
+            local, json=body, project_in="body",
+        )  # fmt: skip
         if json_out:
             print_json(result)
         else:
@@ -377,16 +336,11 @@ def register(app: typer.Typer) -> None:
         """Remove a blocklist entry."""
         from yunying.risk import remove_block
 
-        result = call(
-            "DELETE",
-            f"/blocklist/{entry_id}",
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "DELETE",
+            f"/api/v1/risk/blocklist/{entry_id}",
             lambda rt, p: remove_block(rt.state, p.id, entry_id).as_dict(),
-            project,
-            data_dir,
-            events_url,
-            state_url,
-            params={"project": project},
-        )
+        )  # fmt: skip
         if json_out:
             print_json(result)
         else:
@@ -411,10 +365,10 @@ def register(app: typer.Typer) -> None:
             items = list_blocks(rt.state, p.id, kind, include_expired=include_expired)
             return {"entries": [e.as_dict() for e in items]}
 
-        params = {"project": project, "kind": kind, "include_expired": include_expired}
-        result = call(
-            "GET", "/blocklist", local, project, data_dir, events_url, state_url, params=params
-        )
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET", "/api/v1/risk/blocklist",
+            local, params={"kind": kind, "include_expired": include_expired},
+        )  # fmt: skip
         if json_out:
             print_json(result)
         elif not result["entries"]:

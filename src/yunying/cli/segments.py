@@ -133,6 +133,7 @@ def register(app: typer.Typer) -> None:
         print_json,
         settings_of,
     )
+    from yunying.cli.remote import call_project_api
     from yunying.errors import YunyingError
 
     segment_app = typer.Typer(
@@ -149,35 +150,6 @@ def register(app: typer.Typer) -> None:
     Now = Annotated[
         str | None, typer.Option(help="Evaluate rules as of this ISO time (default: now).")
     ]
-
-    def run(
-        settings_args: tuple[Any, Any, Any],
-        method: str,
-        path: str,
-        local: "Callable[[Runtime, Any], Any]",
-        project: str | None,
-        json: Any = None,
-        params: dict[str, Any] | None = None,
-    ) -> Any:
-        """The API's answer from the running server, or ``local(runtime, project)`` here."""
-        from yunying.cli.remote import call_api
-        from yunying.state import get_project
-        from yunying.web.http import HTTPProblem
-
-        settings = settings_of(*settings_args)
-        if json is not None:
-            json = {**json, "project": project}
-        query = {**(params or {}), "project": project}
-
-        def here(rt: "Runtime") -> Any:
-            return local(rt, get_project(rt.state, project))
-
-        try:
-            return call_api(settings, method, path, here, json=json, params=query)
-        except HTTPProblem as exc:
-            fail(str(exc.body["error"]))
-        except YunyingError as exc:
-            fail(str(exc))
 
     def raw(
         settings: "Settings",
@@ -282,8 +254,10 @@ def register(app: typer.Typer) -> None:
                 s = S.compute_segment(rt, proj, s.id)
             return s.as_dict()
 
-        result = run((data_dir, events_url, state_url), "POST", "/api/v1/segments", local,
-                     project, json=body)  # fmt: skip
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "POST", "/api/v1/segments",
+            local, json=body, project_in="both",
+        )  # fmt: skip
         show(result, json_out, lambda r: console.print(segments_table([r])))
 
     @segment_app.command("list")
@@ -300,7 +274,9 @@ def register(app: typer.Typer) -> None:
         def local(rt: "Runtime", proj: Any) -> Any:
             return {"segments": [s.as_dict() for s in S.list_segments(rt.state, proj.id)]}
 
-        result = run((data_dir, events_url, state_url), "GET", "/api/v1/segments", local, project)
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET", "/api/v1/segments", local
+        )
         show(result, json_out, lambda r: console.print(segments_table(r["segments"])))
 
     @segment_app.command("show")
@@ -319,8 +295,10 @@ def register(app: typer.Typer) -> None:
             s = S.get_segment(rt.state, proj.id, ref)
             return {**s.as_dict(), "sizes": S.size_history(rt.state, s.id, 30)}
 
-        result = run((data_dir, events_url, state_url), "GET", f"/api/v1/segments/{ref}", local,
-                     project)  # fmt: skip
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET", f"/api/v1/segments/{ref}",
+            local,
+        )  # fmt: skip
 
         def human(r: dict[str, Any]) -> None:
             import yaml
@@ -354,8 +332,10 @@ def register(app: typer.Typer) -> None:
             s = S.get_segment(rt.state, proj.id, ref)
             return {"segment": s.as_dict(), **S.members_page(rt, proj, s.scope, limit, offset)}
 
-        result = run((data_dir, events_url, state_url), "GET", f"/api/v1/segments/{ref}/members",
-                     local, project, params={"limit": limit, "offset": offset})  # fmt: skip
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET",
+            f"/api/v1/segments/{ref}/members", local, params={"limit": limit, "offset": offset},
+        )  # fmt: skip
 
         def human(r: dict[str, Any]) -> None:
             console.print(members_table(r))
@@ -441,8 +421,10 @@ def register(app: typer.Typer) -> None:
             def local_all(rt: "Runtime", proj: Any) -> Any:
                 return S.recompute_all(rt, proj, moment).as_dict()
 
-            result = run((data_dir, events_url, state_url), "POST", "/api/v1/segments/recompute",
-                         local_all, project, json={"now": when})  # fmt: skip
+            result = call_project_api(
+                settings_of(data_dir, events_url, state_url), project, "POST",
+                "/api/v1/segments/recompute", local_all, json={"now": when}, project_in="both",
+            )  # fmt: skip
 
             def human(r: dict[str, Any]) -> None:
                 table = Table("kind", "id", "name", "size", "seconds")
@@ -462,9 +444,10 @@ def register(app: typer.Typer) -> None:
         def local(rt: "Runtime", proj: Any) -> Any:
             return S.compute_segment(rt, proj, str(ref), moment).as_dict()
 
-        result = run((data_dir, events_url, state_url), "POST",
-                     f"/api/v1/segments/{ref}/recompute", local, project,
-                     json={"now": when})  # fmt: skip
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "POST",
+            f"/api/v1/segments/{ref}/recompute", local, json={"now": when}, project_in="both",
+        )  # fmt: skip
         show(result, json_out, lambda r: console.print(segments_table([r])))
 
     @segment_app.command("delete")
@@ -483,8 +466,10 @@ def register(app: typer.Typer) -> None:
             S.delete_segment(rt, proj, ref)
             return {"deleted": ref}
 
-        result = run((data_dir, events_url, state_url), "DELETE", f"/api/v1/segments/{ref}",
-                     local, project)  # fmt: skip
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "DELETE",
+            f"/api/v1/segments/{ref}", local,
+        )  # fmt: skip
         show(result, json_out, lambda r: console.print(f"deleted segment {escape(ref)}"))
 
     @segment_app.command("snapshot")
@@ -503,9 +488,10 @@ def register(app: typer.Typer) -> None:
         def local(rt: "Runtime", proj: Any) -> Any:
             return S.snapshot_segment(rt, proj, ref, name).as_dict()
 
-        result = run((data_dir, events_url, state_url), "POST",
-                     f"/api/v1/segments/{ref}/snapshot", local, project,
-                     json={"name": name})  # fmt: skip
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "POST",
+            f"/api/v1/segments/{ref}/snapshot", local, json={"name": name}, project_in="both",
+        )  # fmt: skip
         show(result, json_out, lambda r: console.print(segments_table([r])))
 
     @segment_app.command("upload")
@@ -610,8 +596,10 @@ def register(app: typer.Typer) -> None:
                 t = S.compute_tag(rt, proj, t.id)
             return t.as_dict()
 
-        result = run((data_dir, events_url, state_url), "POST", "/api/v1/tags", local, project,
-                     json=body)  # fmt: skip
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "POST", "/api/v1/tags", local,
+            json=body, project_in="both",
+        )  # fmt: skip
         show(result, json_out, lambda r: console.print(tags_table([r])))
 
     @tag_app.command("list")
@@ -628,7 +616,9 @@ def register(app: typer.Typer) -> None:
         def local(rt: "Runtime", proj: Any) -> Any:
             return {"tags": [t.as_dict() for t in T.list_tags(rt.state, proj.id)]}
 
-        result = run((data_dir, events_url, state_url), "GET", "/api/v1/tags", local, project)
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET", "/api/v1/tags", local
+        )
         show(result, json_out, lambda r: console.print(tags_table(r["tags"])))
 
     @tag_app.command("show")
@@ -646,8 +636,10 @@ def register(app: typer.Typer) -> None:
         def local(rt: "Runtime", proj: Any) -> Any:
             return T.get_tag(rt.state, proj.id, ref).as_dict()
 
-        result = run((data_dir, events_url, state_url), "GET", f"/api/v1/tags/{ref}", local,
-                     project)  # fmt: skip
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET", f"/api/v1/tags/{ref}",
+            local,
+        )  # fmt: skip
         show(result, json_out, lambda r: console.print(tags_table([r])))
 
     @tag_app.command("members")
@@ -669,8 +661,10 @@ def register(app: typer.Typer) -> None:
             t = T.get_tag(rt.state, proj.id, ref)
             return {"tag": t.as_dict(), **S.members_page(rt, proj, t.scope, limit, offset)}
 
-        result = run((data_dir, events_url, state_url), "GET", f"/api/v1/tags/{ref}/members",
-                     local, project, params={"limit": limit, "offset": offset})  # fmt: skip
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "GET",
+            f"/api/v1/tags/{ref}/members", local, params={"limit": limit, "offset": offset},
+        )  # fmt: skip
         show(result, json_out, lambda r: console.print(members_table(r)))
 
     @tag_app.command("recompute")
@@ -692,8 +686,10 @@ def register(app: typer.Typer) -> None:
         def local(rt: "Runtime", proj: Any) -> Any:
             return S.compute_tag(rt, proj, ref, moment).as_dict()
 
-        result = run((data_dir, events_url, state_url), "POST", f"/api/v1/tags/{ref}/recompute",
-                     local, project, json={"now": when})  # fmt: skip
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "POST",
+            f"/api/v1/tags/{ref}/recompute", local, json={"now": when}, project_in="both",
+        )  # fmt: skip
         show(result, json_out, lambda r: console.print(tags_table([r])))
 
     @tag_app.command("delete")
@@ -712,6 +708,8 @@ def register(app: typer.Typer) -> None:
             S.delete_tag(rt, proj, ref)
             return {"deleted": ref}
 
-        result = run((data_dir, events_url, state_url), "DELETE", f"/api/v1/tags/{ref}", local,
-                     project)  # fmt: skip
+        result = call_project_api(
+            settings_of(data_dir, events_url, state_url), project, "DELETE", f"/api/v1/tags/{ref}",
+            local,
+        )  # fmt: skip
         show(result, json_out, lambda r: console.print(f"deleted tag {escape(ref)}"))
