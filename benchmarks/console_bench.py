@@ -19,13 +19,14 @@ table, ``--json`` prints JSON. Scale down with ``--users`` / ``--days``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import statistics
 import sys
 import threading
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,9 @@ PAGES = {
     "activity post-mortem": "/activities/{activity}/report",
     "review queue": "/reviews",
     "blocklist": "/blocklist",
+    "tags": "/tags",
+    "tag (rule + 50 members)": "/tags/{tag}",
+    "CLV (model, bands, top 20)": "/clv",
 }
 
 
@@ -63,7 +67,14 @@ def seed_features(rt: Any) -> dict[str, str]:
 
     from yunying.activities.service import create_activity, list_activities, settle, transition
     from yunying.activities.spec import rewards_of
-    from yunying.audience.segments import compute_segment, create_segment, list_segments
+    from yunying.audience.clv import ClvError, ClvRequest, ModelNotFound, fit_clv, latest_model
+    from yunying.audience.segments import (
+        compute_segment,
+        compute_tag,
+        create_segment,
+        list_segments,
+    )
+    from yunying.audience.tags import create_tag, list_tags
     from yunying.state import list_projects
 
     project = list_projects(rt.state)[0]
@@ -91,7 +102,19 @@ def seed_features(rt: Any) -> dict[str, str]:
         act = transition(rt.state, project.id, act.id, "start", "bench")
         settle(rt, act, user_id=person, person_id=person_id, reward=rewards_of(act.spec)[0],
                key=f"bench:{act.id}:{person}")  # fmt: skip
-    return {"segment": str(seg.id), "activity": str(act.id), "person": person}
+    tag = next((t for t in list_tags(rt.state, project.id) if t.name == "bench_heavy"), None)
+    if tag is None:
+        rule = {"type": "event", "event": "edit_video", "count": "at_least", "times": 10,
+                "window": {"last_days": 30}}  # fmt: skip
+        tag = create_tag(rt.state, project, "bench_heavy", rule)
+        compute_tag(rt, project, tag.id)
+    try:
+        latest_model(rt.state, project)
+    except ModelNotFound:
+        with contextlib.suppress(ClvError):  # too few repeat buyers: the page's empty state
+            end = date.today() - timedelta(days=1)
+            fit_clv(rt.store, rt.state, project, ClvRequest("purchase_membership", end))
+    return {"segment": str(seg.id), "activity": str(act.id), "person": person, "tag": str(tag.id)}
 
 
 def main() -> None:

@@ -3,6 +3,7 @@ by a real uvicorn server on loopback."""
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -16,7 +17,9 @@ from sqlglot import exp
 from tests.conftest import LiveServer, start_server
 from yunying.activities.service import create_activity, settle, transition
 from yunying.activities.spec import rewards_of
-from yunying.audience.segments import compute_segment, create_segment
+from yunying.audience.clv import ClvRequest, fit_clv
+from yunying.audience.segments import compute_segment, compute_tag, create_segment
+from yunying.audience.tags import create_tag
 from yunying.config import load_settings
 from yunying.console.users import create_user
 from yunying.console.web import ConsoleApp
@@ -105,8 +108,11 @@ def demo_people(rt: Runtime, n: int = 3) -> list[tuple[str, str]]:
 
 
 def seed_features(rt: Runtime) -> dict[str, Any]:
-    """A computed segment, a running gift activity and one held claim waiting for review."""
+    """A computed segment and tag, a running gift activity and held claims waiting for review."""
     project = list_projects(rt.state)[0]
+    tag = create_tag(rt.state, project, "heavy_editor", {"type": "event", "event": "edit_video",
+                     "count": "at_least", "times": 3, "window": {"last_days": 30}})  # fmt: skip
+    compute_tag(rt, project, tag.id)
     seg = create_segment(rt, project, "剪辑用户", rules={"type": "event", "event": "edit_video"})
     compute_segment(rt, project, seg.id)
     compute_segment(rt, project, seg.id)  # two sizes: a sparkline and a history chart
@@ -136,10 +142,31 @@ def seed_features(rt: Runtime) -> dict[str, Any]:
         )
         held.append(res.review_id)
     assert all(held), held
-    return {"segment": seg.id, "activity": act.id, "reviews": held}
+    return {"segment": seg.id, "activity": act.id, "reviews": held, "tag": tag.id}
 
 
 @pytest.fixture(scope="module")
 def seeded(demo_runtime: Runtime) -> dict[str, Any]:
     """The module's demo with :func:`seed_features` applied once."""
     return seed_features(demo_runtime)
+
+
+@pytest.fixture(scope="module")
+def clv_model(console_live: LiveServer, seeded: dict[str, Any]) -> int:
+    """A fitted CLV model: the small demo has no repeat purchases, so eighty of its users buy a
+    membership one to six times in the last month first (sent over the events API)."""
+    rt = console_live.runtime
+    project = list_projects(rt.state)[0]
+    rng = random.Random(7)
+    batch = []
+    for distinct_id, _ in demo_people(rt, 80):
+        times = rng.choice([1, 1, 1, 1, 2, 2, 3, 4, 6])
+        for days_ago in sorted(rng.sample(range(2, 34), times), reverse=True):
+            day = date.today() - timedelta(days=days_ago)
+            batch.append({"event": "purchase_membership", "distinct_id": distinct_id,
+                          "timestamp": f"{day.isoformat()}T12:00:00+08:00",
+                          "properties": {"amount": rng.choice([30, 68, 128, 198])}})  # fmt: skip
+    r = console_live.post_events(project.write_key, {"batch": batch})
+    assert r.status_code == 200, r.text
+    request = ClvRequest("purchase_membership", date.today() - timedelta(days=1), horizon=12)
+    return int(fit_clv(rt.store, rt.state, project, request)["id"])

@@ -61,7 +61,7 @@ from yunying.analytics.common import (
     run,
 )
 from yunying.audience.clv_tables import clv_models
-from yunying.errors import NotFound, YunyingError
+from yunying.errors import M_, NotFound, YunyingError
 from yunying.state import Project
 from yunying.store.base import EventStore
 
@@ -337,12 +337,12 @@ def fit_bgnbd(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> tuple[BGNBD, Estima
     """
     xs, txs, Ts = _arrays(x, t_x, T)
     if xs.size == 0:
-        raise NotEnoughData("no customers: no purchase event on or before the calibration end")
+        raise NotEnoughData(M_("no customers: no purchase event on or before the calibration end"))
     if not np.any(xs > 0):
         raise NotEnoughData(
-            "no customer made a repeat purchase before the calibration end; BG/NBD needs some "
-            "(choose a later calibration end or another event)"
-        )
+            M_("no customer made a repeat purchase before the calibration end; BG/NBD needs some "
+               "(choose a later calibration end or another event)")
+        )  # fmt: skip
     keys, counts = np.unique(np.column_stack([xs, txs, Ts]), axis=0, return_counts=True)
     ux, utx, uT = keys[:, 0], keys[:, 1], keys[:, 2]
     weights = counts.astype(np.float64)
@@ -422,7 +422,10 @@ def fit_gamma_gamma(x: ArrayLike, m: ArrayLike) -> tuple[GammaGamma, Estimate]:
     xs, ms = xs[use], ms[use]
     if xs.size < 2:
         raise NotEnoughData(
-            "the spend model needs at least two customers with repeat purchases of positive value"
+            M_(
+                "the spend model needs at least two customers with repeat purchases of positive "
+                "value"
+            )
         )
 
     def log_lik(theta: Floats) -> tuple[float, Floats]:
@@ -496,12 +499,12 @@ def amount_of(amount_field: str | None) -> Field | None:
         name = name[5:]
         if not name:
             raise InvalidClvRequest(
-                "amount_field 'prop:' needs a property name after the colon", "amount_field"
+                M_("amount_field 'prop:' needs a property name after the colon"), "amount_field"
             )
         return prop(name)
     if not name:
         raise InvalidClvRequest(
-            "amount_field must not be empty (leave it out for no spend model)", "amount_field"
+            M_("amount_field must not be empty (leave it out for no spend model)"), "amount_field"
         )
     return col("amount") if name == "amount" else prop(name)
 
@@ -575,7 +578,10 @@ def customers(
 ) -> Customers:
     """The BG/NBD summary of every purchaser (see :func:`summary_tree`) in ``unit``."""
     if unit not in UNIT_DAYS:
-        raise InvalidClvRequest(f"unit must be one of {', '.join(UNITS)}, not {unit!r}", "unit")
+        raise InvalidClvRequest(
+            M_("unit must be one of {units}, not {unit!r}", units=", ".join(UNITS), unit=unit),
+            "unit",
+        )
     rows = run(
         source,
         summary_tree(source, project_id, event, calibration_end, timezone, amount_of(amount_field)),
@@ -620,19 +626,31 @@ class ClvRequest:
 
     def __post_init__(self) -> None:
         if not self.event or not self.event.strip():
-            raise InvalidClvRequest("event must name the purchase event", "event")
+            raise InvalidClvRequest(M_("event must name the purchase event"), "event")
         if self.unit not in UNIT_DAYS:
             raise InvalidClvRequest(
-                f"unit must be one of {', '.join(UNITS)}, not {self.unit!r}", "unit"
+                M_(
+                    "unit must be one of {units}, not {unit!r}",
+                    units=", ".join(UNITS),
+                    unit=self.unit,
+                ),
+                "unit",
             )
         if not (0 < self.horizon <= MAX_HORIZON):
             raise InvalidClvRequest(
-                f"horizon must be above 0 and at most {MAX_HORIZON} units, not {self.horizon}",
+                M_(
+                    "horizon must be above 0 and at most {max} units, not {horizon}",
+                    max=MAX_HORIZON,
+                    horizon=self.horizon,
+                ),
                 "horizon",
             )
         if not (0 <= self.discount_rate < 1):
             raise InvalidClvRequest(
-                f"discount_rate is a rate per unit in [0, 1), not {self.discount_rate}",
+                M_(
+                    "discount_rate is a rate per unit in [0, 1), not {rate}",
+                    rate=self.discount_rate,
+                ),
                 "discount_rate",
             )
         amount_of(self.amount_field)
@@ -770,8 +788,13 @@ def fit_clv(
     if request.calibration_end > today:
         # T would count days that have not happened yet, as if nobody bought in them
         raise InvalidClvRequest(
-            f"calibration_end {request.calibration_end} is after today ({today}, "
-            f"{project.timezone}); use a day that is over",
+            M_(
+                "calibration_end {day} is after today ({today}, {timezone}); use a day that is "
+                "over",
+                day=request.calibration_end,
+                today=today,
+                timezone=project.timezone,
+            ),
             "calibration_end",
         )
     try:
@@ -785,7 +808,7 @@ def fit_clv(
             request.amount_field,
         )
     except InvalidQuery as exc:
-        raise InvalidClvRequest(str(exc)) from None
+        raise InvalidClvRequest(exc.message) from None
     warnings: list[str] = []
     model, est = fit_bgnbd(data.x, data.t_x, data.T)
     if not est.converged:
@@ -919,7 +942,8 @@ def calibration_day(text: str) -> date:
         return date.fromisoformat(text)
     except (TypeError, ValueError):
         raise InvalidClvRequest(
-            f"calibration_end must be a date like 2026-11-01, not {text!r}", "calibration_end"
+            M_("calibration_end must be a date like 2026-11-01, not {text!r}", text=text),
+            "calibration_end",
         ) from None
 
 

@@ -52,7 +52,7 @@ from yunying.audience.rules import (
 )
 from yunying.audience.segment_tables import segment_members, segment_sizes, segments, tags
 from yunying.audience.tags import Tag, check_schedule
-from yunying.errors import Conflict, NotFound, YunyingError
+from yunying.errors import M_, Conflict, NotFound, YunyingError
 from yunying.runtime import Runtime
 from yunying.state import Project, list_projects
 
@@ -162,13 +162,13 @@ def get_segment(engine: sa.Engine, project_id: int, ref: int | str) -> Segment:
     """A segment by id or by name (an id wins when a name is also digits)."""
     row = definitions.find(engine, segments, project_id, ref)
     if row is None:
-        raise NotFound(f"no segment {ref!r} in this project")
+        raise NotFound(M_("no segment {ref!r} in this project", ref=ref))
     return _row(row)
 
 
 def _check_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip() or len(name.strip()) > 200:
-        raise InvalidSegment("name must be 1 to 200 characters", "name")
+        raise InvalidSegment(M_("name must be 1 to 200 characters"), "name")
     return name.strip()
 
 
@@ -176,14 +176,14 @@ def _parse_rules(data: Any) -> Any:
     try:
         return parse_rule(data, "rules")
     except InvalidRule as exc:
-        raise InvalidSegment(str(exc), exc.field, exc.errors) from None
+        raise InvalidSegment(exc.message, exc.field, exc.errors) from None
 
 
 def _schedule(minutes: Any) -> int | None:
     try:
         return check_schedule(minutes)
     except tagmod.InvalidTag as exc:
-        raise InvalidSegment(str(exc), exc.field) from None
+        raise InvalidSegment(exc.message, exc.field) from None
 
 
 Node = tuple[str, str]  # ("segment", "12") or ("tag", "heavy")
@@ -233,16 +233,21 @@ def check_graph(engine: sa.Engine, project_id: int, node: Node, rule: Any) -> No
     graph = _graph(engine, project_id)
     for path, n in _paths(rule):
         if isinstance(n, SegmentRule) and ("segment", str(n.id)) not in graph:
-            raise InvalidSegment(f"{path}.id: no segment {n.id} in this project", f"{path}.id")
+            raise InvalidSegment(
+                M_("{path}.id: no segment {id} in this project", path=path, id=n.id), f"{path}.id"
+            )
         if isinstance(n, TagRule) and ("tag", n.name) not in graph:
-            raise InvalidSegment(f"{path}.name: no tag {n.name!r} in this project", f"{path}.name")
+            raise InvalidSegment(
+                M_("{path}.name: no tag {name!r} in this project", path=path, name=n.name),
+                f"{path}.name",
+            )
     graph[node] = _deps(rule_json(rule))
     cycle = _find_cycle(graph, node)
     if cycle:
         raise DependencyCycle(
-            "the rules would depend on each other in a cycle: "
-            + " → ".join(_label(n) for n in cycle)
-        )
+            M_("the rules would depend on each other in a cycle: {cycle}",
+               cycle=" → ".join(_label(n) for n in cycle))
+        )  # fmt: skip
 
 
 def _find_cycle(graph: dict[Node, set[Node]], start: Node) -> list[Node] | None:
@@ -309,24 +314,28 @@ def create_segment(
     engine = runtime.state
     name = _check_name(name)
     if kind not in ("dynamic", "static"):
-        raise InvalidSegment("kind must be 'dynamic' or 'static'", "kind")
+        raise InvalidSegment(M_("kind must be 'dynamic' or 'static'"), "kind")
     rule = None
     if kind == "dynamic":
         if rules is None:
-            raise InvalidSegment("a dynamic segment needs rules", "rules")
+            raise InvalidSegment(M_("a dynamic segment needs rules"), "rules")
         rule = _parse_rules(rules)
     elif rules is not None:
-        raise InvalidSegment("a static segment has no rules: upload its members instead", "rules")
+        raise InvalidSegment(
+            M_("a static segment has no rules: upload its members instead"), "rules"
+        )
     schedule = _schedule(schedule_minutes)
     if kind == "static" and schedule is not None:
-        raise InvalidSegment("a static segment has no schedule", "schedule_minutes")
+        raise InvalidSegment(M_("a static segment has no schedule"), "schedule_minutes")
     now = datetime.now(UTC)
     with _compute_lock:
         if rule is not None:
             check_graph(engine, project.id, ("segment", "new"), rule)
         with engine.begin() as conn:
             if definitions.name_taken(conn, segments, project.id, name):
-                raise Conflict(f"a segment named {name!r} already exists in this project")
+                raise Conflict(
+                    M_("a segment named {name!r} already exists in this project", name=name)
+                )
             sid = conn.execute(
                 segments.insert().values(
                     project_id=project.id,
@@ -355,18 +364,18 @@ def update_segment(
             values["name"] = _check_name(changes["name"])
             other = [s for s in list_segments(engine, project.id) if s.name == values["name"]]
             if other and other[0].id != seg.id:
-                raise Conflict(f"a segment named {values['name']!r} already exists")
+                raise Conflict(M_("a segment named {name!r} already exists", name=values["name"]))
         if "description" in changes:
             values["description"] = str(changes["description"] or "")
         if "rules" in changes:
             if seg.kind != "dynamic":
-                raise InvalidSegment("a static segment has no rules", "rules")
+                raise InvalidSegment(M_("a static segment has no rules"), "rules")
             rule = _parse_rules(changes["rules"])
             check_graph(engine, project.id, ("segment", str(seg.id)), rule)
             values["rules"] = rule_json(rule)
         if "schedule_minutes" in changes:
             if seg.kind != "dynamic" and changes["schedule_minutes"] is not None:
-                raise InvalidSegment("a static segment has no schedule", "schedule_minutes")
+                raise InvalidSegment(M_("a static segment has no schedule"), "schedule_minutes")
             values["schedule_minutes"] = _schedule(changes["schedule_minutes"])
         with engine.begin() as conn:
             conn.execute(segments.update().where(segments.c.id == seg.id).values(**values))
@@ -876,7 +885,7 @@ def parse_csv(text: str, id_type: str | None = None) -> tuple[str, list[str]]:
     ``id_type``, ids are distinct ids. Blank cells are skipped, duplicates kept once.
     """
     if id_type not in (None, "distinct_id", "person_id"):
-        raise InvalidSegment("id_type must be 'distinct_id' or 'person_id'", "id_type")
+        raise InvalidSegment(M_("id_type must be 'distinct_id' or 'person_id'"), "id_type")
     rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
     column = 0
     if rows:
@@ -893,7 +902,7 @@ def parse_csv(text: str, id_type: str | None = None) -> tuple[str, list[str]]:
         if len(r) > column and r[column].strip():
             seen[r[column].strip()] = None
     if not seen:
-        raise InvalidSegment("the CSV holds no ids", "body")
+        raise InvalidSegment(M_("the CSV holds no ids"), "body")
     return id_type or "distinct_id", list(seen)
 
 
@@ -940,7 +949,7 @@ def upload_members(
     seg = get_segment(runtime.state, project.id, ref)
     if seg.kind != "static":
         raise InvalidSegment(
-            f"segment {seg.id} is dynamic: upload members to a static segment", "kind"
+            M_("segment {id} is dynamic: upload members to a static segment", id=seg.id), "kind"
         )
     kind, keys = parse_csv(text, id_type)
     found = _lookup(runtime, project, kind, keys)

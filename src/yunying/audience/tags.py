@@ -17,7 +17,7 @@ from yunying.audience import definitions
 from yunying.audience.definitions import aware, iso
 from yunying.audience.rules import TAG_NAME, InvalidRule, parse_rule, rule_json
 from yunying.audience.segment_tables import tags
-from yunying.errors import Conflict, NotFound, YunyingError
+from yunying.errors import M_, Conflict, NotFound, YunyingError
 from yunying.state import Project
 
 
@@ -88,7 +88,8 @@ def check_name(name: str) -> str:
     name = name.strip() if isinstance(name, str) else name
     if not isinstance(name, str) or not TAG_NAME.match(name):
         raise InvalidTag(
-            f"tag name {name!r} must be 1 to 100 letters, digits, '_', '-' or '.'", "name"
+            M_("tag name {name!r} must be 1 to 100 letters, digits, '_', '-' or '.'", name=name),
+            "name",
         )
     return name
 
@@ -99,7 +100,7 @@ def check_schedule(minutes: Any) -> int | None:
         return None
     if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= 10_080:
         raise InvalidTag(
-            "schedule_minutes must be a whole number of minutes from 1 to 10080 (or null)",
+            M_("schedule_minutes must be a whole number of minutes from 1 to 10080 (or null)"),
             "schedule_minutes",
         )
     return minutes
@@ -110,7 +111,7 @@ def parse_rules(data: Any) -> Any:
     try:
         return parse_rule(data, "rules")
     except InvalidRule as exc:
-        raise InvalidTag(str(exc), exc.field, exc.errors) from None
+        raise InvalidTag(exc.message, exc.field, exc.errors) from None
 
 
 def list_tags(engine: sa.Engine, project_id: int) -> list[Tag]:
@@ -126,7 +127,7 @@ def get_tag(engine: sa.Engine, project_id: int, ref: int | str) -> Tag:
     """A tag by id or name (:class:`NotFound` otherwise)."""
     row = definitions.find(engine, tags, project_id, ref)
     if row is None:
-        raise NotFound(f"no tag {ref!r} in this project")
+        raise NotFound(M_("no tag {ref!r} in this project", ref=ref))
     return _row(row)
 
 
@@ -148,7 +149,7 @@ def create_tag(
     now = datetime.now(UTC)
     with engine.begin() as conn:
         if definitions.name_taken(conn, tags, project.id, name):
-            raise Conflict(f"a tag named {name!r} already exists in this project")
+            raise Conflict(M_("a tag named {name!r} already exists in this project", name=name))
         tid = conn.execute(
             tags.insert().values(
                 project_id=project.id,

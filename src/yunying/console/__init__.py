@@ -31,6 +31,8 @@ from yunying.runtime import Runtime
 PAGE_MODULES: tuple[str, ...] = (
     "yunying.console.pages.analytics",
     "yunying.console.pages.audience",
+    "yunying.console.pages.tags",
+    "yunying.console.pages.clv",
     "yunying.console.pages.activities",
     "yunying.console.pages.settings",
 )

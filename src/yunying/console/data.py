@@ -353,3 +353,54 @@ class Chart:
 
     data: list[dict[str, Any]] = field(default_factory=list)
     layout: dict[str, Any] = field(default_factory=dict)
+
+
+# -- CLV ----------------------------------------------------------------------------------------------
+
+
+def top_predicted(store: Source, project: Project, limit: int = 20) -> list[dict[str, Any]]:
+    """The persons with the highest predicted value of the project's latest CLV fit (the
+    ``clv:value_band`` scope :func:`yunying.audience.clv.fit_clv` writes: band label and value),
+    with their P(alive), expected purchases and distinct ids — a read of stored predictions."""
+    from yunying.analytics.common import Sql, lit
+
+    sql = Sql(store.dialect)
+
+    def scoped(scope: str) -> exp.Select:
+        return (
+            exp.select(
+                sql.text(exp.column("person_id")).as_("person_id"),
+                exp.column("label"),
+                exp.column("value"),
+            )
+            .from_(store.scoped("person_values", project.id).subquery("pv"))
+            .where(exp.column("scope").eq(lit(scope)))
+        )
+
+    top = scoped("clv:value_band").order_by("value DESC", "person_id").limit(limit)
+    rows = store.query(sql.render(top)).rows
+    people = [
+        {"person_id": str(r[0]), "band": r[1], "predicted_value": r[2], "distinct_ids": [],
+         "p_alive": None, "expected_purchases": None}
+        for r in rows
+    ]  # fmt: skip
+    if not people:
+        return people
+    by_id = {p["person_id"]: p for p in people}
+    ids = [lit(i) for i in by_id]
+    for scope, key in (
+        ("clv:p_alive", "p_alive"),
+        ("clv:expected_purchases", "expected_purchases"),
+    ):
+        q = scoped(scope).where(exp.In(this=sql.text(exp.column("person_id")), expressions=ids))
+        for pid, _label, value in store.query(sql.render(q)).rows:
+            by_id[str(pid)][key] = value
+    q = (
+        exp.select(sql.text(exp.column("person_id")), exp.column("distinct_id"))
+        .from_(store.scoped("person_distinct_ids", project.id).subquery("d"))
+        .where(exp.In(this=sql.text(exp.column("person_id")), expressions=ids))
+        .order_by(exp.column("distinct_id"))
+    )
+    for pid, did in store.query(sql.render(q)).rows:
+        by_id[str(pid)]["distinct_ids"].append(str(did))
+    return people

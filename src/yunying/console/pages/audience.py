@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import date, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 import yaml
@@ -33,9 +33,12 @@ from yunying.audience.segments import (
     get_segment,
     list_segments,
     members_page,
+    parse_csv,
     preview,
     size_history,
+    snapshot_segment,
     update_segment,
+    upload_members,
 )
 from yunying.audience.settings import get_settings
 from yunying.audience.stages import STAGE_NAMES_ZH, STAGES, local_today, stage_transitions
@@ -46,6 +49,12 @@ from yunying.errors import M_, Conflict, NotFound, YunyingError
 
 T = TypeVar("T")
 PAGE_SIZE = 50
+#: Largest member list accepted from the browser (bytes); bigger lists go through the API/CLI.
+MAX_UPLOAD = 20 * 1024 * 1024
+#: Fields of the static-segment upload form (distinct from the rule editor's on the same page),
+#: by the field names :mod:`yunying.audience.segments` reports.
+UPLOAD_FIELDS = {"name": "static_name", "description": "static_description", "body": "members",
+                 "id_type": "id_type", "kind": "members", "mode": "mode"}  # fmt: skip
 #: An example rule for a new segment (docs/audience.md).
 EXAMPLE_RULE = """type: and
 rules:
@@ -182,6 +191,7 @@ def register(console: ConsoleApp) -> None:
         errors: list[dict[str, str]] | None = None,
         size: int | None = None,
         status: int = 200,
+        upload: dict[str, str] | None = None,
     ) -> Response:
         return console.render(
             ctx,
@@ -195,6 +205,7 @@ def register(console: ConsoleApp) -> None:
             text=rule_text(seg) if text is None else text,
             errors=ctx.field_errors(errors or []),
             preview_size=size,
+            upload=upload or {},
         )
 
     @console.router.get("/segments/new")
@@ -286,6 +297,104 @@ def register(console: ConsoleApp) -> None:
             compute_segment(runtime, project, seg.id)
         return redirect(f"/segments/{seg.id}")
 
+    async def read_upload(form: Any) -> tuple[str | None, list[dict[str, Any]]]:
+        """The uploaded CSV as text, or the problem with it (field ``members``)."""
+        file = form.get("members")
+        raw = await file.read(MAX_UPLOAD + 1) if hasattr(file, "read") else b""
+        if not raw:
+            return None, [{"field": "members", "message": M_("Choose a CSV file of user ids.")}]
+        if len(raw) > MAX_UPLOAD:
+            return None, [{"field": "members", "message": M_(
+                "The file is larger than {mb} MB; upload it with `yunying segment upload` "
+                "instead.", mb=MAX_UPLOAD // 1024 // 1024)}]  # fmt: skip
+        try:
+            return raw.decode("utf-8-sig"), []
+        except UnicodeDecodeError:
+            return None, [{"field": "members",
+                           "message": M_("The file is not UTF-8 text; save it as CSV (UTF-8).")}]  # fmt: skip
+
+    def upload_errors(exc: InvalidSegment | Conflict) -> list[dict[str, Any]]:
+        if isinstance(exc, InvalidSegment):
+            return [{"field": UPLOAD_FIELDS.get(str(e.get("field")), "members"),
+                     "message": e.get("message")} for e in exc.errors]  # fmt: skip
+        return [{"field": "static_name", "message": exc.message}]
+
+    def uploaded(seg_id: int, report: Any) -> Response:
+        return redirect(
+            f"/segments/{seg_id}?uploaded={report.rows}&matched={report.matched}"
+            f"&unmatched={report.unmatched}"
+        )
+
+    @console.router.post("/segments/upload")
+    async def segment_upload_new(request: Request) -> Response:
+        """A new static segment whose members are the ids of an uploaded CSV file."""
+        ctx = console.context(request, "segments")
+        form = await request.form()
+        console.check_csrf(ctx, form)
+        if ctx.project is None:
+            return redirect("/segments")
+        project = ctx.project
+        keep = {"static_name": str(form.get("static_name") or "").strip(),
+                "static_description": str(form.get("static_description") or "").strip(),
+                "id_type": str(form.get("id_type") or "")}  # fmt: skip
+        id_type = keep["id_type"] or None
+        text, errors = await read_upload(form)
+        try:
+            if text is not None:
+                parse_csv(text, id_type)  # refuse an unusable file before creating anything
+        except InvalidSegment as exc:
+            errors = upload_errors(exc)
+        if errors or text is None:
+            return editor(ctx, None, errors=errors, status=400, upload=keep)
+        try:
+            seg = create_segment(
+                runtime, project, keep["static_name"], kind="static",
+                description=keep["static_description"], source="upload",
+            )  # fmt: skip
+            report = upload_members(runtime, project, seg.id, text, id_type, "replace")
+        except (InvalidSegment, Conflict) as exc:
+            return editor(ctx, None, errors=upload_errors(exc), status=400, upload=keep)
+        return uploaded(seg.id, report)
+
+    @console.router.post("/segments/{seg_id:int}/upload")
+    async def segment_upload(request: Request, seg_id: int) -> Response:
+        """Replace (or extend) a static segment's members with an uploaded CSV file."""
+        ctx = console.context(request, "segments")
+        form = await request.form()
+        console.check_csrf(ctx, form)
+        if ctx.project is None:
+            return redirect("/segments")
+        mode: Literal["replace", "append"] = "append" if form.get("mode") == "append" else "replace"
+        id_type = str(form.get("id_type") or "") or None
+        text, errors = await read_upload(form)
+        if text is not None:
+            try:
+                report = upload_members(runtime, ctx.project, seg_id, text, id_type, mode)
+                return uploaded(seg_id, report)
+            except NotFound:
+                return redirect("/segments")
+            except InvalidSegment as exc:
+                errors = upload_errors(exc)
+        return detail(request, ctx, seg_id, errors, 400)
+
+    @console.router.post("/segments/{seg_id:int}/snapshot")
+    async def segment_snapshot(request: Request, seg_id: int) -> Response:
+        """A static copy of the segment's current members (computed first if it never was)."""
+        ctx = console.context(request, "segments")
+        form = await request.form()
+        console.check_csrf(ctx, form)
+        if ctx.project is None:
+            return redirect("/segments")
+        name = str(form.get("snapshot_name") or "").strip() or None
+        try:
+            snap = snapshot_segment(runtime, ctx.project, seg_id, name)
+        except NotFound:
+            return redirect("/segments")
+        except (InvalidSegment, Conflict) as exc:
+            field = "snapshot_name"
+            return detail(request, ctx, seg_id, [{"field": field, "message": exc.message}], 400)
+        return redirect(f"/segments/{snap.id}")
+
     @console.router.post("/segments/{seg_id:int}/recompute")
     async def segment_recompute(request: Request, seg_id: int) -> Response:
         """Compute the segment now."""
@@ -306,6 +415,15 @@ def register(console: ConsoleApp) -> None:
         ctx = console.context(request, "view")
         if (denied := csv_denied(console, ctx)) is not None:
             return denied
+        return detail(request, ctx, seg_id)
+
+    def detail(
+        request: Request,
+        ctx: Ctx,
+        seg_id: int,
+        errors: list[dict[str, Any]] | None = None,
+        status: int = 200,
+    ) -> Response:
         assert ctx.project is not None
         project = ctx.project
         try:
@@ -366,6 +484,7 @@ def register(console: ConsoleApp) -> None:
         return console.render(
             ctx,
             "segment_detail.html",
+            status,
             seg=seg,
             history=history,
             chart=chart or lift_chart,
@@ -378,6 +497,10 @@ def register(console: ConsoleApp) -> None:
             persona_error=persona_error,
             dim_labels=DIMENSION_LABELS,
             computing=computing,
+            errors=ctx.field_errors(errors or []),
+            upload_report={k: ctx.param(k) for k in ("uploaded", "matched", "unmatched")}
+            if ctx.param("uploaded").isdigit()
+            else None,
         )
 
     @console.router.get("/audience/layers")
