@@ -33,6 +33,11 @@ class Message(str):
         obj.params = values
         return obj
 
+    def with_text(self, text: str) -> Message:
+        """The same template and parameters, read as ``text`` in English (where the English
+        wording must stay exactly as it was, e.g. Pydantic's own prefixes)."""
+        return Message(self.template, self.params, text)
+
     def __reduce__(self) -> Any:  # pickling keeps the template (process pools, caches)
         return (Message, (self.template, self.params, str(self)))
 

@@ -178,6 +178,16 @@ def test_activity_spec_errors_inline(console_live: LiveServer) -> None:
     r = client.post("/activities/new?lang=zh_CN", data={"csrf_token": token,
                     "template": "checkin", "spec": "template: nope\n"})  # fmt: skip
     assert "template 须为以下之一" in field_error(page(r), "spec")
+    # the risk section is checked by anti-fraud's own model: its messages are translated too
+    gift = ("template: gift\nname: g\nevent: sign_up\nreward: {kind: points, amount: 20}\n"
+            "risk: {device: {max_accounts: 0}}\n")  # fmt: skip
+    for lang, expected in (
+        ("zh_CN", "字段 'risk.device.max_accounts'：应大于或等于 1"),
+        ("en", "field 'risk.device.max_accounts': Input should be greater than or equal to 1"),
+    ):
+        r = client.post(f"/activities/new?lang={lang}", data={"csrf_token": token,
+                        "template": "gift", "spec": gift, "action": "validate"})  # fmt: skip
+        assert r.status_code == 400 and expected in field_error(page(r), "spec"), page(r)[-3000:]
 
 
 def test_team_and_blocklist_errors_inline(console_live: LiveServer) -> None:

@@ -147,7 +147,7 @@ def validate_risk(spec: Any) -> None:
     try:
         risk.RiskPolicy.from_spec(spec.risk)
     except YunyingError as exc:
-        raise SpecError([{"field": "risk", "message": str(exc)}]) from None
+        raise SpecError([{"field": "risk", "message": exc.message}]) from None
 
 
 def _audit(

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from yunying.errors import YunyingError
+from yunying.errors import M_, Message, YunyingError, pydantic_message
 
 Action = Literal["hold", "deny"]
 Mode = Literal["enforce", "monitor", "off"]
@@ -131,12 +131,16 @@ class RiskPolicy(BaseModel):
         if spec is None:
             return cls()
         if not isinstance(spec, dict):
-            raise InvalidPolicy("field 'risk' must be a mapping of rule names to settings")
+            raise InvalidPolicy(M_("field 'risk' must be a mapping of rule names to settings"))
         try:
             return cls.model_validate(spec)
         except ValidationError as exc:
-            problems = []
-            for e in exc.errors():
+            problems = {}
+            for i, e in enumerate(exc.errors()):
                 where = ".".join(str(p) for p in ("risk", *e["loc"]))
-                problems.append(f"field {where!r}: {e['msg']}")
-            raise InvalidPolicy("; ".join(problems)) from None
+                problem = M_("field {where!r}: {problem}", where=where, problem=pydantic_message(e))
+                problems[f"p{i}"] = problem.with_text(f"field {where!r}: {e['msg']}")
+            # one message per problem, each translatable, joined as before
+            raise InvalidPolicy(
+                Message("; ".join(f"{{{k}}}" for k in problems), problems)
+            ) from None
