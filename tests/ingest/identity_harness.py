@@ -137,3 +137,46 @@ def stored(runtime: Runtime, project_id: int) -> StoredIdentity:
         {r[0]: r[1] for r in events},
         {r[0]: datetime.fromisoformat(r[2]) for r in events},
     )
+
+
+def check_overrides(runtime: Runtime, project_id: int) -> int:
+    """Persons on events: an id is overridden exactly where readers need it.
+
+    Read from the engine's own tables: every distinct id with a stored event whose person id is
+    not the id's current person is overridden, and an override names the current person (or, for
+    an id without a person, the one its personless events carry). Overrides are written for
+    merged and personless ids only, so ids that were neither are never overridden."""
+    store = runtime.store
+    final = " FINAL" if store.dialect == "clickhouse" else ""
+    pid = int(project_id)
+
+    def rows(sql: str) -> list[list[Any]]:
+        return [[str(v) for v in r] for r in store.query(sql).rows]
+
+    person_of = dict(
+        rows(
+            "SELECT distinct_id, CAST(person_id AS VARCHAR) "
+            f"FROM raw_person_distinct_ids{final} WHERE project_id = {pid}"
+        )
+    )
+    overrides = dict(
+        rows(
+            "SELECT distinct_id, CAST(person_id AS VARCHAR) "
+            f"FROM person_overrides{final} WHERE project_id = {pid}"
+        )
+    )
+    written: dict[str, set[str]] = {}
+    for d, p in rows(
+        f"SELECT distinct_id, CAST(person_id AS VARCHAR) FROM raw_events WHERE project_id = {pid}"
+    ):
+        written.setdefault(d, set()).add(p)
+    for d, pids in written.items():
+        current = person_of.get(d)
+        if current is not None and pids != {current}:
+            assert overrides.get(d) == current, f"{d}: events carry {pids}, person is {current}"
+    for d, p in overrides.items():
+        if d in person_of:
+            assert p == person_of[d], f"override of {d} is stale"
+        else:
+            assert written.get(d) == {p}, f"personless {d}: events carry {written.get(d)}"
+    return len(overrides)

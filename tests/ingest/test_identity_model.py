@@ -21,6 +21,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,11 +29,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import chdb_url
 from tests.ingest.identity_harness import (
     T0,
     StoredIdentity,
     alias,
     at,
+    check_overrides,
     ev,
     identify,
     stored,
@@ -154,22 +157,25 @@ def _exact(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _write(history: History) -> tuple[StoredIdentity, int, int]:
-    """Write the batches into a fresh installation; what the relations say, stored, duplicates."""
+def _write(history: History, engine: str) -> tuple[StoredIdentity, int, int, int]:
+    """Write the batches into a fresh installation; what the relations say, stored, duplicates,
+    overridden ids."""
     with tempfile.TemporaryDirectory(prefix="yunying-identity-") as data_dir:
-        runtime = Runtime.open(load_settings(data_dir=data_dir))
+        url = chdb_url(Path(data_dir)) if engine == "chdb" else None
+        runtime = Runtime.open(load_settings(data_dir=data_dir, events_url=url))
         try:
             stored_total = duplicates = 0
             for batch in history.batches:
                 result = runtime.writer.write(PROJECT_ID, to_events(batch), timeout=30)
                 stored_total += result.stored
                 duplicates += result.duplicates
-            return stored(runtime, PROJECT_ID), stored_total, duplicates
+            overridden = check_overrides(runtime, PROJECT_ID)
+            return stored(runtime, PROJECT_ID), stored_total, duplicates, overridden
         finally:
             runtime.close()
 
 
-def _check(history: History) -> None:
+def _check(history: History, engine: str = "duckdb") -> None:
     model = IdentityModel(PROJECT_ID)
     model.process_all(to_events(history.events))
     event(f"merges: {min(model.merges, 3)}{'+' if model.merges >= 3 else ''}")
@@ -177,7 +183,9 @@ def _check(history: History) -> None:
     event(f"refused merges: {'yes' if model.refused_merges else 'no'}")
     event(f"batches: {'1' if len(history.batches) == 1 else '2+'}")
     event(f"personless events: {'yes' if model.personless else 'no'}")
-    actual, stored_total, duplicates = _write(history)
+    actual, stored_total, duplicates, overridden = _write(history, engine)
+    if not model.merges and not model.personless and not duplicates:
+        assert overridden == 0  # persons on events: plain histories need no override at all
 
     assert stored_total == len(model.event_distinct_id)
     assert duplicates == len(history.events) - stored_total
@@ -206,6 +214,14 @@ COMMON = settings(
 @given(histories())
 def test_writer_matches_the_reference_model(history: History) -> None:
     _check(history)
+
+
+@pytest.mark.slow
+@settings(COMMON, max_examples=25)
+@given(histories())
+def test_writer_on_clickhouse_matches_the_reference_model(history: History) -> None:
+    pytest.importorskip("chdb")
+    _check(history, "chdb")
 
 
 # -- the reference model itself encodes the documented rules --------------------------------

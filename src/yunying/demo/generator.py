@@ -222,6 +222,7 @@ def generate_demo(
             bar.update(task, advance=len(built.channel), events=tally.events)
         if pending is not None:
             pending.result()
+    rt.store.refresh_overrides()  # the bulk load bypassed the writer's person overrides
     checkpoint = getattr(rt.store, "checkpoint", None)
     if callable(checkpoint):
         checkpoint()

@@ -11,7 +11,8 @@ Rules (close to PostHog's, so teams moving over see the same people):
   when both persons are identified.
 - A merge moves every distinct id of the absorbed person to the survivor; the survivor keeps its
   own property values and takes the absorbed person's for names it lacks; the earlier
-  ``created_at`` wins. Events are not rewritten: readers resolve person ids through the map.
+  ``created_at`` wins. Events are not rewritten: an event carries the person its batch settled
+  on, and the ids whose stored events carry an older person get an override that readers take.
 - An event with ``$process_person_profile: false`` (PostHog's personless events) from a distinct
   id never seen creates no person and no link; its person id is the one the distinct id would get.
 - The survivor of a merge is identified if either person was; ``created_at`` of a person is the
@@ -137,9 +138,10 @@ class IdentityResolver:
     ) -> set[str]:
         """Store events, then resolve persons and apply identity operations; returns new uuids.
 
-        Events are stored first with the person their distinct id has now (or would get): readers
-        resolve persons through the id map, so that id matters only for personless events. Then
-        the events actually stored, first copies only, are processed one by one in order.
+        Events are handed to the store first with the person their distinct id has now (or would
+        get), which tells which of them are new; those, first copies only, are then processed one
+        by one in order, and each takes the person its distinct id ends the batch with. A store
+        that wrote an event before that gets told (``settle_persons``) and overrides the id.
         """
         if len(self._person_of) > MAX_CACHED_IDS or len(self._created) > MAX_CACHED_IDS:
             self.forget()
@@ -152,7 +154,10 @@ class IdentityResolver:
         batch.preload(fresh)
         for ev in fresh:
             batch.process(ev)
+        persons_of, personless = batch.settle(fresh)
         batch.flush()
+        tx.override_distinct_ids(project_id, personless)
+        tx.settle_persons(project_id, persons_of)
         return inserted
 
 
@@ -325,6 +330,24 @@ class _Batch:
         self.absorbed.add(other)
         self.links[other_id] = main
         return main
+
+    def settle(self, events: Sequence[Event]) -> tuple[dict[str, str], dict[str, str]]:
+        """Give each event the person its distinct id ends the batch with; returns that map, and
+        the personless ids among it (no person yet), whose events readers must follow to the
+        person a later link gives them."""
+        persons_of: dict[str, str] = {}
+        personless: dict[str, str] = {}
+        for ev in events:
+            pid = persons_of.get(ev.distinct_id)
+            if pid is None:
+                pid = self.known(ev.distinct_id)
+                if pid is None:
+                    pid = personless[ev.distinct_id] = person_id_for(
+                        self.project_id, ev.distinct_id
+                    )
+                persons_of[ev.distinct_id] = pid
+            ev.person_id = pid
+        return persons_of, personless
 
     def flush(self) -> None:
         """Write what the batch changed: id map, merged persons, person rows, created_at."""

@@ -71,7 +71,20 @@ class EventTransaction(Protocol):
     def insert_events(
         self, project_id: int, events: Sequence[Event], received_at: datetime
     ) -> set[str]:
-        """Insert events, skipping uuids already stored; returns the uuids actually inserted."""
+        """Insert events, skipping uuids already stored; returns the uuids actually inserted.
+
+        A store may stage them and write them at commit, with the ``person_id`` they carry then
+        (the identity layer settles it after this call)."""
+        ...
+
+    def settle_persons(self, project_id: int, persons_of: dict[str, str]) -> None:
+        """The batch's events of each distinct id belong to ``persons_of[distinct_id]``: events
+        already written with another person id make that distinct id overridden."""
+        ...
+
+    def override_distinct_ids(self, project_id: int, mapping: dict[str, str]) -> None:
+        """Have readers take ``mapping[distinct_id]`` as the person of every event of those ids
+        (kept current as the ids are linked and merged)."""
         ...
 
     def map_distinct_ids(self, project_id: int, mapping: dict[str, str]) -> None:
@@ -79,7 +92,8 @@ class EventTransaction(Protocol):
         ...
 
     def repoint_persons(self, project_id: int, survivors: dict[str, str]) -> None:
-        """Move every distinct id of each merged-away person to its survivor."""
+        """Move every distinct id of each merged-away person to its survivor (overriding those
+        ids, whose stored events carry the merged-away person)."""
         ...
 
     def upsert_persons(self, project_id: int, persons: Sequence[PersonRecord]) -> None:
@@ -121,7 +135,12 @@ class EventStore(Protocol):
         ...
 
     def bulk_insert_arrow(self, table: str, data: Any) -> None:
-        """Append rows to a raw table in one go (demo data, bulk loads); bypasses identity."""
+        """Append rows to a raw table in one go (demo data, bulk loads); bypasses identity, so
+        person overrides are rebuilt before the next read (or by :meth:`refresh_overrides`)."""
+        ...
+
+    def refresh_overrides(self, *, only_if_stale: bool = False) -> None:
+        """Rebuild person overrides from stored events and the id map (one pass over events)."""
         ...
 
     def replace_person_values(self, project_id: int, scope: str, data: Any) -> None:

@@ -12,6 +12,10 @@ Both paths run the same SQL; only the transport differs (:class:`_ChdbBackend`,
 - ``raw_persons`` and ``raw_person_distinct_ids``: ``ReplacingMergeTree(version, is_deleted)``.
   Every update, merge and delete is an insert of a row with a higher ``version`` (a tombstone for
   a delete); readers take the latest version with ``FINAL``, which also drops tombstones.
+- ``person_overrides``: ``ReplacingMergeTree(version)``, the distinct ids whose stored events may
+  carry another person id than their current one (merged, or personless until linked). Events
+  carry the person their batch settled on, so the ``events`` relation joins only this small table
+  instead of the whole id map.
 
 ClickHouse has no multi-statement transactions. A write "transaction" here applies the identity
 writes (ids, persons) as they come, each a synchronous insert, and inserts the batch's events
@@ -36,7 +40,7 @@ import sqlglot
 from sqlglot import exp
 
 from yunying.store.base import PersonRecord, QueryResult, person_values_table
-from yunying.store.duckdb_store import EVENT_COLUMNS, events_arrow, jsonable
+from yunying.store.duckdb_store import EVENT_COLUMNS, STALE, events_arrow, jsonable
 
 if TYPE_CHECKING:
     from yunying.ingest.model import Event
@@ -92,6 +96,23 @@ ORDER BY (project_id, distinct_id)
 SETTINGS {_DURABLE}
 """,
     f"""
+CREATE TABLE IF NOT EXISTS person_overrides (
+    project_id  Int32,
+    distinct_id String,
+    person_id   UUID,
+    version     UInt64
+) ENGINE = ReplacingMergeTree(version)
+ORDER BY (project_id, distinct_id)
+SETTINGS {_DURABLE}
+""",
+    f"""
+CREATE TABLE IF NOT EXISTS store_flags (
+    name String
+) ENGINE = MergeTree
+ORDER BY name
+SETTINGS {_DURABLE}
+""",
+    f"""
 CREATE TABLE IF NOT EXISTS person_values (
     project_id  Int32,
     scope       String,
@@ -106,7 +127,25 @@ SETTINGS {_DURABLE}
 )
 
 RAW_TABLES = ("raw_events", "raw_persons", "raw_person_distinct_ids")
-_VERSIONED = ("raw_persons", "raw_person_distinct_ids")
+_VERSIONED = ("raw_persons", "raw_person_distinct_ids", "person_overrides")
+
+#: Rebuild of ``person_overrides`` (after bulk loads, on first open): the distinct ids with an
+#: event whose person is not their current one, and the ids without a person whose events agree
+#: on one (personless), so that a later link updates them. ``{version}`` is filled in.
+REBUILD_OVERRIDES = """
+INSERT INTO person_overrides (project_id, distinct_id, person_id, version)
+SELECT e.project_id, e.distinct_id,
+       if(countIf(d.person_id IS NOT NULL) > 0, any(d.person_id), any(e.person_id)), {version}
+FROM raw_events AS e
+LEFT JOIN (
+    SELECT project_id, distinct_id, toNullable(person_id) AS person_id
+    FROM raw_person_distinct_ids FINAL
+) AS d ON d.project_id = e.project_id AND d.distinct_id = e.distinct_id
+GROUP BY e.project_id, e.distinct_id
+HAVING countIf(d.person_id IS NOT NULL AND d.person_id != e.person_id) > 0
+    OR (countIf(d.person_id IS NOT NULL) = 0 AND uniqExact(e.person_id) = 1)
+SETTINGS join_use_nulls = 1
+"""
 
 #: A key list travels as one JSON-array String parameter, not as SQL text: 20,000 ids stay far
 #: below ``max_query_size`` and parse in milliseconds (an ``Array(String)`` parameter takes seconds).
@@ -267,7 +306,7 @@ class ClickHouseTransaction:
     def __init__(self, store: ClickHouseEventStore) -> None:
         self.store = store
         self.db = store.db
-        self._pending: list[pa.Table] = []
+        self._pending: list[tuple[int, list[Event], datetime]] = []
         self._pending_uuids: dict[int, set[str]] = {}
 
     # -- reads (latest versions) ----------------------------------------------------------------
@@ -331,15 +370,37 @@ class ClickHouseTransaction:
             if ev.uuid not in taken and ev.uuid not in new:
                 new.add(ev.uuid)
                 fresh.append(ev)
-        if fresh:
-            self._pending.append(events_arrow(project_id, fresh, received_at))
+        if fresh:  # built into a table at commit, with the persons the batch settles on
+            self._pending.append((project_id, fresh, received_at))
             self._pending_uuids.setdefault(project_id, set()).update(new)
         return new
+
+    def settle_persons(self, project_id: int, persons_of: dict[str, str]) -> None:
+        """Nothing to do: events are inserted at commit, with the persons they carry then."""
+
+    def override_distinct_ids(self, project_id: int, mapping: dict[str, str]) -> None:
+        if not mapping:
+            return
+        n = len(mapping)
+        self.db.insert_arrow(
+            "person_overrides",
+            pa.table(
+                {
+                    "project_id": pa.array([project_id] * n, pa.int32()),
+                    "distinct_id": pa.array(list(mapping.keys()), pa.string()),
+                    "person_id": pa.array(list(mapping.values()), pa.string()),
+                    "version": pa.array([self.store.next_version()] * n, pa.uint64()),
+                }
+            ),
+        )
 
     def commit(self) -> None:
         """Insert the batch's events in one insert (one part), after every identity write."""
         if self._pending:
-            self.db.insert_arrow("raw_events", pa.concat_tables(self._pending))
+            self.db.insert_arrow(
+                "raw_events",
+                pa.concat_tables([events_arrow(p, evs, at) for p, evs, at in self._pending]),
+            )
         self._pending.clear()
         self._pending_uuids.clear()
 
@@ -363,8 +424,16 @@ class ClickHouseTransaction:
         )
 
     def map_distinct_ids(self, project_id: int, mapping: dict[str, str]) -> None:
-        if mapping:
-            self._insert_ids(project_id, mapping)
+        if not mapping:
+            return
+        self._insert_ids(project_id, mapping)
+        # an overridden id (personless until now) keeps pointing at its current person
+        overridden = self.db.query_arrow(
+            "SELECT DISTINCT distinct_id FROM person_overrides "
+            f"WHERE project_id = {int(project_id)} AND distinct_id IN {_KEYS}",
+            list(mapping),
+        ).column(0)
+        self.override_distinct_ids(project_id, {d: mapping[d] for d in overridden.to_pylist()})
 
     def repoint_persons(self, project_id: int, survivors: dict[str, str]) -> None:
         if not survivors:
@@ -383,6 +452,8 @@ class ClickHouseTransaction:
         moved = {d: survivors[p] for d, p in current.items() if p in survivors}
         if moved:
             self._insert_ids(project_id, moved)
+            # stored events of these ids carry the absorbed person: override them
+            self.override_distinct_ids(project_id, moved)
 
     def _insert_persons(self, project_id: int, rows: list[tuple[str, datetime, str, bool]]) -> None:
         n = len(rows)
@@ -459,7 +530,7 @@ def _scoped_sql(relation: str, project_id: int) -> str:
         return (
             f"SELECT {', '.join(columns)} FROM raw_events AS e LEFT JOIN ("
             "SELECT distinct_id, toNullable(person_id) AS person_id "
-            f"FROM raw_person_distinct_ids FINAL WHERE project_id = {pid}"
+            f"FROM person_overrides FINAL WHERE project_id = {pid}"
             f") AS d ON d.distinct_id = e.distinct_id WHERE e.project_id = {pid}"
         )
     if relation == "persons":
@@ -501,9 +572,20 @@ class ClickHouseEventStore:
             self.db = _ServerBackend(url)
         else:
             raise ValueError(f"not a ClickHouse URL: {url!r}")
+        had_overrides = bool(
+            self.db.query_arrow("EXISTS TABLE person_overrides").column(0)[0].as_py()
+        )
         for ddl in SCHEMA:
             self.db.command(ddl)
         self._write_lock = threading.Lock()
+        #: overrides must be rebuilt before the next read or write (bulk load, older tables); kept
+        #: in a table too, since a bulk load and later reads may be different processes
+        self._stale_flag = bool(
+            self.db.query_arrow(f"SELECT count() FROM store_flags WHERE name = '{STALE}'")
+            .column(0)[0]
+            .as_py()
+        )
+        self._overrides_stale = not had_overrides or self._stale_flag
         self._version_lock = threading.Lock()
         stored = max(
             int(self.db.query_arrow(f"SELECT max(version) FROM {t}").column(0)[0].as_py() or 0)
@@ -522,6 +604,7 @@ class ClickHouseEventStore:
     @contextmanager
     def transaction(self) -> Iterator[ClickHouseTransaction]:
         """One batch: identity writes as they come, then the events (see the module docstring)."""
+        self.refresh_overrides(only_if_stale=True)
         with self._write_lock:
             tx = ClickHouseTransaction(self)
             yield tx
@@ -538,6 +621,24 @@ class ClickHouseEventStore:
             data = data.append_column("is_deleted", pa.array([0] * n, pa.uint8()))
         with self._write_lock:
             self.db.insert_arrow(table, data)
+            if table != "raw_persons":
+                if not self._stale_flag:
+                    self.db.command(f"INSERT INTO store_flags VALUES ('{STALE}')")
+                    self._stale_flag = True
+                self._overrides_stale = True
+
+    def refresh_overrides(self, *, only_if_stale: bool = False) -> None:
+        """Rebuild ``person_overrides`` from the stored events and id map (one pass over events);
+        bulk loads bypass the writer that keeps it up to date, so they mark it stale."""
+        if only_if_stale and not self._overrides_stale:
+            return
+        with self._write_lock:
+            if only_if_stale and not self._overrides_stale:
+                return
+            self.db.command("TRUNCATE TABLE person_overrides")
+            self.db.command(REBUILD_OVERRIDES.format(version=self.next_version()))
+            self.db.command("TRUNCATE TABLE store_flags")
+            self._overrides_stale = self._stale_flag = False
 
     def replace_person_values(self, project_id: int, scope: str, data: pa.Table) -> None:
         """Swap the rows of one ``scope`` in ``person_values`` (a synchronous lightweight delete,
@@ -581,7 +682,7 @@ class ClickHouseEventStore:
         """Remove every event, person, distinct id and person value of a project (a synchronous
         mutation)."""
         with self._write_lock:
-            for table in (*RAW_TABLES, "person_values"):
+            for table in (*RAW_TABLES, "person_overrides", "person_values"):
                 self.db.command(
                     f"ALTER TABLE {table} DELETE WHERE project_id = {int(project_id)} "
                     "SETTINGS mutations_sync = 2"
@@ -590,6 +691,8 @@ class ClickHouseEventStore:
     # -- reads --------------------------------------------------------------------------------
 
     def scoped(self, relation: str, project_id: int) -> exp.Query:
+        if relation == "events":
+            self.refresh_overrides(only_if_stale=True)
         tree = sqlglot.parse_one(_scoped_sql(relation, project_id), dialect="clickhouse")
         assert isinstance(tree, exp.Query)
         return tree
