@@ -561,3 +561,15 @@ def test_heavy_buyers_beyond_hyp2f1() -> None:
     got = PUBLISHED.expected_purchases(t, [x], [t_x], [T])[0]
     assert got == pytest.approx(expected, rel=1e-7)
     assert PUBLISHED.p_alive([x], [t_x], [T])[0] == pytest.approx(p_alive, rel=1e-7)
+
+
+@pytest.mark.parametrize("a", [0.02, 0.3, 1.5])
+def test_fallback_quadrature_stays_finite_for_small_a(a: float) -> None:
+    """The fallback integrand holds p^(a-2); near p = 0 that alone overflows a float, so it is
+    evaluated in logs. It must agree with the integrated model wherever that is computable."""
+    model = BGNBD(r=0.24, alpha=4.4, a=a, b=2.4)
+    x, t_x, T, t = 4, 20.0, 39.0, 52.0
+    alive_purchases = model._alive_purchases_quad(t, float(x), T)
+    assert math.isfinite(alive_purchases) and 0.0 < alive_purchases < (0.24 + x) * t / (4.4 + T)
+    _, p_alive, expected = bgnbd_by_integration(model, x, t_x, T, t)
+    assert alive_purchases * p_alive == pytest.approx(expected, rel=1e-6)

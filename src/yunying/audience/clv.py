@@ -203,7 +203,13 @@ class BGNBD:
             if p <= 0.0 or p >= 1.0:
                 return 0.0
             bought = -math.expm1(-k * math.log1p(p * t / s))
-            return bought * math.exp((a - 2) * math.log(p) + (bb - 1) * math.log1p(-p) + log_norm)
+            if bought <= 0.0:
+                return 0.0
+            # in logs: p^(a-2) alone overflows near p = 0, bought (~ k·p·t/s there) tames it
+            log_value = (
+                math.log(bought) + (a - 2) * math.log(p) + (bb - 1) * math.log1p(-p) + log_norm
+            )
+            return math.exp(min(log_value, 700.0))
 
         mean = a / (a + bb)
         marks = sorted({min(max(v, 1e-12), 1 - 1e-12) for v in (mean, 10 * mean, s / t / k, s / t)})
