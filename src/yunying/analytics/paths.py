@@ -108,8 +108,12 @@ def _c(name: str, table: str | None = None) -> exp.Column:
     return exp.column(name, table=table)
 
 
-def paths_sql(source: Source, project_id: int, q: PathsQuery) -> dict[str, exp.Select]:
-    """Queries for the nodes (step, event, persons) and edges (step, source, target, persons)."""
+def paths_sql(source: Source, project_id: int, q: PathsQuery) -> exp.Select:
+    """One query for nodes and edges: rows (step, event, next event, persons), where the next
+    event is NULL for persons whose path ends at that step.
+
+    Each person's events are numbered and paired with the next one in a single window pass (one
+    sort); nodes are the sums over next events, edges the rows with one, so no self-join."""
     sql = Sql(source.dialect)
     start, end = q.date_range.utc_bounds()
     conds: list[exp.Expr] = [sql.time_between(start, end), sql.filters(q.filters)]
@@ -122,14 +126,25 @@ def paths_sql(source: Source, project_id: int, q: PathsQuery) -> dict[str, exp.S
     order = exp.Order(
         expressions=[exp.Ordered(this=_c("timestamp")), exp.Ordered(this=sql.text(_c("uuid")))]
     )
-    rn = exp.Window(this=exp.RowNumber(), partition_by=[_c("person_id")], order=order)
+
+    # the next event, NULL after a person's last one (ClickHouse gives '' for a String)
+    nullable: exp.Expr = _c("event")
+    if sql.dialect == "clickhouse":
+        nullable = exp.Anonymous(this="toNullable", expressions=[nullable])
+
+    def over(fn: exp.Expr) -> exp.Window:
+        return exp.Window(this=fn, partition_by=[_c("person_id")], order=order.copy())
+
     seq = (
         exp.select(
-            exp.alias_(sql.text(_c("person_id")), "person_id"), _c("event"), exp.alias_(rn, "i")
+            _c("person_id"),
+            _c("event"),
+            exp.alias_(over(exp.RowNumber()), "i"),
+            exp.alias_(over(exp.Anonymous(this="LEAD", expressions=[nullable])), "nxt"),
         )
         .from_(events_from(source, project_id, person=uses_person(q)))
         .where(exp.and_(*conds))
-    )
+    )  # fmt: skip
     anchor_event = q.start_event if q.start_event is not None else q.end_event
     anchor_cond = exp.true() if anchor_event is None else _c("event").eq(lit(anchor_event))
     anchors = (
@@ -139,12 +154,21 @@ def paths_sql(source: Source, project_id: int, q: PathsQuery) -> dict[str, exp.S
         .group_by(_c("person_id"))
     )
     k = exp.Sub(this=_c("i", "s"), expression=_c("i0", "a"))
+    k1 = exp.Add(this=k.copy(), expression=lit(1))  # the next event's step
     bound = lit(q.steps - 1)
-    within = (
-        exp.and_(exp.LTE(this=k, expression=lit(0)), exp.GTE(this=k.copy(), expression=exp.Neg(this=bound)))
-        if q.backwards
-        else exp.and_(exp.GTE(this=k, expression=lit(0)), exp.LTE(this=k.copy(), expression=bound))
-    )  # fmt: skip
+
+    def inside(step: exp.Expr) -> exp.Expr:
+        if q.backwards:
+            return exp.and_(
+                exp.LTE(this=step, expression=lit(0)),
+                exp.GTE(this=step.copy(), expression=exp.Neg(this=bound.copy())),
+            )
+        return exp.and_(
+            exp.GTE(this=step, expression=lit(0)),
+            exp.LTE(this=step.copy(), expression=bound.copy()),
+        )
+
+    within, next_within = inside(k.copy()), inside(k1)
     if q.between:
         # the first end event after the start, no more than steps - 1 events later
         assert q.end_event is not None
@@ -175,8 +199,14 @@ def paths_sql(source: Source, project_id: int, q: PathsQuery) -> dict[str, exp.S
             exp.GTE(this=k.copy(), expression=lit(0)),
             exp.LTE(this=_c("i", "s"), expression=_c("i1", "a")),
         )
+        next_within = exp.LT(this=_c("i", "s"), expression=_c("i1", "a"))
+    target = exp.If(this=next_within, true=_c("nxt", "s"))
     stepped = (
-        exp.select(_c("person_id", "s"), _c("event", "s"), exp.alias_(k.copy(), "k"))
+        exp.select(
+            exp.alias_(k.copy(), "k"),
+            _c("event", "s"),
+            exp.alias_(exp.Case(ifs=[target]), "target"),
+        )
         .from_(exp.to_table("seq").as_("s"))
         .join(
             exp.to_table("anchors").as_("a"),
@@ -185,53 +215,31 @@ def paths_sql(source: Source, project_id: int, q: PathsQuery) -> dict[str, exp.S
         )
         .where(within)
     )
-
-    def ctes(tree: exp.Select) -> exp.Select:
-        tree = tree.with_("seq", as_=seq)
-        if q.between:
-            tree = tree.with_("starts", as_=starts)
-        return tree.with_("anchors", as_=anchors).with_("steps", as_=stepped)
-
-    nodes = ctes(
-        exp.select("k", "event", exp.alias_(exp.Count(this=exp.Star()), "n"))
+    tree = (
+        exp.select("k", "event", "target", exp.alias_(exp.Count(this=exp.Star()), "n"))
         .from_("steps")
-        .group_by("k", "event")
+        .group_by("k", "event", "target")
     )
-    edges = ctes(
-        exp.select(
-            _c("k", "x"),
-            _c("event", "x").as_("source"),
-            _c("event", "y").as_("target"),
-            exp.alias_(exp.Count(this=exp.Star()), "n"),
-        )
-        .from_(exp.to_table("steps").as_("x"))
-        .join(
-            exp.to_table("steps").as_("y"),
-            on=exp.and_(
-                _c("person_id", "y").eq(_c("person_id", "x")),
-                _c("k", "y").eq(exp.Add(this=_c("k", "x"), expression=lit(1))),
-            ),
-            join_type="inner",
-        )
-        .group_by(_c("k", "x"), _c("event", "x"), _c("event", "y"))
-    )
-    return {"nodes": nodes, "edges": edges}
+    tree = tree.with_("seq", as_=seq)
+    if q.between:
+        tree = tree.with_("starts", as_=starts)
+    return tree.with_("anchors", as_=anchors).with_("steps", as_=stepped)
 
 
 def paths(source: Source, project_id: int, query: PathsQuery) -> PathsResult:
     """Run a paths analysis on a store (or any :class:`Source`) for one project."""
-    trees = paths_sql(source, project_id, query)
+    counts: dict[tuple[int, str], int] = {}
+    found: list[PathEdge] = []
+    for k, e, t, n in run(source, paths_sql(source, project_id, query)):
+        step, event, persons = as_int(k), str(e), as_int(n)
+        counts[(step, event)] = counts.get((step, event), 0) + persons
+        if t is not None:
+            found.append(PathEdge(step, event, str(t), persons))
     nodes = sorted(
-        (PathNode(as_int(k), str(e), as_int(n)) for k, e, n in run(source, trees["nodes"])),
+        (PathNode(step, event, n) for (step, event), n in counts.items()),
         key=lambda x: (x.step, -x.persons, x.event),
     )
-    edges = sorted(
-        (
-            PathEdge(as_int(k), str(s), str(t), as_int(n))
-            for k, s, t, n in run(source, trees["edges"])
-        ),
-        key=lambda x: (x.step, -x.persons, x.source, x.target),
-    )
+    edges = sorted(found, key=lambda x: (x.step, -x.persons, x.source, x.target))
     kept: list[PathEdge] = []
     per_step: dict[int, int] = {}
     for e in edges:
