@@ -51,6 +51,7 @@ from yunying.analytics.metrics import (
     MetricPoint,
     MetricResult,
     metric,
+    metric_batch,
     metric_definition,
 )
 from yunying.analytics.paths import PathEdge, PathNode, PathsQuery, PathsResult, paths
@@ -99,6 +100,7 @@ __all__ = [
     "MetricResult",
     "diagnose",
     "metric",
+    "metric_batch",
     "metric_definition",
     "FunnelExclusion",
     "FunnelTimeToConvertQuery",

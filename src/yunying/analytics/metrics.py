@@ -4,18 +4,24 @@ with a written definition (docs/metrics.md) and one function computing it.
 ``metric(source, project_id, name, date_range, config)`` returns the value over the range, and
 optionally one value per period (``interval``) and per value of a field (``breakdown``). Every
 value is kept as ``numerator / denominator`` so that :mod:`yunying.analytics.diagnosis` can split
-a change between segments. Activity averages (DAU/WAU/MAU, stickiness) and GMV reuse
-:func:`~yunying.analytics.trends.trends`; conversion reuses
-:func:`~yunying.analytics.funnels.funnel`; the person-level metrics (new users, activation,
-N-day retention, churn, paying rate, ARPU, ARPPU, repurchase, LTV, K-factor) are built here, as
-each person must fall in exactly one breakdown value (see docs/metrics.md, "Breakdowns").
+a change between segments. ``metric_batch(source, project_id, names, date_range)`` computes
+several metrics at once, running each underlying query once for all the metrics that share it,
+and once for the overall value, the periods and the breakdown values together (rows tagged with
+their level); ``metric`` is ``metric_batch`` of one name. The families: the new-user cohort
+(new users, activation, N-day retention for any set of N, LTV); the active-user facts (paying
+rate, ARPU, ARPPU, repurchase, K-factor); the activity counts (DAU/WAU/MAU and stickiness, from
+one pass counting persons active in the last 1, 7 and 30 days with the semantics of
+:func:`~yunying.analytics.trends.trends`); GMV, a trends line; conversion reuses
+:func:`~yunying.analytics.funnels.funnel` and churn its own query. Each person must fall in
+exactly one breakdown value (see docs/metrics.md, "Breakdowns").
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any, Literal
 
 from sqlglot import exp
@@ -285,10 +291,11 @@ def _ranked(
     breakdown: Field | None,
     per_period: bool,
     extra: list[exp.Expr],
+    ranked: bool = True,
 ) -> exp.Select:
     """Events matching ``cond``, with pn (period number, 0 without interval), b (breakdown
-    value), us (µs since epoch) and rn: the event's rank in time (uuid breaks ties) within the
-    person (and period when ``per_period``)."""
+    value), us (µs since epoch) and, when ``ranked``, rn: the event's rank in time (uuid breaks
+    ties) within the person (and period when ``per_period``)."""
     pn = sql.period(_c("timestamp"), interval, tz) if interval else lit(0)
     b = sql.field_text(breakdown) if breakdown else exp.cast(exp.null(), "TEXT")
     part = [_c("person_id")] + ([pn.copy()] if per_period else [])
@@ -303,7 +310,7 @@ def _ranked(
             exp.alias_(sql.epoch_us(_c("timestamp")), "us"),
             exp.alias_(pn, "pn"),
             exp.alias_(b, "b"),
-            exp.alias_(rn, "rn"),
+            *([exp.alias_(rn, "rn")] if ranked else []),
             *extra,
         )
         .from_(events_from(source, project_id, person=uses_person(breakdown)))
@@ -347,81 +354,86 @@ def _cohort(
     )
 
 
-def _hits_join(cohort_hits: exp.Select, value: exp.Expr) -> exp.Select:
-    """Per (pn, b): sum of the hits' ``value`` column (0 when absent) and cohort size."""
-    return (
-        exp.select(
-            _c("pn", "c"),
-            _c("b", "c"),
-            exp.alias_(exp.Sum(this=_coalesce0(value)), "num"),
-            exp.alias_(exp.Count(this=exp.Star()), "den"),
-        )
-        .from_(exp.to_table("cohort").as_("c"))
-        .join(
-            cohort_hits.subquery("h"),
-            on=_c("person_id", "h").eq(_c("person_id", "c")),
-            join_type="left",
-        )
-        .group_by(_c("pn", "c"), _c("b", "c"))
-    )
+# Levels of a batch query: each row of it belongs to the overall cells (0, without interval or
+# breakdown), the per-period cells (1, interval without breakdown) or the per-value cells (2,
+# breakdown without interval), the three kinds of cells a MetricResult is made of.
+OVERALL, PER_PERIOD, PER_VALUE = 0, 1, 2
 
 
-def _events_as(source: Source, project_id: int, alias: str) -> exp.Expr:
-    return events_from(source, project_id, alias)
+def _levels(levels: tuple[int, ...]) -> exp.Subquery:
+    """A one-column table (``lvl``) of the levels a batch query computes."""
+    q: exp.Query = exp.select(exp.alias_(lit(levels[0]), "lvl"))
+    for n in levels[1:]:
+        q = exp.union(q, exp.select(exp.alias_(lit(n), "lvl")), distinct=False)
+    return q.subquery("l")
 
 
-def _cohort_sql(
+def _level_pn(pn: exp.Expr) -> exp.Expr:
+    """The period number of a row at its level: ``pn`` per period, 0 otherwise."""
+    return exp.Case(ifs=[exp.If(this=_c("lvl").eq(lit(PER_PERIOD)), true=pn)], default=lit(0))
+
+
+def _level_b(b: exp.Expr) -> exp.Expr:
+    """The breakdown value of a row at its level: ``b`` per value, NULL otherwise."""
+    return exp.Case(ifs=[exp.If(this=_c("lvl").eq(lit(PER_VALUE)), true=b)])
+
+
+def _retention_n(name: str) -> int:
+    return int(name.removeprefix("retention_d"))
+
+
+def _cohort_batch_sql(
     source: Source,
     project_id: int,
-    name: str,
+    names: list[str],
     dr: DateRange,
     cfg: MetricConfig,
     interval: str | None,
     breakdown: Field | None,
+    levels: tuple[int, ...],
 ) -> exp.Select:
-    """(pn, b, num, den) rows of the new-user cohort metrics."""
+    """One query for every requested new-user cohort metric (new users, activation, LTV, any
+    retention_dN) at every level: rows (lvl, pn, b, new users, activated, LTV revenue, then per
+    requested N: retained, observable). The cohort (first new-user event, its period and
+    breakdown value) is computed once; each person carries one flag per retention day N."""
     sql = Sql(source.dialect)
     cohort = _cohort(source, project_id, sql, dr, cfg, interval, breakdown)
-    if name == "new_users":
-        return (
-            exp.select(
-                _c("pn"),
-                _c("b"),
-                exp.alias_(exp.Count(this=exp.Star()), "num"),
-                exp.alias_(lit(1), "den"),
-            )
-            .from_(cohort.subquery("c"))
-            .group_by(_c("pn"), _c("b"))
-        )
+    ns = sorted({_retention_n(n) for n in names if _RETENTION.fullmatch(n)})
     a_us = sql.epoch_us(_c("timestamp", "a"))
     a_event = _c("event", "a")
     join_on = _c("person_id", "a").eq(_c("person_id", "c"))
-    if name == "activation_rate":
-        hits = (
-            exp.select(exp.alias_(_c("person_id", "c"), "person_id"), exp.alias_(lit(1), "hit"))
-            .distinct()
-            .from_(exp.to_table("cohort").as_("c"))
-            .join(_events_as(source, project_id, "a"), on=join_on, join_type="inner")
-            .where(
-                exp.and_(
-                    exp.In(this=a_event, expressions=[lit(e) for e in cfg.activation_events]),
-                    exp.GTE(this=a_us, expression=_c("us", "c")),
-                    exp.LTE(
-                        this=a_us.copy(),
-                        expression=exp.Add(
-                            this=_c("us", "c"),
-                            expression=lit(cfg.activation_window_days * DAY_US),
+    person = exp.alias_(_c("person_id", "c"), "person_id")
+    per_person: list[exp.Expr] = [exp.alias_(_c(n, "c"), n) for n in ("person_id", "cd", "pn", "b")]
+    hits: list[tuple[str, exp.Select]] = []
+    if "activation_rate" in names:
+        hits.append(
+            (
+                "h_act",
+                exp.select(person, exp.alias_(lit(1), "hit"))
+                .distinct()
+                .from_(exp.to_table("cohort").as_("c"))
+                .join(events_from(source, project_id, "a"), on=join_on, join_type="inner")
+                .where(
+                    exp.and_(
+                        exp.In(this=a_event, expressions=[lit(e) for e in cfg.activation_events]),
+                        exp.GTE(this=a_us, expression=_c("us", "c")),
+                        exp.LTE(
+                            this=a_us.copy(),
+                            expression=exp.Add(
+                                this=_c("us", "c"),
+                                expression=lit(cfg.activation_window_days * DAY_US),
+                            ),
                         ),
-                    ),
-                )
+                    )
+                ),
             )
         )
-        return _hits_join(hits, _c("hit", "h")).with_("cohort", as_=cohort)
-    if name == "ltv":
+        per_person.append(exp.alias_(_coalesce0(_c("hit", "h_act")), "act"))
+    if "ltv" in names:
         conds: list[exp.Expr] = [
-            exp.In(this=a_event, expressions=[lit(e) for e in cfg.revenue_events]),
+            exp.In(this=a_event.copy(), expressions=[lit(e) for e in cfg.revenue_events]),
             exp.Not(this=exp.Is(this=_c("amount", "a"), expression=exp.null())),
-            exp.GTE(this=a_us, expression=_c("us", "c")),
+            exp.GTE(this=a_us.copy(), expression=_c("us", "c")),
         ]
         if cfg.ltv_days is not None:
             conds.append(
@@ -430,44 +442,85 @@ def _cohort_sql(
                     expression=exp.Add(this=_c("us", "c"), expression=lit(cfg.ltv_days * DAY_US)),
                 )
             )
-        rev = (
-            exp.select(
-                exp.alias_(_c("person_id", "c"), "person_id"),
-                exp.alias_(exp.Sum(this=_c("amount", "a")), "rev"),
+        hits.append(
+            (
+                "h_ltv",
+                exp.select(person.copy(), exp.alias_(exp.Sum(this=_c("amount", "a")), "rev"))
+                .from_(exp.to_table("cohort").as_("c"))
+                .join(events_from(source, project_id, "a"), on=join_on, join_type="inner")
+                .where(exp.and_(*conds))
+                .group_by(_c("person_id", "c")),
             )
-            .from_(exp.to_table("cohort").as_("c"))
-            .join(_events_as(source, project_id, "a"), on=join_on, join_type="inner")
-            .where(exp.and_(*conds))
-            .group_by(_c("person_id", "c"))
         )
-        return _hits_join(rev, _c("rev", "h")).with_("cohort", as_=cohort)
-    # retention_dN: cohort days whose day D + N is inside the range, active on day D + N
-    n = int(name.removeprefix("retention_d"))
-    last = period_number(dr.date_to, "day") - n
-    start, end = dr.utc_bounds()
-    observable = (
-        exp.select("*")
-        .from_(cohort.subquery("c0"))
-        .where(exp.LTE(this=_c("cd"), expression=lit(last)))
-    )
-    returns = (
-        exp.select(_c("person_id"), exp.alias_(sql.day_number(_c("timestamp"), dr.timezone), "dn"))
-        .distinct()
-        .from_(events_from(source, project_id))
-        .where(exp.and_(_in(sql, cfg.activity_events), sql.time_between(start, end)))
-    )
-    hits = (
-        exp.select(exp.alias_(_c("person_id", "c"), "person_id"), exp.alias_(lit(1), "hit"))
-        .distinct()
-        .from_(exp.to_table("cohort").as_("c"))
-        .join(
-            returns.subquery("r"),
-            on=_c("person_id", "r").eq(_c("person_id", "c")),
-            join_type="inner",
+        per_person.append(exp.alias_(_coalesce0(_c("rev", "h_ltv")), "lrev"))
+    if ns:
+        # retention: the persons' active local days in the range, D + N for each requested N
+        start, end = dr.utc_bounds()
+        returns = (
+            exp.select(
+                _c("person_id"), exp.alias_(sql.day_number(_c("timestamp"), dr.timezone), "dn")
+            )
+            .distinct()
+            .from_(events_from(source, project_id))
+            .where(exp.and_(_in(sql, cfg.activity_events), sql.time_between(start, end)))
         )
-        .where(_c("dn", "r").eq(exp.Add(this=_c("cd", "c"), expression=lit(n))))
+        gap = exp.Sub(this=_c("dn", "r"), expression=_c("cd", "c"))
+        hits.append(
+            (
+                "h_ret",
+                exp.select(
+                    person.copy(),
+                    *(exp.alias_(exp.Max(this=_flag(gap.copy().eq(lit(n)))), f"x{n}") for n in ns),
+                )
+                .from_(exp.to_table("cohort").as_("c"))
+                .join(
+                    returns.subquery("r"),
+                    on=_c("person_id", "r").eq(_c("person_id", "c")),
+                    join_type="inner",
+                )
+                .where(exp.In(this=gap.copy(), expressions=[lit(n) for n in ns]))
+                .group_by(_c("person_id", "c")),
+            )
+        )
+        per_person += [exp.alias_(_coalesce0(_c(f"x{n}", "h_ret")), f"h{n}") for n in ns]
+    carried = [str(e.alias) for e in per_person if e.alias not in ("person_id", "pn", "b")]
+    persons = exp.select(*per_person).from_(exp.to_table("cohort").as_("c"))
+    for alias, hit in hits:
+        persons = persons.join(
+            hit.subquery(alias),
+            on=_c("person_id", alias).eq(_c("person_id", "c")),
+            join_type="left",
+        )
+    keyed = (
+        exp.select(
+            _c("lvl"),
+            exp.alias_(_level_pn(_c("pn")), "k_pn"),
+            exp.alias_(_level_b(_c("b")), "k_b"),
+            *(_c(n) for n in carried),
+        )
+        .from_(persons.subquery("p"))
+        .join(_levels(levels), join_type="cross")
     )
-    return _hits_join(hits, _c("hit", "h")).with_("cohort", as_=observable)
+    values: list[exp.Expr] = [
+        exp.alias_(exp.Count(this=exp.Star()), "n_new"),
+        exp.alias_(exp.Sum(this=_c("act")) if "activation_rate" in names else lit(0), "n_act"),
+        exp.alias_(exp.Sum(this=_c("lrev")) if "ltv" in names else lit(0), "s_rev"),
+    ]
+    for n in ns:
+        seen = exp.LTE(this=_c("cd"), expression=lit(period_number(dr.date_to, "day") - n))
+        values.append(
+            exp.alias_(
+                exp.Sum(this=exp.Case(ifs=[exp.If(this=seen, true=_c(f"h{n}"))], default=lit(0))),
+                f"r{n}",
+            )
+        )
+        values.append(exp.alias_(exp.Sum(this=_flag(seen.copy())), f"o{n}"))
+    return (
+        exp.select(_c("lvl"), _c("k_pn"), _c("k_b"), *values)
+        .from_(keyed.subquery("k"))
+        .group_by(_c("lvl"), _c("k_pn"), _c("k_b"))
+        .with_("cohort", as_=cohort)
+    )
 
 
 _FACT_METRICS = ("paying_rate", "arpu", "arppu", "repurchase_rate", "k_factor")
@@ -480,10 +533,12 @@ def _facts_sql(
     cfg: MetricConfig,
     interval: str | None,
     breakdown: Field | None,
+    levels: tuple[int, ...],
 ) -> exp.Select:
-    """Per (pn, b): active users, payers, revenue, payers' revenue, repurchasers, accepted and
-    sent invitations. Each active person (per period) falls in the value of their first active
-    event."""
+    """Per (lvl, pn, b): active users, payers, revenue, payers' revenue, repurchasers, accepted
+    and sent invitations, in one pass over the range's active events. Per period a person counts
+    in each period they were active in; per breakdown value each active person falls in the
+    value of their first active event of the range."""
     sql = Sql(source.dialect)
     start, end = dr.utc_bounds()
     revenue = exp.and_(
@@ -499,7 +554,7 @@ def _facts_sql(
         dr.timezone,
         interval,
         breakdown,
-        True,
+        False,
         [
             exp.alias_(_flag(paid), "paid"),
             exp.alias_(
@@ -508,14 +563,20 @@ def _facts_sql(
             exp.alias_(_flag(_c("event").eq(lit(cfg.invite_accepted_event))), "acc"),
             exp.alias_(_flag(_c("event").eq(lit(cfg.invite_sent_event))), "sent"),
         ],
+        ranked=breakdown is not None,
     )
-    first_b = exp.Case(ifs=[exp.If(this=_c("rn").eq(lit(1)), true=_c("b"))])
-    # aliases differ from the columns they aggregate (ClickHouse resolves names to aliases)
+    first_b: exp.Expr = (
+        exp.Max(this=exp.Case(ifs=[exp.If(this=_c("rn").eq(lit(1)), true=_c("b"))]))
+        if breakdown is not None
+        else exp.cast(exp.null(), "TEXT")
+    )
+    # per person and period; aliases differ from the columns they aggregate (ClickHouse
+    # resolves names to aliases)
     facts = (
         exp.select(
             _c("person_id"),
             _c("pn"),
-            exp.alias_(exp.Max(this=first_b), "fb"),
+            exp.alias_(first_b, "fb"),
             exp.alias_(exp.Max(this=_c("paid")), "is_payer"),
             exp.alias_(exp.Sum(this=_c("paid")), "n_paid"),
             exp.alias_(exp.Sum(this=_c("rev")), "p_rev"),
@@ -525,31 +586,62 @@ def _facts_sql(
         .from_(base.subquery("e"))
         .group_by(_c("person_id"), _c("pn"))
     )
+    # per level, person (and period at the period level)
+    keyed = (
+        exp.select(
+            _c("lvl"),
+            _c("person_id"),
+            exp.alias_(_level_pn(_c("pn")), "k_pn"),
+            exp.alias_(_level_b(_c("fb")), "k_fb"),
+            _c("is_payer"),
+            _c("n_paid"),
+            _c("p_rev"),
+            _c("n_acc"),
+            _c("n_sent"),
+        )
+        .from_(facts.subquery("f"))
+        .join(_levels(levels), join_type="cross")
+    )
+    people = (
+        exp.select(
+            _c("lvl"),
+            _c("k_pn"),
+            exp.alias_(exp.Max(this=_c("k_fb")), "k_b"),
+            exp.alias_(exp.Max(this=_c("is_payer")), "payer"),
+            exp.alias_(exp.Sum(this=_c("n_paid")), "paid_n"),
+            exp.alias_(exp.Sum(this=_c("p_rev")), "rev_p"),
+            exp.alias_(exp.Sum(this=_c("n_acc")), "acc_n"),
+            exp.alias_(exp.Sum(this=_c("n_sent")), "sent_n"),
+        )
+        .from_(keyed.subquery("k"))
+        .group_by(_c("lvl"), _c("person_id"), _c("k_pn"))
+    )
     return (
         exp.select(
-            _c("pn"),
-            _c("fb"),
+            _c("lvl"),
+            _c("k_pn"),
+            _c("k_b"),
             exp.alias_(exp.Count(this=exp.Star()), "users"),
-            exp.alias_(exp.Sum(this=_c("is_payer")), "payers"),
-            exp.alias_(exp.Sum(this=_c("p_rev")), "revenue"),
+            exp.alias_(exp.Sum(this=_c("payer")), "payers"),
+            exp.alias_(exp.Sum(this=_c("rev_p")), "revenue"),
             exp.alias_(
                 exp.Sum(
                     this=exp.Case(
-                        ifs=[exp.If(this=_c("is_payer").eq(lit(1)), true=_c("p_rev"))],
+                        ifs=[exp.If(this=_c("payer").eq(lit(1)), true=_c("rev_p"))],
                         default=lit(0.0),
                     )
                 ),
                 "payer_revenue",
             ),
             exp.alias_(
-                exp.Sum(this=_flag(exp.GTE(this=_c("n_paid"), expression=lit(2)))),
+                exp.Sum(this=_flag(exp.GTE(this=_c("paid_n"), expression=lit(2)))),
                 "repurchasers",
             ),
-            exp.alias_(exp.Sum(this=_c("n_acc")), "accepted"),
-            exp.alias_(exp.Sum(this=_c("n_sent")), "sent"),
+            exp.alias_(exp.Sum(this=_c("acc_n")), "accepted"),
+            exp.alias_(exp.Sum(this=_c("sent_n")), "sent"),
         )
-        .from_(facts.subquery("f"))
-        .group_by(_c("pn"), _c("fb"))
+        .from_(people.subquery("p"))
+        .group_by(_c("lvl"), _c("k_pn"), _c("k_b"))
     )
 
 
@@ -614,43 +706,6 @@ def _num(v: Any) -> float:
     return 0.0 if f is None else f
 
 
-def _sql_cells(
-    source: Source,
-    project_id: int,
-    name: str,
-    dr: DateRange,
-    cfg: MetricConfig,
-    interval: str | None,
-    breakdown: Field | None,
-) -> tuple[Cells, dict[str, float]]:
-    """Cells of a metric computed by this module's SQL, and raw totals (for components)."""
-    cells: Cells = {}
-    totals: dict[str, float] = {}
-    if name in _FACT_METRICS:
-        tree = _facts_sql(source, project_id, dr, cfg, interval, breakdown)
-        for pn, b, users, payers, rev, payer_rev, rep, acc, sent in run(source, tree):
-            u, p = _num(users), _num(payers)
-            num, den = {
-                "paying_rate": (p, u),
-                "arpu": (_num(rev), u),
-                "arppu": (_num(payer_rev), p),
-                "repurchase_rate": (_num(rep), p),
-                "k_factor": (_num(acc), u),
-            }[name]
-            cells[(int(pn), _key(b))] = (num, den)
-            totals["sent"] = totals.get("sent", 0.0) + _num(sent)
-            totals["accepted"] = totals.get("accepted", 0.0) + _num(acc)
-            totals["users"] = totals.get("users", 0.0) + u
-        return cells, totals
-    if name == "churn_rate":
-        tree = _churn_sql(source, project_id, dr, cfg, breakdown)
-    else:
-        tree = _cohort_sql(source, project_id, name, dr, cfg, interval, breakdown)
-    for pn, b, num, den in run(source, tree):
-        cells[(int(pn), _key(b))] = (_num(num), _num(den))
-    return cells, totals
-
-
 def _clipped(dr: DateRange, interval: str) -> list[tuple[str, DateRange]]:
     """Each period of ``interval`` overlapping the range, as (label, its days inside the range)."""
     out: list[tuple[str, DateRange]] = []
@@ -664,53 +719,275 @@ def _clipped(dr: DateRange, interval: str) -> list[tuple[str, DateRange]]:
     return out
 
 
-def _activity_filters(cfg: MetricConfig) -> tuple[Filter, ...]:
-    if not cfg.activity_events:
-        return ()
-    return (Filter(col("event"), "in", list(cfg.activity_events)),)
+TREND_METRICS = ("dau", "wau", "mau", "stickiness", "gmv")
+# the daily trends series each trends-based metric reads
+_TREND_SERIES = {
+    "dau": ("dau",),
+    "wau": ("wau",),
+    "mau": ("mau",),
+    "stickiness": ("dau", "mau"),
+    "gmv": ("gmv",),
+}
+_COHORT_METRICS = ("new_users", "activation_rate", "ltv")
+
+# (metric name, level) -> cells; metric name -> raw totals of the overall level (components)
+Batch = dict[tuple[str, int], Cells]
+Totals = dict[str, dict[str, float]]
 
 
-def _trend_cells(
+_WINDOWS = {"dau": 1, "wau": 7, "mau": 30}
+
+
+def _activity_sql(
     source: Source,
     project_id: int,
-    name: str,
+    dr: DateRange,
+    cfg: MetricConfig,
+    breakdown: Field | None,
+    windows: tuple[int, ...],
+) -> exp.Select:
+    """Persons active in the last W local days (DAU: W = 1, WAU: 7, MAU: 30) for every
+    requested W in one pass: rows (W, b, day, delta) whose running sum over the days is the
+    count of that day. A person's active days (per breakdown value, as in trends: a person
+    counts in every value they had an active event with) each cover W days; each active day
+    adds the days it covers beyond those of the person's previous active day, as one
+    segment: +1 where it starts, -1 after it ends."""
+    sql = Sql(source.dialect)
+    start, end = dr.extended_back(max(windows) - 1).utc_bounds()
+    b = sql.field_text(breakdown) if breakdown else exp.cast(exp.null(), "TEXT")
+    active = (
+        exp.select(
+            _c("person_id"),
+            exp.alias_(b, "b"),
+            exp.alias_(sql.day_number(_c("timestamp"), dr.timezone), "dn"),
+        )
+        .distinct()
+        .from_(events_from(source, project_id, person=uses_person(breakdown)))
+        .where(exp.and_(_in(sql, cfg.activity_events), sql.time_between(start, end)))
+    )
+    previous = exp.Window(
+        this=exp.Max(this=_c("dn")),
+        partition_by=[_c("person_id"), _c("b")],
+        order=exp.Order(expressions=[exp.Ordered(this=_c("dn"))]),
+        spec=exp.WindowSpec(
+            kind="ROWS", start="1", start_side="PRECEDING", end="1", end_side="PRECEDING"
+        ),
+    )
+    days = exp.select(_c("b"), _c("dn"), exp.alias_(_coalesce0(previous), "prev")).from_(
+        active.subquery("a")
+    )
+    kinds: exp.Query | None = None
+    for w in windows:
+        for edge in (0, 1):
+            row = exp.select(exp.alias_(lit(w), "w"), exp.alias_(lit(edge), "edge"))
+            kinds = row if kinds is None else exp.union(kinds, row, distinct=False)
+    assert kinds is not None
+    covered = exp.Add(this=_c("prev"), expression=_c("w"))
+    day = exp.Case(
+        ifs=[
+            exp.If(
+                this=_c("edge").eq(lit(0)),
+                true=exp.Greatest(this=_c("dn"), expressions=[covered]),
+            )
+        ],
+        default=exp.Add(this=_c("dn"), expression=_c("w")),
+    )
+    edges = (
+        exp.select(
+            _c("w"),
+            _c("b"),
+            exp.alias_(day, "day"),
+            exp.alias_(
+                exp.Case(ifs=[exp.If(this=_c("edge").eq(lit(0)), true=lit(1))], default=lit(-1)),
+                "delta",
+            ),
+        )
+        .from_(days.subquery("d"))
+        .join(kinds.subquery("k"), join_type="cross")
+    )
+    return (
+        exp.select(_c("w"), _c("b"), _c("day"), exp.alias_(exp.Sum(this=_c("delta")), "n"))
+        .from_(edges.subquery("e"))
+        .group_by(_c("w"), _c("b"), _c("day"))
+    )
+
+
+Daily = dict[str | None, list[float]]  # breakdown value -> value of each day of the range
+
+
+def _activity_daily(
+    source: Source,
+    project_id: int,
+    keys: list[str],
+    dr: DateRange,
+    cfg: MetricConfig,
+    breakdown: Field | None,
+) -> dict[str, Daily]:
+    """DAU/WAU/MAU of each day of the range (per breakdown value), from one query."""
+    windows = tuple(sorted({_WINDOWS[k] for k in keys}))
+    tree = _activity_sql(source, project_id, dr, cfg, breakdown, windows)
+    deltas: dict[tuple[int, str | None], dict[int, float]] = {}
+    for w, b, day, n in run(source, tree):
+        per = deltas.setdefault((int(w), _key(b)), {})
+        per[int(day)] = per.get(int(day), 0.0) + _num(n)
+    first = period_number(dr.date_from, "day")
+    out: dict[str, Daily] = {k: {} for k in keys}
+    for (w, b), per in sorted(
+        deltas.items(), key=lambda kv: (kv[0][0], kv[0][1] is None, kv[0][1] or "")
+    ):
+        running, values = 0.0, []
+        steps = sorted(per.items())
+        i = 0
+        for d in range(first, first + dr.days):
+            while i < len(steps) and steps[i][0] <= d:
+                running += steps[i][1]
+                i += 1
+            values.append(running)
+        if any(values):  # a value active on no day of the range has no line (as in trends)
+            for k in keys:
+                if _WINDOWS[k] == w:
+                    out[k][b] = values
+    if breakdown is None:
+        for k in keys:
+            out[k].setdefault(None, [0.0] * dr.days)
+    return out
+
+
+def _gmv_daily(
+    source: Source, project_id: int, dr: DateRange, cfg: MetricConfig, breakdown: Field | None
+) -> Daily:
+    """GMV of each day of the range (per breakdown value), from a trends line."""
+    revenue = Filter(col("event"), "in", list(cfg.revenue_events))
+    q = TrendsQuery(
+        (Series(None, "sum", col("amount"), (revenue,)),),
+        dr,
+        "day",
+        breakdown=breakdown,
+        breakdown_limit=_BREAKDOWN_LIMIT,
+    )
+    return {
+        line.breakdown_value: [0.0 if v is None else float(v) for v in line.values]
+        for line in trends(source, project_id, q).series
+    }
+
+
+def _trend_batch(
+    source: Source,
+    project_id: int,
+    names: list[str],
     dr: DateRange,
     cfg: MetricConfig,
     interval: str | None,
     breakdown: Field | None,
-) -> Cells:
-    """Cells of DAU/WAU/MAU, stickiness and GMV from daily trends lines."""
-    if name == "gmv":
-        revenue = Filter(col("event"), "in", list(cfg.revenue_events))
-        series: tuple[Series, ...] = (Series(None, "sum", col("amount"), (revenue,)),)
-    elif name == "stickiness":
-        series = (
-            Series(None, "dau", filters=_activity_filters(cfg)),
-            Series(None, "mau", filters=_activity_filters(cfg)),
-        )
-    else:
-        series = (Series(None, name, filters=_activity_filters(cfg)),)  # type: ignore[arg-type]
-    q = TrendsQuery(series, dr, "day", breakdown=breakdown, breakdown_limit=_BREAKDOWN_LIMIT)
-    sums: dict[tuple[int, str | None], list[float]] = {}
-    days: dict[int, int] = {}
-    for line in trends(source, project_id, q).series:
-        for label, v in zip(line.labels, line.values, strict=True):
-            pn = period_number(date.fromisoformat(label), interval) if interval else 0
-            acc = sums.setdefault((pn, line.breakdown_value), [0.0, 0.0])
-            acc[line.series_index] += 0.0 if v is None else float(v)
-    for i in range(dr.days):
-        day = dr.date_from + timedelta(days=i)
-        pn = period_number(day, interval) if interval else 0
-        days[pn] = days.get(pn, 0) + 1
-    cells: Cells = {}
-    for (pn, b), (s0, s1) in sums.items():
-        if name == "stickiness":
-            cells[(pn, b)] = (s0, s1)
-        elif name == "gmv":
-            cells[(pn, b)] = (s0, 1.0)
-        else:
-            cells[(pn, b)] = (s0, float(days[pn]))
-    return cells
+    levels: tuple[int, ...],
+) -> Batch:
+    """Cells of DAU/WAU/MAU, stickiness and GMV at every level from daily values: one query
+    for all the activity counts and one trends query for GMV, without breakdown (the overall
+    and per-period cells are sums of the same days) and again with it."""
+    keys = list(dict.fromkeys(k for n in names for k in _TREND_SERIES[n]))
+    activity = [k for k in keys if k in _WINDOWS]
+    out: Batch = {}
+    groups: list[tuple[Field | None, tuple[int, ...]]] = []
+    plain = tuple(lv for lv in levels if lv != PER_VALUE)
+    if plain:
+        groups.append((None, plain))
+    if PER_VALUE in levels:
+        groups.append((breakdown, (PER_VALUE,)))
+    labels = [dr.date_from + timedelta(days=i) for i in range(dr.days)]
+    for by, group in groups:
+        daily: dict[str, Daily] = {}
+        if activity:
+            daily.update(_activity_daily(source, project_id, activity, dr, cfg, by))
+        if "gmv" in keys:
+            daily["gmv"] = _gmv_daily(source, project_id, dr, cfg, by)
+        for level in group:
+            iv = interval if level == PER_PERIOD else None
+            pns = [period_number(day, iv) if iv else 0 for day in labels]
+            sums: dict[str, dict[tuple[int, str | None], float]] = {k: {} for k in keys}
+            for k, lines in daily.items():
+                acc = sums[k]
+                for b, values in lines.items():
+                    for pn, v in zip(pns, values, strict=True):
+                        acc[(pn, b)] = acc.get((pn, b), 0.0) + v
+            days: dict[int, int] = {}
+            for pn in pns:
+                days[pn] = days.get(pn, 0) + 1
+            for name in names:
+                cells: Cells = {}
+                if name == "stickiness":
+                    dau, mau = sums["dau"], sums["mau"]
+                    for cell in dict.fromkeys([*dau, *mau]):
+                        cells[cell] = (dau.get(cell, 0.0), mau.get(cell, 0.0))
+                elif name == "gmv":
+                    cells = {cell: (v, 1.0) for cell, v in sums["gmv"].items()}
+                else:
+                    cells = {cell: (v, float(days[cell[0]])) for cell, v in sums[name].items()}
+                out[(name, level)] = cells
+    return out
+
+
+def _cohort_batch(
+    source: Source,
+    project_id: int,
+    names: list[str],
+    dr: DateRange,
+    cfg: MetricConfig,
+    interval: str | None,
+    breakdown: Field | None,
+    levels: tuple[int, ...],
+) -> Batch:
+    """Cells of the new-user cohort metrics at every level, from one query."""
+    tree = _cohort_batch_sql(source, project_id, names, dr, cfg, interval, breakdown, levels)
+    ns = sorted({_retention_n(n) for n in names if _RETENTION.fullmatch(n)})
+    out: Batch = {(name, level): {} for name in names for level in levels}
+    for row in run(source, tree):
+        level, cell = int(row[0]), (int(row[1]), _key(row[2]))
+        n_new, n_act, s_rev = _num(row[3]), _num(row[4]), _num(row[5])
+        by_n = {n: (_num(row[6 + 2 * i]), _num(row[7 + 2 * i])) for i, n in enumerate(ns)}
+        for name in names:
+            if name == "new_users":
+                out[(name, level)][cell] = (n_new, 1.0)
+            elif name == "activation_rate":
+                out[(name, level)][cell] = (n_act, n_new)
+            elif name == "ltv":
+                out[(name, level)][cell] = (s_rev, n_new)
+            else:
+                retained, observable = by_n[_retention_n(name)]
+                if observable:  # cells of persons whose day D + N is inside the range only
+                    out[(name, level)][cell] = (retained, observable)
+    return out
+
+
+def _facts_batch(
+    source: Source,
+    project_id: int,
+    names: list[str],
+    dr: DateRange,
+    cfg: MetricConfig,
+    interval: str | None,
+    breakdown: Field | None,
+    levels: tuple[int, ...],
+) -> tuple[Batch, Totals]:
+    """Cells of the active-user facts metrics (paying rate, ARPU, ARPPU, repurchase, K-factor)
+    at every level, from one query; the overall totals of invitations and active users."""
+    tree = _facts_sql(source, project_id, dr, cfg, interval, breakdown, levels)
+    out: Batch = {(name, level): {} for name in names for level in levels}
+    totals: dict[str, float] = {}
+    for level, pn, b, users, payers, rev, payer_rev, rep, acc, sent in run(source, tree):
+        u, p = _num(users), _num(payers)
+        for name in names:
+            out[(name, int(level))][(int(pn), _key(b))] = {
+                "paying_rate": (p, u),
+                "arpu": (_num(rev), u),
+                "arppu": (_num(payer_rev), p),
+                "repurchase_rate": (_num(rep), p),
+                "k_factor": (_num(acc), u),
+            }[name]
+        if int(level) == OVERALL:
+            totals["sent"] = totals.get("sent", 0.0) + _num(sent)
+            totals["accepted"] = totals.get("accepted", 0.0) + _num(acc)
+            totals["users"] = totals.get("users", 0.0) + u
+    return out, {name: totals for name in names}
 
 
 def _funnel_cells(
@@ -734,10 +1011,7 @@ def _funnel_cells(
     return cells, counts
 
 
-TREND_METRICS = ("dau", "wau", "mau", "stickiness", "gmv")
-
-
-def _cells(
+def _range_cells(
     source: Source,
     project_id: int,
     name: str,
@@ -746,23 +1020,104 @@ def _cells(
     interval: str | None,
     breakdown: Field | None,
 ) -> tuple[Cells, dict[str, float]]:
-    """(pn, b) -> (numerator, denominator) of one metric."""
-    if name in TREND_METRICS:
-        return _trend_cells(source, project_id, name, dr, cfg, interval, breakdown), {}
-    loop = name in ("conversion_rate", "churn_rate")
-    if loop and interval:
+    """Cells of churn or conversion, which compute each period as a range of its own."""
+    if interval:
         # a fresh range per period: that period's days inside the range
         cells: Cells = {}
         for _label, sub in _clipped(dr, interval):
             pn = period_number(sub.date_from, interval)
-            got, _ = _cells(source, project_id, name, sub, cfg, None, breakdown)
+            got, _ = _range_cells(source, project_id, name, sub, cfg, None, breakdown)
             for (_, b), v in got.items():
                 cells[(pn, b)] = v
         return cells, {}
     if name == "conversion_rate":
         cells, counts = _funnel_cells(source, project_id, dr, cfg, breakdown)
         return cells, {f"step_{i}": float(c) for i, c in enumerate(counts)}
-    return _sql_cells(source, project_id, name, dr, cfg, interval, breakdown)
+    cells = {}
+    tree = _churn_sql(source, project_id, dr, cfg, breakdown)
+    for pn, b, num, den in run(source, tree):
+        cells[(int(pn), _key(b))] = (_num(num), _num(den))
+    return cells, {}
+
+
+def _batch_cells(
+    source: Source,
+    project_id: int,
+    names: list[str],
+    dr: DateRange,
+    cfg: MetricConfig,
+    interval: str | None,
+    breakdown: Field | None,
+) -> tuple[Batch, Totals]:
+    """The cells of every metric in ``names`` at every level: one query (or trends pass) per
+    family of metrics sharing an underlying query, covering all the levels at once."""
+    levels = (
+        (OVERALL,)
+        + ((PER_PERIOD,) if interval else ())
+        + ((PER_VALUE,) if breakdown is not None else ())
+    )
+    out: Batch = {}
+    totals: Totals = {}
+    cohort = [n for n in names if n in _COHORT_METRICS or _RETENTION.fullmatch(n)]
+    if cohort:
+        out.update(_cohort_batch(source, project_id, cohort, dr, cfg, interval, breakdown, levels))
+    facts = [n for n in names if n in _FACT_METRICS]
+    if facts:
+        got, raw = _facts_batch(source, project_id, facts, dr, cfg, interval, breakdown, levels)
+        out.update(got)
+        totals.update(raw)
+    trend = [n for n in names if n in TREND_METRICS]
+    if trend:
+        out.update(_trend_batch(source, project_id, trend, dr, cfg, interval, breakdown, levels))
+    for name in names:
+        if name not in ("churn_rate", "conversion_rate"):
+            continue
+        for level in levels:
+            cells, more = _range_cells(
+                source,
+                project_id,
+                name,
+                dr,
+                cfg,
+                interval if level == PER_PERIOD else None,
+                breakdown if level == PER_VALUE else None,
+            )
+            out[(name, level)] = cells
+            if level == OVERALL:
+                totals[name] = more
+    return out, totals
+
+
+def metric_batch(
+    source: Source,
+    project_id: int,
+    names: Iterable[str],
+    date_range: DateRange,
+    *,
+    interval: str | None = None,
+    breakdown: Field | None = None,
+    config: MetricConfig | None = None,
+) -> dict[str, MetricResult]:
+    """Compute several catalog metrics over ``date_range`` at once: name -> exactly what
+    :func:`metric` returns for it. Metrics that share an underlying query share one run of it:
+    one query for all the new-user cohort metrics (new users, activation, LTV, every
+    retention_dN), one for all the active-user facts (paying rate, ARPU, ARPPU, repurchase,
+    K-factor), one trends pass for DAU/WAU/MAU/stickiness/GMV (one query per distinct series,
+    and another with the breakdown); each covers the overall value, the periods and the
+    breakdown values together. Churn and conversion run as :func:`metric` runs them."""
+    cfg = config or MetricConfig()
+    definitions = {name: metric_definition(name) for name in names}
+    if interval is not None and interval not in METRIC_INTERVALS:
+        raise InvalidQuery(f"unknown interval {interval!r}; use {', '.join(METRIC_INTERVALS)}")
+    if not definitions:
+        return {}
+    cells, totals = _batch_cells(
+        source, project_id, list(definitions), date_range, cfg, interval, breakdown
+    )
+    return {
+        name: _result(name, d, date_range, interval, breakdown, cells, totals.get(name, {}))
+        for name, d in definitions.items()
+    }
 
 
 def metric(
@@ -775,34 +1130,48 @@ def metric(
     breakdown: Field | None = None,
 ) -> MetricResult:
     """Compute one catalog metric over ``date_range``; per period of ``interval`` (day, week,
-    month) and per value of ``breakdown`` when given. Definitions: docs/metrics.md."""
-    cfg = config or MetricConfig()
-    definition = metric_definition(name)
-    if interval is not None and interval not in METRIC_INTERVALS:
-        raise InvalidQuery(f"unknown interval {interval!r}; use {', '.join(METRIC_INTERVALS)}")
-    additive = definition.kind == "additive"
-    name_ = name if name in CATALOG else definition.name
+    month) and per value of ``breakdown`` when given. Definitions: docs/metrics.md. Several
+    metrics of one range: :func:`metric_batch`, which shares their queries."""
+    return metric_batch(
+        source,
+        project_id,
+        [name],
+        date_range,
+        interval=interval,
+        breakdown=breakdown,
+        config=config,
+    )[name]
 
-    overall, totals = _cells(source, project_id, name_, date_range, cfg, None, None)
-    num, den = overall.get((0, None), (0.0, 0.0))
+
+def _result(
+    name: str,
+    definition: MetricDefinition,
+    date_range: DateRange,
+    interval: str | None,
+    breakdown: Field | None,
+    cells: Batch,
+    totals: dict[str, float],
+) -> MetricResult:
+    """A metric's result from its cells at each level."""
+    additive = definition.kind == "additive"
+    num, den = cells[(name, OVERALL)].get((0, None), (0.0, 0.0))
     if additive:
-        den = _additive_den(name_, date_range)
-    components = _components(name_, totals, num, den)
+        den = _additive_den(name, date_range)
+    components = _components(name, totals, num, den)
 
     period_points: list[MetricPoint] = []
     if interval:
-        by_period, _ = _cells(source, project_id, name_, date_range, cfg, interval, None)
+        by_period = cells[(name, PER_PERIOD)]
         for label, sub in _clipped(date_range, interval):
             pn = period_number(sub.date_from, interval)
             pnum, pden = by_period.get((pn, None), (0.0, 0.0))
             if additive:
-                pden = _additive_den(name_, sub)
+                pden = _additive_den(name, sub)
             period_points.append(_point(label, pnum, pden))
 
     segments: list[MetricPoint] = []
     if breakdown is not None:
-        by_value, _ = _cells(source, project_id, name_, date_range, cfg, None, breakdown)
-        for (_, b), (snum, sden) in by_value.items():
+        for (_, b), (snum, sden) in cells[(name, PER_VALUE)].items():
             if additive:
                 sden = den
             segments.append(_point(b, snum, sden))
@@ -810,7 +1179,7 @@ def metric(
                                      p.key is None, p.key or ""))  # fmt: skip
 
     return MetricResult(
-        name=name_,
+        name=name,
         definition=definition,
         date_range=date_range,
         value=num / den if den else None,

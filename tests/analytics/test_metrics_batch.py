@@ -1,0 +1,180 @@
+"""metric_batch: several catalog metrics at once give exactly what metric() gives for each, on
+DuckDB and ClickHouse, agree with the plain-Python references of test_metrics.py, and share
+their queries (the dashboard's eight metrics in a few engine queries)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlglot import exp
+
+from tests.analytics import reference as ref
+from tests.analytics.conftest import METRIC_DAYS, START, TZ, Dataset, make_dataset, metric_journeys
+from tests.analytics.test_metrics import ref_cohort_metric, ref_value, reference
+from yunying.analytics import (
+    DateRange,
+    Field,
+    InvalidQuery,
+    MetricConfig,
+    col,
+    metric,
+    metric_batch,
+)
+from yunying.runtime import Runtime
+from yunying.store.base import QueryResult
+
+DASHBOARD = (
+    "new_users",
+    "dau",
+    "mau",
+    "retention_d1",
+    "retention_d7",
+    "paying_rate",
+    "gmv",
+    "arpu",
+)
+OTHERS = ("churn_rate", "arppu", "repurchase_rate", "conversion_rate", "k_factor", "ltv",
+          "activation_rate", "stickiness", "wau", "retention_d3")  # fmt: skip
+CFG = MetricConfig(conversion_steps=("app_install", "edit_video", "export_video"))
+# from a Wednesday: the first week is partial, and the previous range reads installs before START
+RANGE = DateRange(START + timedelta(days=2), START + timedelta(days=METRIC_DAYS - 1))
+
+
+@pytest.fixture(scope="module")
+def mb(tmp_path_factory: pytest.TempPathFactory, ch_runtime: Runtime) -> Iterator[Dataset]:
+    """Metric journeys of another seed, with os read back too."""
+    ds = make_dataset(tmp_path_factory.mktemp("batch"), ch_runtime, metric_journeys(29, 350))
+    res = ds.duck.query(
+        exp.select("uuid", "os")
+        .from_(ds.duck.scoped("events", ds.project_id).subquery("e"))
+        .sql("duckdb")
+    )
+    os_of = {str(u): o for u, o in res.rows}
+    for e in ds.events:
+        e["os"] = os_of[str(e["uuid"])]
+    yield ds
+    ds.runtime.close()
+
+
+class Counting:
+    """A source passing every query to the real store, counting them."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.dialect: str = store.dialect
+        self.queries = 0
+
+    def scoped(self, relation: str, project_id: int) -> Any:
+        return self.store.scoped(relation, project_id)
+
+    def query(self, sql: str) -> QueryResult:
+        self.queries += 1
+        result: QueryResult = self.store.query(sql)
+        return result
+
+
+def _batch_both(ds: Dataset, names: tuple[str, ...], dr: DateRange, **kw: Any) -> dict[str, Any]:
+    """The batch on DuckDB and ClickHouse, each equal to metric() per name on its engine, and
+    the two engines equal; returns the DuckDB results."""
+    results = []
+    for store, pid in ds.both():
+        got = metric_batch(store, pid, names, dr, config=CFG, **kw)
+        assert list(got) == list(dict.fromkeys(names))
+        for name in names:
+            single = metric(store, pid, name, dr, CFG, **kw)
+            ref.assert_close(got[name].as_dict(), single.as_dict(), f"{store.dialect}:{name}")
+        results.append(got)
+    duck, ch = results
+    ref.assert_close({n: r.as_dict() for n, r in duck.items()},
+                     {n: r.as_dict() for n, r in ch.items()})  # fmt: skip
+    return duck
+
+
+@pytest.mark.parametrize(
+    ("interval", "breakdown"),
+    [(None, None), ("day", None), (None, col("channel")), ("week", col("os"))],
+    ids=["overall", "day", "channel", "week-os"],
+)
+def test_batch_equals_single_metrics(
+    mb: Dataset, interval: str | None, breakdown: Field | None
+) -> None:
+    _batch_both(mb, DASHBOARD + OTHERS, RANGE, interval=interval, breakdown=breakdown)
+
+
+def test_dashboard_batch_equals_single_on_both_ranges(mb: Dataset) -> None:
+    """The dashboard's two calls: per day over the range, and the previous range."""
+    _batch_both(mb, DASHBOARD, RANGE, interval="day")
+    _batch_both(mb, DASHBOARD, RANGE.previous())
+
+
+def test_batch_equals_reference_overall_and_by_channel(mb: Dataset) -> None:
+    names = DASHBOARD + OTHERS
+    got = metric_batch(mb.duck, mb.project_id, names, RANGE, breakdown=col("channel"), config=CFG)
+    for name in names:
+        want = reference(name, mb.events, RANGE, CFG)
+        assert got[name].value == pytest.approx(ref_value(name, want, RANGE), abs=1e-9), name
+        by = reference(name, mb.events, RANGE, CFG, "channel")
+        segs = {p.key: p for p in got[name].segments}
+        assert set(segs) == set(by), name
+        for key, (num, den) in by.items():
+            assert segs[key].numerator == pytest.approx(num, abs=1e-9), (name, key)
+            if got[name].definition.kind == "ratio":
+                assert segs[key].denominator == pytest.approx(den), (name, key)
+
+
+def test_batch_daily_values_equal_reference(mb: Dataset) -> None:
+    """The dashboard's daily values, each against the reference over that day (cohort metrics:
+    the day's new users observed up to the range's end)."""
+    got = metric_batch(mb.duck, mb.project_id, DASHBOARD, RANGE, interval="day", config=CFG)
+    for name in DASHBOARD:
+        assert len(got[name].periods) == RANGE.days
+        for i, p in enumerate(got[name].periods):
+            day = RANGE.date_from + timedelta(days=i)
+            assert p.key == day.isoformat()
+            sub = DateRange(day, day, TZ)
+            if name in ("new_users",) or name.startswith("retention_d"):
+                cells = ref_cohort_metric(name, mb.events, RANGE, CFG, cohort_range=sub)
+            else:
+                cells = reference(name, mb.events, sub, CFG)
+            want = ref_value(name, cells, sub)
+            if want is None:  # D + N after the range's end: no observable new users
+                assert p.value is None and name.startswith("retention_d"), (name, p.key)
+            else:
+                assert p.value == pytest.approx(want, abs=1e-9), (name, p.key)
+
+
+def test_dashboard_query_count(mb: Dataset) -> None:
+    """The 8 dashboard metrics over a range per day and over the previous range: per call one
+    cohort query (new users, D1, D7), one facts query (paying rate, ARPU), one activity query
+    (DAU, MAU) and one trends query (GMV): 8 in all, where 16 metric() calls run 16 (and the
+    implementation before the batch ran 24)."""
+    for store, pid in mb.both():
+        batch = Counting(store)
+        metric_batch(batch, pid, DASHBOARD, RANGE, interval="day", config=CFG)
+        assert batch.queries <= 4
+        metric_batch(batch, pid, DASHBOARD, RANGE.previous(), config=CFG)
+        assert batch.queries <= 8
+        single = Counting(store)
+        for name in DASHBOARD:
+            metric(single, pid, name, RANGE, CFG, interval="day")
+            metric(single, pid, name, RANGE.previous(), CFG)
+        assert single.queries == 16
+        # every metric family, with a breakdown: each shared query still runs once per family
+        counted = Counting(store)
+        names = DASHBOARD + ("ltv", "activation_rate", "arppu", "k_factor", "stickiness", "wau")
+        metric_batch(counted, pid, names, RANGE, interval="week", breakdown=col("os"), config=CFG)
+        assert counted.queries == 1 + 1 + 2 * 2  # cohort, facts, (activity, GMV) x (none, os)
+
+
+def test_batch_requests(mb: Dataset) -> None:
+    assert metric_batch(mb.duck, mb.project_id, [], RANGE) == {}
+    got = metric_batch(mb.duck, mb.project_id, ["gmv", "retention_d1", "gmv"], RANGE)
+    assert list(got) == ["gmv", "retention_d1"]
+    assert got["gmv"] == metric(mb.duck, mb.project_id, "gmv", RANGE)
+    with pytest.raises(InvalidQuery):
+        metric_batch(mb.duck, mb.project_id, ["dau", "dau_per_cat"], RANGE)
+    with pytest.raises(InvalidQuery):
+        metric_batch(mb.duck, mb.project_id, ["dau"], RANGE, interval="hour")
