@@ -112,3 +112,20 @@ def test_get_project_needs_a_name_only_when_there_are_several(state: Engine) -> 
     assert get_project(state, "b").name == "b"
     with pytest.raises(NotFound, match="no project named"):
         get_project(state, "c")
+
+
+def test_a_database_from_the_first_risk_build_gains_its_reason_codes(state: Engine) -> None:
+    """0005 gained ``reason_codes`` in place; databases made before that get it from 0009."""
+    from alembic import command
+
+    from yunying.state import upgrade
+    from yunying.state.db import alembic_config
+
+    command.downgrade(alembic_config(state), "0008")  # 0009 undoes nothing
+    with state.begin() as conn:
+        for table in ("risk_claims", "risk_reviews"):
+            conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN reason_codes")
+    upgrade(state)
+    inspector = sa.inspect(state)
+    for table in ("risk_claims", "risk_reviews"):
+        assert "reason_codes" in {c["name"] for c in inspector.get_columns(table)}
