@@ -336,6 +336,8 @@ def run_server(settings: Settings, host: str, port: int, log_level: str = "info"
         fail(f"a server for {settings.data_dir} already runs at {running.url} (pid {running.pid})")
     rt = open_runtime(settings)
     application = create_app(rt)
+    # every project's dashboard computes in the background now, not on the first visit
+    application.state.console.warm_up()
     url = f"http://{host}:{port}"
     config = uvicorn.Config(application, host=host, port=port, log_config=None, access_log=False)
     server = uvicorn.Server(config)
