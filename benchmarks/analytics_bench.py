@@ -199,6 +199,8 @@ def build_dataset(ds: Dataset, threads: int) -> None:
         if pending is not None:
             pending.result()
     print()
+    for store in (duck, ch):  # the bulk load bypassed the writer's person overrides
+        store.refresh_overrides()
     t = time.perf_counter()
     duck.checkpoint()
     load["duckdb"] += time.perf_counter() - t

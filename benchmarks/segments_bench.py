@@ -217,6 +217,7 @@ def load(store: Any, data: dict[str, Any]) -> None:
         store.bulk_insert_arrow("raw_events", data["events"].slice(start, 2_000_000))
     store.bulk_insert_arrow("raw_persons", data["persons"])
     store.bulk_insert_arrow("raw_person_distinct_ids", data["ids"])
+    store.refresh_overrides()  # the bulk load bypassed the writer's person overrides
     for scope, labels in data["values"].items():
         store.replace_person_values(
             1, scope, pa.table({"person_id": data["pids"], "label": pa.array(labels)})

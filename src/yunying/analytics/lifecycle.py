@@ -120,6 +120,9 @@ def lifecycle_sql(source: Source, project_id: int, q: LifecycleQuery) -> exp.Sel
     )
     # one row per (person, active period), with the value on the period's first event
     active = exp.select("person_id", "pn", "b").from_(tagged.subquery("t")).where(_c("rn").eq(1))
+    if q.breakdown is None:  # no value to pick: a DISTINCT, not a sort of every event
+        tagged.set("expressions", tagged.expressions[:3])
+        active = exp.select("person_id", "pn", "b").from_(tagged.subquery("t")).distinct()
     marks = exp.union(
         exp.select("person_id", "pn", "b", lit(1).as_("mc"), lit(0).as_("mp")).from_("active"),
         exp.select(
