@@ -39,3 +39,15 @@ console_sessions = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+#: Budget rules per project: the largest total money budget (in fen) an operator may start an
+#: activity with; above it, or with no money cap at all, an admin must start it. No row, or a
+#: NULL limit, means no rule. Created by migration 0010.
+console_budget_rules = sa.Table(
+    "console_budget_rules",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("operator_limit_fen", sa.BigInteger, nullable=True),
+    sa.Column("updated_by", sa.String(100), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

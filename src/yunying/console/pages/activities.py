@@ -26,6 +26,7 @@ from yunying.activities.service import (
     validate_risk,
 )
 from yunying.activities.spec import TEMPLATES, SpecError, parse_spec
+from yunying.console.budget import COMMITTING, OverBudgetRule, budget_rule, check_commit
 from yunying.console.data import N_, Table
 from yunying.console.pages.audience import csv_denied
 from yunying.console.reasons import reason_text
@@ -241,9 +242,16 @@ def register(console: ConsoleApp) -> None:
             if form.get("action") == "validate":
                 validate_risk(parse_spec(text))
                 return new_form(ctx, template, text, [], valid=True)
+            if form.get("action") == "start":  # refused before anything is saved
+                check_commit(
+                    budget_rule(state, ctx.project.id), parse_spec(text), ctx.can("budgets")
+                )
             act = create_activity(state, ctx.project.id, text, actor(ctx))
             if form.get("action") == "start":
                 act = transition(state, ctx.project.id, act.id, "start", actor(ctx))
+        except OverBudgetRule as exc:
+            field = {"field": "budget.total_fen", "message": exc.message}
+            return new_form(ctx, template, text, [field], 403)
         except SpecError as exc:
             return new_form(ctx, template, text, exc.errors, 400)
         except YunyingError as exc:
@@ -297,6 +305,7 @@ def register(console: ConsoleApp) -> None:
             yuan=yuan,
             error=ctx.param("error"),
             live_refresh=ctx.param("live") == "1" and act.state == "running",
+            budget_rule=budget_rule(state, act.project_id),
             reason_text=lambda r: reason_text(ctx, r),
         )
 
@@ -314,6 +323,11 @@ def register(console: ConsoleApp) -> None:
             return redirect(f"/activities/{act.id}?error=action")
         if action == "kill" and str(form.get("confirm") or "").strip().upper() != "KILL":
             return redirect(f"/activities/{act.id}?error=confirm")
+        if action in COMMITTING:
+            try:
+                check_commit(budget_rule(state, act.project_id), act.spec, ctx.can("budgets"))
+            except OverBudgetRule:
+                return redirect(f"/activities/{act.id}?error=budget")
         try:
             transition(state, act.project_id, act.id, action, actor(ctx))
         except InvalidTransition:

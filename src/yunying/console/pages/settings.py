@@ -6,9 +6,12 @@ may do what, and only the director's role manages keys and people.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Request
 from fastapi.responses import Response
 
+from yunying.console.budget import InvalidLimit, budget_rule, parse_limit, set_budget_rule
 from yunying.console.data import N_
 from yunying.console.snippets import snippets
 from yunying.console.users import (
@@ -19,7 +22,7 @@ from yunying.console.users import (
     list_users,
     update_user,
 )
-from yunying.console.web import ConsoleApp, NavItem, redirect
+from yunying.console.web import ConsoleApp, Ctx, NavItem, redirect
 from yunying.errors import Conflict, NotFound
 
 
@@ -31,16 +34,49 @@ def register(console: ConsoleApp) -> None:
     )
     console.nav(NavItem("team", "/settings/team", N_("Team"), N_("Settings"), "users", 910))
 
-    @console.router.get("/settings/project")
-    def project_settings(request: Request) -> Response:
-        """Keys, time zone and set-up code for every supported SDK."""
-        ctx = console.context(request, "keys")
+    def project_view(
+        request: Request,
+        ctx: Ctx,
+        errors: list[dict[str, Any]] | None = None,
+        status: int = 200,
+        form: Any = None,
+    ) -> Response:
         base = str(request.base_url).rstrip("/")
         items = snippets(base, ctx.project.write_key, ctx.project.name) if ctx.project else []
         span = console.span(ctx.project) if ctx.project else None
+        rule = budget_rule(state, ctx.project.id) if ctx.project else None
         return console.render(
-            ctx, "settings_project.html", snippets=items, base_url=base, span=span
+            ctx,
+            "settings_project.html",
+            status,
+            snippets=items,
+            base_url=base,
+            span=span,
+            rule=rule,
+            errors=ctx.field_errors(errors or []),
+            form=form or {},
         )
+
+    @console.router.get("/settings/project")
+    def project_settings(request: Request) -> Response:
+        """Keys, time zone, budget rules and set-up code for every supported SDK."""
+        return project_view(request, console.context(request, "keys"))
+
+    @console.router.post("/settings/project/budget")
+    async def budget_change(request: Request) -> Response:
+        """Set or lift the money budget up to which operators may start activities."""
+        ctx = console.context(request, "budgets")
+        form = await request.form()
+        console.check_csrf(ctx, form)
+        if ctx.project is None:
+            return redirect("/settings/project")
+        text = str(form.get("operator_limit") or "")
+        try:
+            set_budget_rule(state, ctx.project.id, parse_limit(text), ctx.user.name)
+        except InvalidLimit as exc:
+            problem = {"field": "operator_limit", "message": exc.message}
+            return project_view(request, ctx, [problem], 400, {"operator_limit": text})
+        return redirect("/settings/project#budget")
 
     @console.router.get("/settings/team")
     def team(request: Request) -> Response:
