@@ -180,3 +180,24 @@ def test_blocklist(console_live: LiveServer, seeded: dict[str, Any]) -> None:
     assert client.get("/blocklist?format=csv").text.count("203.0.113.0/24") == 1
     r = client.post("/blocklist", data={"csrf_token": token, "action": "remove", "entry_id": entry})
     assert r.status_code == 303 and "203.0.113.0/24" not in client.get("/blocklist").text
+
+
+def test_refused_saves_name_their_field(console_live: LiveServer, seeded: dict[str, Any]) -> None:
+    """A taken name is reported under the name, a rule reading its own segment under the rules,
+    in the segment and the tag editor alike."""
+    client = login(console_live.url, "operator")
+    rule = "type: event\nevent: edit_video\n"
+    token = csrf_of(client.get("/segments/new").text)
+    r = client.post("/segments/save", data={"csrf_token": token, "action": "save",
+                                            "name": "剪辑用户", "rules": rule})  # fmt: skip
+    assert r.status_code == 400 and 'data-field-error="name"' in r.text
+    assert 'data-field-error="rules"' not in r.text
+    seg = seeded["segment"]
+    own = f"type: segment\nid: {seg}\n"
+    r = client.post("/segments/save", data={"csrf_token": token, "action": "save", "segment_id":
+                                            str(seg), "name": "剪辑用户", "rules": own})  # fmt: skip
+    assert r.status_code == 400 and 'data-field-error="rules"' in r.text
+    token = csrf_of(client.get("/tags/new").text)
+    r = client.post("/tags/save", data={"csrf_token": token, "action": "save",
+                                        "name": "heavy_editor", "rules": rule})  # fmt: skip
+    assert r.status_code == 400 and 'data-field-error="name"' in r.text

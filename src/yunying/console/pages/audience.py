@@ -128,6 +128,30 @@ def parse_rule_text(text: str) -> Any:
     return data
 
 
+def rule_form(form: Any) -> dict[str, str]:
+    """A segment or tag editor's fields as typed (``name``, ``description``, ``schedule``,
+    ``text``), also what the form shows again when a save is refused."""
+    return {
+        "name": str(form.get("name") or "").strip(),
+        "description": str(form.get("description") or "").strip(),
+        "schedule": str(form.get("schedule_minutes") or "").strip(),
+        "text": str(form.get("rules") or ""),
+    }
+
+
+def save_problems(exc: YunyingError) -> list[dict[str, Any]]:
+    """The field problems of a refused segment or tag save: a rule's own list, a dependency
+    cycle on the rules, a taken name on the name, anything else for the whole form."""
+    from yunying.audience.tags import InvalidTag
+
+    if isinstance(exc, InvalidSegment | InvalidTag):
+        return list(exc.errors)
+    field = (
+        "rules" if isinstance(exc, DependencyCycle) else "name" if isinstance(exc, Conflict) else ""
+    )
+    return [{"field": field, "message": exc.message}]
+
+
 def rule_text(seg: Segment | None) -> str:
     """The stored rule as YAML for the editor."""
     if seg is None or seg.rules is None:
@@ -241,16 +265,10 @@ def register(console: ConsoleApp) -> None:
             seg = get_segment(runtime.state, project.id, int(sid)) if sid.isdigit() else None
         except NotFound:
             return redirect("/segments")
-        name = str(form.get("name") or "").strip()
-        description = str(form.get("description") or "").strip()
-        schedule = str(form.get("schedule_minutes") or "").strip()
-        text = str(form.get("rules") or "")
-        keep: dict[str, Any] = {
-            "name": name,
-            "description": description,
-            "schedule": schedule,
-            "text": text,
-        }
+        keep: dict[str, Any] = rule_form(form)
+        name, description, schedule, text = (
+            keep[k] for k in ("name", "description", "schedule", "text")
+        )
         try:
             rules = parse_rule_text(text)
             minutes = int(schedule) if schedule else None
@@ -281,17 +299,8 @@ def register(console: ConsoleApp) -> None:
         except ValueError:
             errs = [{"field": "schedule_minutes", "message": ctx.gettext("Enter whole minutes.")}]
             return editor(ctx, seg, errors=errs, status=400, **keep)
-        except InvalidSegment as exc:
-            return editor(ctx, seg, errors=exc.errors, status=400, **keep)
-        except DependencyCycle as exc:
-            errs = [{"field": "rules", "message": exc.message}]
-            return editor(ctx, seg, errors=errs, status=400, **keep)
-        except Conflict as exc:  # the name is taken
-            return editor(ctx, seg, errors=[{"field": "name", "message": exc.message}], status=400,
-                          **keep)  # fmt: skip
         except YunyingError as exc:
-            return editor(ctx, seg, errors=[{"field": "", "message": exc.message}], status=400,
-                          **keep)  # fmt: skip
+            return editor(ctx, seg, errors=save_problems(exc), status=400, **keep)
         # a failure is stored as the segment's last_error, which its page shows
         with contextlib.suppress(Exception):
             compute_segment(runtime, project, seg.id)

@@ -18,18 +18,23 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from yunying.audience.segments import (
-    DependencyCycle,
     InvalidSegment,
     compute_tag,
     export_rows,
     members_page,
     preview,
 )
-from yunying.audience.tags import InvalidTag, Tag, create_tag, get_tag, list_tags, update_tag
+from yunying.audience.tags import Tag, create_tag, get_tag, list_tags, update_tag
 from yunying.console.data import N_, Table
-from yunying.console.pages.audience import PAGE_SIZE, csv_denied, parse_rule_text
+from yunying.console.pages.audience import (
+    PAGE_SIZE,
+    csv_denied,
+    parse_rule_text,
+    rule_form,
+    save_problems,
+)
 from yunying.console.web import ConsoleApp, Ctx, NavItem, csv_response, redirect
-from yunying.errors import M_, Conflict, NotFound, YunyingError
+from yunying.errors import M_, NotFound, YunyingError
 
 #: The rule a new tag starts from (docs/audience.md).
 EXAMPLE_TAG_RULE = """type: event
@@ -174,16 +179,10 @@ def register(console: ConsoleApp) -> None:
             tag = get_tag(runtime.state, project.id, int(tid)) if tid.isdigit() else None
         except NotFound:
             return redirect("/tags")
-        name = str(form.get("name") or "").strip()
-        description = str(form.get("description") or "").strip()
-        schedule = str(form.get("schedule_minutes") or "").strip()
-        text = str(form.get("rules") or "")
-        keep: dict[str, Any] = {
-            "name": name,
-            "description": description,
-            "schedule": schedule,
-            "text": text,
-        }
+        keep: dict[str, Any] = rule_form(form)
+        name, description, schedule, text = (
+            keep[k] for k in ("name", "description", "schedule", "text")
+        )
         errors: list[dict[str, Any]] = []
         minutes: int | None = None
         if schedule:
@@ -210,17 +209,8 @@ def register(console: ConsoleApp) -> None:
             else:
                 changes = {"description": description, "rules": rules, "schedule_minutes": minutes}
                 tag = update_tag(runtime.state, project, tag.id, changes)
-        except (InvalidTag, InvalidSegment) as exc:
-            return editor(ctx, tag, errors=exc.errors, status=400, **keep)
-        except DependencyCycle as exc:
-            errs = [{"field": "rules", "message": exc.message}]
-            return editor(ctx, tag, errors=errs, status=400, **keep)
-        except Conflict as exc:  # the name is taken
-            errs = [{"field": "name", "message": exc.message}]
-            return editor(ctx, tag, errors=errs, status=400, **keep)
         except YunyingError as exc:
-            errs = [{"field": "", "message": exc.message}]
-            return editor(ctx, tag, errors=errs, status=400, **keep)
+            return editor(ctx, tag, errors=save_problems(exc), status=400, **keep)
         # a failure is stored as the tag's last_error, which its page shows
         with contextlib.suppress(Exception):
             compute_tag(runtime, project, tag.id)
