@@ -42,6 +42,7 @@ from yunying.analytics.common import (
     run,
     uses_person,
 )
+from yunying.analytics.day_numbers import LocalDays
 from yunying.analytics.funnels import FunnelQuery, FunnelStep, funnel
 from yunying.analytics.trends import Series, TrendsQuery, trends
 
@@ -281,6 +282,12 @@ def _amount(sql: Sql) -> exp.Expr:
     return sql.field_number(col("amount"))
 
 
+def _uuid_order(sql: Sql) -> exp.Expr:
+    """The uuid as a tie-breaker in time order: its text order (DuckDB's UUID type sorts like
+    its text, so it is compared as is there; ClickHouse's does not)."""
+    return sql.text(_c("uuid")) if sql.ch else _c("uuid")
+
+
 def _ranked(
     source: Source,
     project_id: int,
@@ -292,15 +299,20 @@ def _ranked(
     per_period: bool,
     extra: list[exp.Expr],
     ranked: bool = True,
+    days: LocalDays | None = None,
 ) -> exp.Select:
     """Events matching ``cond``, with pn (period number, 0 without interval), b (breakdown
     value), us (µs since epoch) and, when ``ranked``, rn: the event's rank in time (uuid breaks
-    ties) within the person (and period when ``per_period``)."""
-    pn = sql.period(_c("timestamp"), interval, tz) if interval else lit(0)
+    ties) within the person (and period when ``per_period``). ``days``: the span ``cond``
+    keeps events in (their periods by arithmetic)."""
+    ts = _c("timestamp")
+    pn: exp.Expr = lit(0)
+    if interval:
+        pn = days.period(ts, interval) if days is not None else sql.period(ts, interval, tz)
     b = sql.field_text(breakdown) if breakdown else exp.cast(exp.null(), "TEXT")
     part = [_c("person_id")] + ([pn.copy()] if per_period else [])
     order = exp.Order(
-        expressions=[exp.Ordered(this=_c("timestamp")), exp.Ordered(this=sql.text(_c("uuid")))]
+        expressions=[exp.Ordered(this=_c("timestamp")), exp.Ordered(this=_uuid_order(sql))]
     )
     rn = exp.Window(this=exp.RowNumber(), partition_by=part, order=order)
     return (
@@ -328,29 +340,45 @@ def _cohort(
     breakdown: Field | None,
 ) -> exp.Select:
     """New users of the range: person, first new-user event (µs, local day number), period and
-    the breakdown value on that event."""
+    the breakdown value on that event. Without a breakdown the first event is the person's
+    earliest time (no ranking needed); its day and period are taken only for the range's new
+    users (by arithmetic, :class:`LocalDays`)."""
     start, end = dr.utc_bounds()
+    days = LocalDays(sql, dr.timezone, start, end)
     cond = exp.and_(
         sql.event_is(cfg.new_user_event),
         exp.LT(this=_c("timestamp"), expression=sql.ts_literal(end)),
     )
-    firsts = _ranked(
-        source,
-        project_id,
-        sql,
-        cond,
-        dr.timezone,
-        interval,
-        breakdown,
-        False,
-        [exp.alias_(sql.day_number(_c("timestamp"), dr.timezone), "cd")],
-    )
-    return (
-        exp.select(_c("person_id"), _c("us"), _c("cd"), _c("pn"), _c("b"))
-        .from_(firsts.subquery("f"))
-        .where(
-            exp.and_(_c("rn").eq(lit(1)), exp.GTE(this=_c("ts"), expression=sql.ts_literal(start)))
+    firsts: exp.Select
+    if breakdown is None:
+        firsts = (
+            exp.select(
+                _c("person_id"),
+                exp.alias_(exp.Min(this=_c("timestamp")), "ts"),
+                exp.alias_(exp.cast(exp.null(), "TEXT"), "b"),
+            )
+            .from_(events_from(source, project_id))
+            .where(cond)
+            .group_by(_c("person_id"))
         )
+    else:
+        ranked = _ranked(source, project_id, sql, cond, dr.timezone, None, breakdown, False, [])
+        firsts = (
+            exp.select(_c("person_id"), _c("ts"), _c("b"))
+            .from_(ranked.subquery("r"))
+            .where(_c("rn").eq(lit(1)))
+        )
+    ts = _c("ts")
+    return (
+        exp.select(
+            _c("person_id"),
+            exp.alias_(sql.epoch_us(ts), "us"),
+            exp.alias_(days.day(ts.copy()), "cd"),
+            exp.alias_(days.period(ts.copy(), interval) if interval else lit(0), "pn"),
+            _c("b"),
+        )
+        .from_(firsts.subquery("f"))
+        .where(exp.GTE(this=ts.copy(), expression=sql.ts_literal(start)))
     )
 
 
@@ -455,12 +483,11 @@ def _cohort_batch_sql(
         per_person.append(exp.alias_(_coalesce0(_c("rev", "h_ltv")), "lrev"))
     if ns:
         # retention: the persons' active local days in the range, D + N for each requested N
+        # (joined to the cohort before anything is grouped: only its persons' events count)
         start, end = dr.utc_bounds()
+        days = LocalDays(sql, dr.timezone, start, end)
         returns = (
-            exp.select(
-                _c("person_id"), exp.alias_(sql.day_number(_c("timestamp"), dr.timezone), "dn")
-            )
-            .distinct()
+            exp.select(_c("person_id"), exp.alias_(days.day(_c("timestamp")), "dn"))
             .from_(events_from(source, project_id))
             .where(exp.and_(_in(sql, cfg.activity_events), sql.time_between(start, end)))
         )
@@ -564,6 +591,7 @@ def _facts_sql(
             exp.alias_(_flag(_c("event").eq(lit(cfg.invite_sent_event))), "sent"),
         ],
         ranked=breakdown is not None,
+        days=LocalDays(sql, dr.timezone, start, end),
     )
     first_b: exp.Expr = (
         exp.Max(this=exp.Case(ifs=[exp.If(this=_c("rn").eq(lit(1)), true=_c("b"))]))
@@ -759,7 +787,7 @@ def _activity_sql(
         exp.select(
             _c("person_id"),
             exp.alias_(b, "b"),
-            exp.alias_(sql.day_number(_c("timestamp"), dr.timezone), "dn"),
+            exp.alias_(LocalDays(sql, dr.timezone, start, end).day(_c("timestamp")), "dn"),
         )
         .distinct()
         .from_(events_from(source, project_id, person=uses_person(breakdown)))
