@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -42,6 +43,8 @@ def named(name: str | None) -> Any:
         (None, "week", "recurring", "on_or_after"),
         ("sign_up", "week", "first_time", "on"),
         ("edit_video", "month", "recurring", "on"),
+        (None, "day", "first_time", "on"),
+        ("sign_up", "month", "first_time", "on_or_after"),
     ],
 )
 def test_retention_equals_per_person_reference(
@@ -58,6 +61,30 @@ def test_retention_equals_per_person_reference(
         rows = [r for _, r in want if len(r) > d]
         den = sum(r[0] for r in rows)
         assert mean == (sum(r[d] for r in rows) / den if den else None)
+
+
+@pytest.mark.parametrize("mode", ["on", "on_or_after"])
+@pytest.mark.parametrize(("target", "period"), [("app_install", "day"), (None, "week")])
+def test_first_time_retention_in_one_pass_equals_the_joined_queries(
+    journeys: Dataset, monkeypatch: pytest.MonkeyPatch, target: str | None, period: Any, mode: Any
+) -> None:
+    """The one-pass table (a bit per period, or the last return) counts what joining cohorts
+    to returns does, also over a range starting long before the data and with a filter."""
+    module = sys.modules["yunying.analytics.retention"]
+
+    long = DateRange(START - timedelta(days=40), END, "America/New_York")
+    for dr in (RANGE, long):
+        q = RetentionQuery(
+            target, "edit_video", dr, period=period, mode=mode,
+            filters=(Filter(col("os"), "neq", "ios"),),
+        )  # fmt: skip
+        assert module.single_pass(q)
+        fast = both(journeys, retention, q)
+        monkeypatch.setattr(module, "single_pass", lambda q, by_breakdown=False: False)
+        joined = both(journeys, retention, q)
+        monkeypatch.undo()
+        assert fast == joined
+        assert any(c.retained[1:] and max(c.retained[1:]) for c in fast.cohorts)
 
 
 def test_lifecycle_equals_reference(journeys: Dataset) -> None:

@@ -22,10 +22,13 @@ from yunying.analytics.common import (
     Sql,
     as_int,
     events_from,
+    fn,
+    lit,
     periods,
     run,
     uses_person,
 )
+from yunying.analytics.local_periods import LocalPeriods
 from yunying.errors import M_
 
 PERIODS = ("day", "week", "month")
@@ -116,14 +119,112 @@ def _c(name: str, table: str | None = None) -> exp.Column:
     return exp.column(name, table=table)
 
 
+#: Most periods a first-time "on" table counts with one bit per period of a BIGINT.
+MASK_PERIODS = 62
+
+
+def _shift(sql: Sql, k: exp.Expr) -> exp.Expr:
+    """``1 << k`` as a 64-bit integer (ClickHouse evaluates it for rows a CASE leaves out
+    too, so ``k`` is kept within 0..63 there)."""
+    if sql.ch:
+        return fn(
+            "bitShiftLeft", fn("toInt64", lit(1)), fn("least", fn("greatest", k, lit(0)), lit(63))
+        )
+    return exp.BitwiseLeftShift(this=exp.cast(lit(1), "BIGINT"), expression=exp.Paren(this=k))
+
+
+def _bit(sql: Sql, mask: exp.Expr, k: int) -> exp.Expr:
+    """Bit ``k`` (0 or 1) of ``mask``."""
+    if sql.ch:
+        return fn("bitAnd", fn("bitShiftRight", mask, lit(k)), lit(1))
+    shifted = exp.Paren(this=exp.BitwiseRightShift(this=mask, expression=lit(k)))
+    return exp.BitwiseAnd(this=shifted, expression=lit(1))
+
+
+def single_pass(q: RetentionQuery, by_breakdown: bool = False) -> bool:
+    """Whether a table is counted in one pass over the events, one row per person (first-time
+    cohorts, no breakdown; "on" needs one bit per period)."""
+    if by_breakdown or q.cohort != "first_time":
+        return False
+    return q.mode == "on_or_after" or len(periods(q.date_range, q.period)) <= MASK_PERIODS
+
+
+def first_time_sql(source: Source, project_id: int, q: RetentionQuery) -> exp.Select:
+    """First-time cohorts in one pass over the target and return events, grouped by person:
+    the first target instant and the periods of the returns (a bit per period for "on", the
+    last one for "on or after"); then persons per cohort period. Rows: for "on", (cohort
+    period, size, persons returning in period p0 + k for each k); for "on or after", (cohort
+    period, last return period after it or NULL, persons)."""
+    sql = Sql(source.dialect)
+    start, end = q.date_range.utc_bounds()
+    local = LocalPeriods(sql, q.date_range.timezone, start, end)
+    p0 = periods(q.date_range, q.period)[0].number
+    ts = _c("timestamp")
+    target = exp.and_(
+        sql.event_is(q.target_event), sql.filters(q.target_filters), sql.filters(q.filters)
+    )
+    back = exp.and_(
+        sql.event_is(q.return_event),
+        sql.filters(q.return_filters),
+        sql.filters(q.filters),
+        exp.GTE(this=ts.copy(), expression=sql.ts_literal(start)),
+    )
+    pn = local.period(ts.copy(), q.period)
+    if q.mode == "on":
+        k = exp.Sub(this=pn, expression=lit(p0))
+        returns: exp.Expr = exp.BitwiseOrAgg(
+            this=exp.Case(ifs=[exp.If(this=back, true=_shift(sql, k))])
+        )
+    else:
+        returns = exp.Max(this=exp.Case(ifs=[exp.If(this=back, true=pn)]))
+    where: list[exp.Expr] = [
+        exp.LT(this=ts.copy(), expression=sql.ts_literal(end)),
+        exp.or_(target.copy(), back.copy()),
+    ]
+    if q.target_event is not None and q.return_event is not None:
+        names = sorted({q.target_event, q.return_event})
+        where.insert(0, exp.In(this=_c("event"), expressions=[lit(e) for e in names]))
+    first_ts = exp.Min(this=exp.Case(ifs=[exp.If(this=target, true=ts.copy())]))
+    per_person = (
+        exp.select(_c("person_id"), first_ts.as_("first_ts"), returns.as_("r"))
+        .from_(events_from(source, project_id, person=uses_person(q)))
+        .where(exp.and_(*where))
+        .group_by(_c("person_id"))
+    )
+    cohorts = (
+        exp.select(exp.alias_(local.period(_c("first_ts"), q.period), "cp"), _c("r"))
+        .from_(per_person.subquery("p"))
+        .where(exp.GTE(this=_c("first_ts"), expression=sql.ts_literal(start)))
+    )
+    if q.mode == "on":
+        n = len(periods(q.date_range, q.period))
+        mask = exp.func("coalesce", _c("r"), lit(0))
+        bits = [exp.Sum(this=_bit(sql, mask.copy(), i)).as_(f"r{i}") for i in range(n)]
+        return (
+            exp.select(_c("cp"), exp.Count(this=exp.Star()).as_("n"), *bits)
+            .from_(cohorts.subquery("c"))
+            .group_by(_c("cp"))
+        )
+    last = exp.Case(ifs=[exp.If(this=exp.GT(this=_c("r"), expression=_c("cp")), true=_c("r"))])
+    return (
+        exp.select(_c("cp"), last.as_("rp"), exp.Count(this=exp.Star()).as_("n"))
+        .from_(cohorts.subquery("c"))
+        .group_by(_c("cp"), _c("rp"))
+    )
+
+
 def retention_sql(
     source: Source, project_id: int, q: RetentionQuery, by_breakdown: bool = False
 ) -> dict[str, exp.Select]:
     """The queries behind a retention table: cohort sizes and returns per (cohort, period)
-    (and per breakdown value of the cohort-defining event)."""
+    (and per breakdown value of the cohort-defining event); for first-time cohorts without a
+    breakdown, the one query of :func:`first_time_sql` (``table``)."""
+    if single_pass(q, by_breakdown):
+        return {"table": first_time_sql(source, project_id, q)}
     sql = Sql(source.dialect)
     tz = q.date_range.timezone
     start, end = q.date_range.utc_bounds()
+    local = LocalPeriods(sql, tz, start, end)
     ts = _c("timestamp")
     target = exp.and_(
         sql.event_is(q.target_event), sql.filters(q.target_filters), sql.filters(q.filters)
@@ -142,7 +243,7 @@ def retention_sql(
         tagged = (
             exp.select(
                 _c("person_id"), _c("timestamp"),
-                exp.alias_(sql.period(ts.copy(), q.period, tz), "pn"),
+                exp.alias_(local.period(ts.copy(), q.period, bounded=False), "pn"),
                 exp.alias_(sql.field_text(q.breakdown), "b"),
                 exp.alias_(sql.text(_c("uuid")), "uid"),
             )
@@ -168,19 +269,19 @@ def retention_sql(
             .group_by(_c("person_id"))
         )
         cohorts = (
-            exp.select(_c("person_id"), exp.alias_(sql.period(_c("first_ts"), q.period, tz), "pn"))
+            exp.select(_c("person_id"), exp.alias_(local.period(_c("first_ts"), q.period), "pn"))
             .from_(firsts.subquery("f"))
             .where(exp.GTE(this=_c("first_ts"), expression=sql.ts_literal(start)))
         )
     else:
         cohorts = (
-            exp.select(_c("person_id"), exp.alias_(sql.period(ts, q.period, tz), "pn"))
+            exp.select(_c("person_id"), exp.alias_(local.period(ts, q.period), "pn"))
             .distinct()
             .from_(events_from(source, project_id, person=uses_person(q)))
             .where(exp.and_(target, sql.time_between(start, end)))
         )
     returns = (
-        exp.select(_c("person_id"), exp.alias_(sql.period(ts.copy(), q.period, tz), "pn"))
+        exp.select(_c("person_id"), exp.alias_(local.period(ts.copy(), q.period), "pn"))
         .distinct()
         .from_(events_from(source, project_id, person=uses_person(q)))
         .where(
@@ -268,6 +369,22 @@ def _run_tables(
 
     if not by_breakdown:
         ensure(None)
+    if "table" in trees:
+        for row in run(source, trees["table"]):
+            i = index.get(as_int(row[0]))
+            if i is None:
+                continue
+            if query.mode == "on":
+                sizes[None][i] += as_int(row[1])
+                for j, count in enumerate(row[2:]):
+                    if j > i:
+                        exact[None][i][j - i] += as_int(count)
+            else:
+                sizes[None][i] += as_int(row[2])
+                if row[1] is not None:
+                    exact[None][i][as_int(row[1]) - as_int(row[0])] += as_int(row[2])
+        labels = [p.label for p in buckets]
+        return {None: _table(query, n, sizes[None], exact[None], labels)}
     for pn, b, count in run(source, trees["sizes"]):
         key = None if b is None else str(b)
         ensure(key)

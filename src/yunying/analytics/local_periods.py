@@ -1,0 +1,152 @@
+"""Period numbers of event timestamps without a time-zone conversion per event (DuckDB).
+
+``Sql.period`` turns each naive-UTC timestamp into local wall-clock time (DuckDB's ICU
+``timezone()``, twice) and then into a day, week, month or hour number. Over millions of events
+that conversion is most of a query's time. Within a span of time the zone's UTC offset only
+changes at a few known instants, so the local day number is plain integer arithmetic on the
+epoch microseconds: ``(epoch_us + offset) // 86_400_000_000`` with ``offset`` a constant (or a
+CASE over the span's transitions); weeks follow from days, months from a CASE over the local
+day numbers of the months' first days. The numbers are exactly those of :func:`period_number`
+(and of ``Sql.period``) for every instant of the span; outside it :class:`LocalPeriods` falls
+back to ``Sql.period``. ClickHouse keeps ``Sql.period``: its conversions are already cheap.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlglot import exp
+
+from yunying.analytics.common import EPOCH, Sql, fn, lit, period_number
+
+DAY_US = 86_400_000_000
+HOUR_US = 3_600_000_000
+#: More offset changes than this inside a span (or a longer span) and the CASE is not worth it.
+MAX_TRANSITIONS = 24
+MAX_SPAN = timedelta(days=3700)
+MAX_MONTHS = 150
+_STEP = timedelta(hours=6)
+_US = timedelta(microseconds=1)
+
+
+def _offset_us(zone: ZoneInfo, t: datetime) -> int:
+    off = t.replace(tzinfo=UTC).astimezone(zone).utcoffset()
+    assert off is not None
+    return off // _US
+
+
+def offsets(tz: str, lo: datetime, hi: datetime) -> list[tuple[datetime, int]] | None:
+    """The zone's UTC offsets (microseconds) over ``[lo, hi)`` (naive UTC) as (from, offset)
+    pairs, the first from ``lo``; None when there are too many changes."""
+    zone = ZoneInfo(tz)
+    out = [(lo, _offset_us(zone, lo))]
+    t = lo
+    while t < hi:
+        u = min(t + _STEP, hi)
+        if _offset_us(zone, u) != out[-1][1]:
+            a, b = t, u  # the offset changes in (a, b]: find the first instant with the new one
+            while b - a > _US:
+                m = a + (b - a) // 2
+                if _offset_us(zone, m) == out[-1][1]:
+                    a = m
+                else:
+                    b = m
+            out.append((b, _offset_us(zone, b)))
+            if len(out) > MAX_TRANSITIONS:
+                return None
+        t = u
+    return out
+
+
+class LocalPeriods:
+    """Period numbers of naive-UTC timestamps in ``tz``, cheap for those in ``[lo, hi)``."""
+
+    def __init__(self, sql: Sql, tz: str, lo: datetime, hi: datetime) -> None:
+        self.sql = sql
+        self.tz = tz
+        self.lo, self.hi = lo, hi
+        self.parts: list[tuple[datetime, int]] | None = None
+        if sql.dialect == "duckdb" and lo >= datetime(1970, 1, 3) and hi - lo <= MAX_SPAN:
+            self.parts = offsets(tz, lo, hi)
+
+    @property
+    def fast(self) -> bool:
+        """Whether the arithmetic applies (DuckDB and a span with few offset changes)."""
+        return self.parts is not None
+
+    def _local_us(self, ts: exp.Expr) -> exp.Expr:
+        assert self.parts is not None
+        off: exp.Expr = lit(self.parts[0][1])
+        if len(self.parts) > 1:
+            off = exp.Case(
+                ifs=[
+                    exp.If(
+                        this=exp.LT(this=ts.copy(), expression=self.sql.ts_literal(start)),
+                        true=lit(prev),
+                    )
+                    for (_, prev), (start, _) in zip(self.parts, self.parts[1:], strict=False)
+                ],
+                default=lit(self.parts[-1][1]),
+            )
+        return exp.Add(this=fn("epoch_us", ts.copy()), expression=off)
+
+    def day(self, ts: exp.Expr) -> exp.Expr:
+        """Local day number of ``ts`` (days since 1970-01-01), for ``ts`` in the span only."""
+        if self.parts is None:
+            return self.sql.day_number(ts, self.tz)
+        return exp.IntDiv(this=exp.Paren(this=self._local_us(ts)), expression=lit(DAY_US))
+
+    def _months(self, day: exp.Expr) -> exp.Expr | None:
+        first = self._local_date(self.lo)
+        last = self._local_date(self.hi)
+        starts: list[date] = []
+        m = date(first.year, first.month, 1)
+        while m <= last:
+            m = date(m.year + m.month // 12, m.month % 12 + 1, 1)
+            starts.append(m)
+            if len(starts) > MAX_MONTHS:
+                return None
+        ifs = [
+            exp.If(
+                this=exp.LT(this=day.copy(), expression=lit((s - EPOCH).days)),
+                true=lit(period_number(s, "month") - 1),
+            )
+            for s in starts
+        ]
+        return exp.Case(ifs=ifs, default=lit(period_number(starts[-1], "month")))
+
+    def _local_date(self, t: datetime) -> date:
+        return t.replace(tzinfo=UTC).astimezone(ZoneInfo(self.tz)).date()
+
+    def _fast(self, ts: exp.Expr, interval: str) -> exp.Expr | None:
+        local = exp.Paren(this=self._local_us(ts))
+        if interval == "hour":
+            return exp.IntDiv(this=local, expression=lit(HOUR_US))
+        day = exp.IntDiv(this=local, expression=lit(DAY_US))
+        if interval == "day":
+            return day
+        if interval == "week":
+            return exp.IntDiv(
+                this=exp.Paren(this=exp.Sub(this=day, expression=lit(4))), expression=lit(7)
+            )
+        if interval == "month":
+            return self._months(day)
+        return None
+
+    def period(self, ts: exp.Expr, interval: str, bounded: bool = True) -> exp.Expr:
+        """The period number of ``ts`` (as ``Sql.period``). ``bounded``: the caller only
+        passes instants inside the span; else those outside it take ``Sql.period``."""
+        fast = self._fast(ts, interval) if self.parts is not None else None
+        if fast is None:
+            return self.sql.period(ts, interval, self.tz)
+        if bounded:
+            return fast
+        inside = exp.and_(
+            exp.GTE(this=ts.copy(), expression=self.sql.ts_literal(self.lo)),
+            exp.LT(this=ts.copy(), expression=self.sql.ts_literal(self.hi)),
+        )
+        return exp.Case(
+            ifs=[exp.If(this=inside, true=fast)],
+            default=self.sql.period(ts.copy(), interval, self.tz),
+        )
