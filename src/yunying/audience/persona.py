@@ -35,9 +35,16 @@ from yunying.analytics.common import (
     lit,
     run,
 )
+from yunying.analytics.day_numbers import LocalDays
 from yunying.audience.rfm import CLASS_CODES, CLASSES, amount_of, purchase_condition, rfm_sql
 from yunying.audience.settings import AudienceSettings
-from yunying.audience.stages import STAGES, activity_condition, day_number, stage_rows_sql
+from yunying.audience.stages import (
+    STAGES,
+    activity_condition,
+    day_number,
+    person_key,
+    stage_rows_sql,
+)
 
 GroupKind = Literal["everyone", "segment", "stage", "rfm"]
 GROUP_KINDS = ("everyone", "segment", "stage", "rfm")
@@ -107,14 +114,15 @@ def _c(name: str, table: str | None = None) -> exp.Column:
 def members_sql(
     source: Source, project_id: int, q: PersonaQuery, settings: AudienceSettings
 ) -> exp.Select | None:
-    """Person ids (as text, column ``person_id``) of the group; None for everyone."""
+    """Person ids (column ``person_id``, as :func:`~yunying.audience.stages.person_key`) of the
+    group; None for everyone."""
     sql = Sql(source.dialect)
     tz = q.date_range.timezone
     if q.group == "everyone":
         return None
     if q.group == "segment":
         return (
-            exp.select(exp.alias_(sql.text(_c("person_id")), "person_id"))
+            exp.select(exp.alias_(person_key(sql, _c("person_id")), "person_id"))
             .from_(source.scoped("person_values", project_id).subquery("v"))
             .where(_c("scope").eq(lit(f"segment:{q.value}")))
         )
@@ -141,7 +149,7 @@ def _in_group(sql: Sql, members: exp.Select | None, person: exp.Expr) -> exp.Exp
     if members is None:
         return lit(1)
     return exp.Case(
-        ifs=[exp.If(this=sql.text(person).isin(query=members.copy()), true=lit(1))],
+        ifs=[exp.If(this=person_key(sql, person).isin(query=members.copy()), true=lit(1))],
         default=lit(0),
     )
 
@@ -152,8 +160,8 @@ def _ratio(a: float | int | None, b: float | int | None) -> float | None:
 
 def _pick(sql: Sql, value: exp.Expr, first: bool) -> exp.Expr:
     """The value on the person's earliest (``first``) or latest event that has one, ties
-    broken by uuid."""
-    key = exp.Tuple(expressions=[_c("timestamp"), sql.text(_c("uuid"))])
+    broken by uuid (in its text order: DuckDB's UUID type sorts that way as it is)."""
+    key = exp.Tuple(expressions=[_c("timestamp"), sql.text(_c("uuid")) if sql.ch else _c("uuid")])
     has = exp.Not(this=exp.Is(this=value.copy(), expression=exp.null()))
     if sql.ch:
         return fn("argMinIf" if first else "argMaxIf", value, key, has)
@@ -165,30 +173,114 @@ def _when(cond: exp.Expr, value: exp.Expr, default: exp.Expr | None = None) -> e
     return exp.Case(ifs=[exp.If(this=cond, true=value)], default=default)
 
 
+def _pid(sql: Sql, person: exp.Expr) -> exp.Expr:
+    """A person id as the key persons are matched on: the UUID itself on DuckDB, its text on
+    ClickHouse (see :func:`~yunying.audience.stages.person_key`)."""
+    return person_key(sql, person)
+
+
+#: Most window days whose active days are counted with a bit mask per person (one BIGINT).
+MASK_DAYS = 62
+
+
+def _active_days(sql: Sql, day: exp.Expr, first_day: int, n_days: int) -> exp.Expr:
+    """Distinct non-NULL ``day`` values of a group (days ``first_day`` .. of the window): a bit
+    per day OR-ed together and counted, which needs no DISTINCT (a second pass over the
+    events); COUNT(DISTINCT) for windows longer than :data:`MASK_DAYS`."""
+    if n_days > MASK_DAYS:
+        return exp.Count(this=exp.Distinct(expressions=[day]))
+    offset = exp.Sub(this=day, expression=lit(first_day))
+    if sql.ch:
+        has = exp.Not(this=exp.Is(this=day.copy(), expression=exp.null()))
+        shift = fn("toUInt8", fn("ifNull", offset, lit(0)))
+        bit = fn("bitShiftLeft", fn("toUInt64", lit(1)), shift)
+        mask = fn("groupBitOr", fn("if", has, bit, fn("toUInt64", lit(0))))
+        return fn("bitCount", mask)
+    bit = exp.BitwiseLeftShift(this=exp.cast(lit(1), "BIGINT"), expression=offset)
+    mask = fn(
+        "bit_or",
+        _when(
+            exp.Not(this=exp.Is(this=day.copy(), expression=exp.null())),
+            bit,
+            exp.cast(lit(0), "BIGINT"),
+        ),
+    )
+    return fn("bit_count", mask)
+
+
+def _json_path_key(key: str) -> str:
+    """A JSONPath member for DuckDB (as :meth:`Sql.prop_text` quotes it)."""
+    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _json_texts(sql: Sql, keys: list[str]) -> tuple[list[exp.Expr], list[exp.Expr]]:
+    """(columns to add to each event, the text of each property ``key`` over them): on DuckDB
+    all the keys come from one parse of ``properties`` (a list of JSON values, each then typed
+    and unquoted like :meth:`Sql.prop_text`), on ClickHouse each is ``prop_text``."""
+    if not keys or sql.ch:
+        return [], [sql.prop_text(k) for k in keys]
+    paths = exp.Array(expressions=[lit("$." + _json_path_key(k)) for k in keys])
+    extra = [exp.alias_(fn("json_extract", _c("properties"), paths), "pj")]
+    texts: list[exp.Expr] = []
+    for i in range(len(keys)):
+        value = fn("list_extract", _c("pj"), lit(i + 1))
+        kind = fn("json_type", value)
+        texts.append(
+            _when(
+                exp.In(this=kind, expressions=[lit("ARRAY"), lit("OBJECT"), lit("NULL")]),
+                exp.cast(exp.null(), "VARCHAR"),
+                fn("json_extract_string", value.copy(), lit("$")),
+            )
+        )
+    return extra, texts
+
+
 def facts_sql(
     source: Source, project_id: int, q: PersonaQuery, settings: AudienceSettings
 ) -> exp.Select:
     """Persons counted by their combination of facts: (g, p0.., d_<dimension>.., bucket, payer,
     n, days, revenue). ``g`` is 1 in the group; one scan of persons and one of events, and the
-    group's member query appears once."""
+    group's member query appears once. Each event's values are computed once (one parse of its
+    properties on DuckDB, its local day by arithmetic) before the per-person aggregation, and
+    active days are counted without a DISTINCT."""
     sql = Sql(source.dialect)
     tz = q.date_range.timezone
     start, end = q.date_range.utc_bounds()
+    days = LocalDays(sql, tz, start, end)
     in_window = sql.time_between(start, end)
     dims = [d for d in DIMENSIONS if d[0] in q.dimensions]
     props = [f"p{i}" for i in range(len(q.properties))]
     text_null = exp.cast(exp.null(), "TEXT")
-    day = _when(
-        exp.and_(in_window.copy(), activity_condition(settings.activity)),
-        sql.day_number(_c("timestamp"), tz),
+    json_keys = [src for _name, _label, src, _pick in dims if src.startswith("$")]
+    json_extra, json_values = _json_texts(sql, json_keys)
+    values = iter(json_values)
+    dim_values = {
+        name: (next(values) if src.startswith("$") else _c(src)) for name, _l, src, _p in dims
+    }
+    # each event's values, computed once
+    inner = exp.select("*", *json_extra, exp.alias_(in_window, "inw")).from_(
+        source.scoped("events", project_id).subquery("e")
     )
     bought = exp.and_(
-        in_window.copy(),
+        _c("inw"),
         purchase_condition(sql, settings.revenue.events, settings.revenue.amount_property),
     )
-    amount = amount_of(sql, settings.revenue.amount_property)
+    per_event = exp.select(
+        exp.alias_(_pid(sql, _c("person_id")), "pid"),
+        _c("timestamp"),
+        _c("uuid"),
+        *[exp.alias_(v, f"v_{name}") for name, v in dim_values.items()],
+        exp.alias_(
+            _when(exp.and_(_c("inw"), activity_condition(settings.activity)),
+                  days.day(_c("timestamp"))),
+            "aday",
+        ),
+        exp.alias_(_when(bought, amount_of(sql, settings.revenue.amount_property), lit(0.0)),
+                   "amt"),
+        exp.alias_(_when(bought.copy(), lit(1), lit(0)), "buy"),
+    ).from_(inner.subquery("i"))  # fmt: skip
     from_persons = exp.select(
-        exp.alias_(sql.text(_c("id")), "pid"),
+        exp.alias_(_pid(sql, _c("id")), "pid"),
         *[exp.alias_(sql.prop_text(k), a) for k, a in zip(q.properties, props, strict=True)],
         *[exp.alias_(text_null.copy(), f"d_{name}") for name, *_ in dims],
         exp.alias_(lit(0), "adays"),
@@ -196,25 +288,22 @@ def facts_sql(
         exp.alias_(lit(0), "buys"),
         exp.alias_(lit(1), "is_person"),
     ).from_(source.scoped("persons", project_id).subquery("p"))
+    first_day = day_number(q.date_range.date_from)
     from_events = (
         exp.select(
-            exp.alias_(sql.text(_c("person_id")), "pid"),
+            _c("pid"),
             *[exp.alias_(text_null.copy(), a) for a in props],
             *[
-                exp.alias_(
-                    _pick(sql, _c(src) if not src.startswith("$") else sql.prop_text(src),
-                          pick == "first"),
-                    f"d_{name}",
-                )
-                for name, _label, src, pick in dims
+                exp.alias_(_pick(sql, _c(f"v_{name}"), pick == "first"), f"d_{name}")
+                for name, _label, _src, pick in dims
             ],
-            exp.alias_(exp.Count(this=exp.Distinct(expressions=[day])), "adays"),
-            exp.alias_(exp.Sum(this=_when(bought, amount, lit(0.0))), "spent"),
-            exp.alias_(exp.Sum(this=_when(bought.copy(), lit(1), lit(0))), "buys"),
+            exp.alias_(_active_days(sql, _c("aday"), first_day, q.date_range.days), "adays"),
+            exp.alias_(exp.Sum(this=_c("amt")), "spent"),
+            exp.alias_(exp.Sum(this=_c("buy")), "buys"),
             exp.alias_(lit(0), "is_person"),
         )
-        .from_(source.scoped("events", project_id).subquery("e"))
-        .group_by(_c("person_id"))
+        .from_(per_event.subquery("e"))
+        .group_by(_c("pid"))
     )  # fmt: skip
     both = exp.union(from_persons, from_events, distinct=False)
     columns = [*props, *[f"d_{name}" for name, *_ in dims], "adays", "spent", "buys"]
@@ -376,7 +465,7 @@ def _top_events(
     members = members_sql(source, project_id, q, settings)
     ev_flag = _in_group(sql, members, _c("person_id"))
     tagged = (
-        exp.select(_c("event"), exp.alias_(sql.text(_c("person_id")), "pid"),
+        exp.select(_c("event"), exp.alias_(person_key(sql, _c("person_id")), "pid"),
                    exp.alias_(ev_flag, "g"))
         .from_(source.scoped("events", project_id).subquery("e"))
         .where(exp.and_(sql.time_between(start, end),

@@ -36,8 +36,9 @@ from yunying.analytics.common import (
     lit,
     run,
 )
+from yunying.analytics.day_numbers import LocalDays
 from yunying.audience.settings import AudienceSettings, RFMSettings
-from yunying.audience.stages import day_number, local_today
+from yunying.audience.stages import day_number, local_today, person_key
 
 if TYPE_CHECKING:
     from yunying.runtime import Runtime
@@ -127,8 +128,8 @@ def rfm_sql(
     ts = _c("timestamp")
     purchases = (
         exp.select(
-            exp.alias_(sql.text(_c("person_id")), "person_id"),
-            exp.alias_(sql.day_number(ts, timezone), "day"),
+            exp.alias_(person_key(sql, _c("person_id")), "person_id"),
+            exp.alias_(LocalDays(sql, timezone, start, end).day(ts), "day"),
             exp.alias_(amount_of(sql, settings.rfm_amount()), "amt"),
         )
         .from_(source.scoped("events", project_id).subquery("e"))

@@ -23,6 +23,7 @@ whose person ids are re-resolved through the distinct-id map, so merged persons 
 from __future__ import annotations
 
 import calendar
+import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ from yunying.analytics.common import (
     periods,
     run,
 )
+from yunying.analytics.day_numbers import LocalDays
 from yunying.audience.settings import ActivitySettings, AudienceSettings, LifecycleSettings
 
 if TYPE_CHECKING:
@@ -82,6 +84,24 @@ def day_number(day: date) -> int:
     return (day - EPOCH).days
 
 
+def person_key(sql: Sql, person: exp.Expr) -> exp.Expr:
+    """A person id as the audience queries match and group persons on: the UUID as it is on
+    DuckDB (no text per event; its order is its text's), its text on ClickHouse (whose UUID
+    order is not)."""
+    return sql.text(person) if sql.ch else person
+
+
+def person_is(sql: Sql, person: exp.Expr, person_id: str) -> exp.Expr:
+    """``person`` is the person with id ``person_id`` (text): compared as a UUID on DuckDB."""
+    if sql.ch:
+        return sql.text(person).eq(lit(person_id))
+    try:
+        text = str(uuid.UUID(person_id))
+    except ValueError:
+        return exp.false()
+    return person.eq(exp.cast(lit(text), "UUID"))
+
+
 def activity_condition(activity: ActivitySettings) -> exp.Expr:
     """The events that make a person active: the listed ones, or any (platform ones optional)."""
     event = _c("event")
@@ -115,17 +135,18 @@ def stage_rows_sql(
     last_day = EPOCH + timedelta(days=max(days))
     _, end = DateRange(last_day, last_day, timezone).utc_bounds()
     ts = _c("timestamp")
+    local = LocalDays(sql, timezone, None, end)
     act = (
         exp.select(
-            exp.alias_(sql.text(_c("person_id")), "person_id"),
-            exp.alias_(sql.day_number(ts, timezone), "day"),
+            exp.alias_(person_key(sql, _c("person_id")), "person_id"),
+            exp.alias_(local.day(ts, bounded=False), "day"),
         )
         .from_(source.scoped("events", project_id).subquery("e"))
         .where(
             exp.and_(
                 activity_condition(settings.activity),
                 exp.LT(this=ts.copy(), expression=sql.ts_literal(end)),
-                exp.true() if person_id is None else sql.text(_c("person_id")).eq(lit(person_id)),
+                exp.true() if person_id is None else person_is(sql, _c("person_id"), person_id),
             )
         )
         .group_by(_c("person_id"), _c("day"))
@@ -361,6 +382,51 @@ def stage_transitions(
         by_day.setdefault(as_int(d), []).append(
             {"from": str(frm), "to": str(to), "persons": as_int(n)}
         )
+    return _transitions_out(interval, ps, by_day)
+
+
+def stages_and_transitions(
+    source: Source,
+    project_id: int,
+    settings: AudienceSettings,
+    date_range: DateRange,
+    interval: str = "week",
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`stages_over_time` and :func:`stage_transitions` of the same range and interval
+    from one query (the 用户分层 page shows both): every period's stage counts are the sums of
+    its transitions over their ``from`` stage."""
+    ps = stage_periods(date_range, interval)
+    as_of = [day_number(p.as_of) for p in ps]
+    days = sorted(set(as_of) | {day_number(ps[0].previous_as_of)})
+    rows = _transition_rows(source, project_id, settings, days, date_range.timezone)
+    tree = (
+        exp.select(
+            _c("d"), _c("from_stage"), _c("stage"), exp.alias_(exp.Count(this=exp.Star()), "n")
+        )
+        .from_(rows.subquery("t"))
+        .group_by(_c("d"), _c("from_stage"), _c("stage"))
+    )
+    index = {d: i for i, d in enumerate(as_of)}
+    series = {s: [0] * len(ps) for s in STAGES}
+    by_day: dict[int, list[dict[str, Any]]] = {}
+    for d, frm, to, n in run(source, tree):
+        by_day.setdefault(as_int(d), []).append(
+            {"from": str(frm), "to": str(to), "persons": as_int(n)}
+        )
+        series[str(to)][index[as_int(d)]] += as_int(n)
+    timeline = {
+        "interval": interval,
+        "labels": [p.label for p in ps],
+        "as_of": [p.as_of.isoformat() for p in ps],
+        "stages": series,
+        "totals": [sum(series[s][i] for s in STAGES) for i in range(len(ps))],
+    }
+    return timeline, _transitions_out(interval, ps, by_day)
+
+
+def _transitions_out(
+    interval: str, ps: list[StagePeriod], by_day: dict[int, list[dict[str, Any]]]
+) -> dict[str, Any]:
     order = {s: i for i, s in enumerate((NONE, *STAGES))}
     out = []
     for p in ps:

@@ -41,8 +41,7 @@ from yunying.audience.segments import (
     upload_members,
 )
 from yunying.audience.settings import get_settings
-from yunying.audience.stages import STAGE_NAMES_ZH, STAGES, local_today, stage_transitions
-from yunying.audience.stages import stages_over_time as stages_timeline
+from yunying.audience.stages import STAGE_NAMES_ZH, STAGES, local_today, stages_and_transitions
 from yunying.console.data import N_, Table
 from yunying.console.web import ConsoleApp, Ctx, NavItem, csv_response, redirect
 from yunying.errors import M_, Conflict, NotFound, YunyingError
@@ -537,9 +536,12 @@ def register(console: ConsoleApp) -> None:
         store = runtime.store
 
         def compute() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+            timeline, transitions = stages_and_transitions(
+                store, project.id, settings, dr, interval
+            )
             return (
-                stages_timeline(store, project.id, settings, dr, interval),
-                stage_transitions(store, project.id, settings, dr, interval),
+                timeline,
+                transitions,
                 rfm_report(store, project.id, settings, today, project.timezone),
             )
 
