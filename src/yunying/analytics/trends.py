@@ -27,6 +27,7 @@ from yunying.analytics.common import (
     run,
     uses_person,
 )
+from yunying.analytics.local_periods import LocalPeriods
 from yunying.errors import M_
 
 Math = Literal[
@@ -166,10 +167,11 @@ def series_sql(
     if s.math in ROLLING:
         days = ROLLING[s.math]
         start, end = date_range.extended_back(days - 1).utc_bounds()
+        local = LocalPeriods(sql, tz, start, end)
         active = (
             exp.select(
                 exp.alias_(_c("person_id"), "person_id"),
-                exp.alias_(sql.day_number(_c("timestamp"), tz), "dn"),
+                exp.alias_(local.day(_c("timestamp")), "dn"),
                 exp.alias_(breakdown, "b"),
             )
             .distinct()
@@ -196,10 +198,11 @@ def series_sql(
             .group_by("pn", "b")
         )
     start, end = date_range.utc_bounds()
+    local = LocalPeriods(sql, tz, start, end)
     if s.math in PER_PERSON:
         per_person = (
             exp.select(
-                exp.alias_(sql.period(_c("timestamp"), q.interval, tz), "pn"),
+                exp.alias_(local.period(_c("timestamp"), q.interval), "pn"),
                 exp.alias_(breakdown, "b"),
                 _c("person_id"),
                 exp.alias_(exp.Count(this=exp.Star()), "n"),
@@ -222,7 +225,7 @@ def series_sql(
     inner = (
         exp.select(
             "*",
-            exp.alias_(sql.period(_c("timestamp"), q.interval, tz), "pn"),
+            exp.alias_(local.period(_c("timestamp"), q.interval), "pn"),
             exp.alias_(breakdown, "b"),
         )
         .from_(events_from(source, project_id, person=uses_person(q)))
