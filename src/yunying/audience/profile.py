@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 from sqlglot import exp
 
-from yunying.analytics.common import Source, Sql, as_float, as_int, lit, run
+from yunying.analytics.common import Source, Sql, as_float, as_int, fn, lit, run
 from yunying.audience.rfm import CLASS_NAMES, amount_of, purchase_condition
 from yunying.audience.settings import AudienceSettings
-from yunying.audience.stages import STAGE_NAMES_ZH, person_stages
+from yunying.audience.stages import STAGE_NAMES_ZH, person_is, person_stages
 from yunying.errors import NotFound, YunyingError
 
 #: Most events one timeline page may hold.
@@ -78,7 +78,7 @@ def find_person(source: Source, project_id: int, key: str) -> str:
             source,
             exp.select(sql.text(_c("id")))
             .from_(source.scoped("persons", project_id).subquery("p"))
-            .where(sql.text(_c("id")).eq(lit(as_uuid))),
+            .where(person_is(sql, _c("id"), as_uuid)),
         )
         if found:
             return str(found[0][0])
@@ -98,7 +98,7 @@ def _events_of(source: Source, project_id: int, person_id: str) -> exp.Select:
     return (
         exp.select("*")
         .from_(source.scoped("events", project_id).subquery("e"))
-        .where(sql.text(_c("person_id")).eq(lit(person_id)))
+        .where(person_is(sql, _c("person_id"), person_id))
     )
 
 
@@ -117,13 +117,13 @@ def person_profile(
         source,
         exp.select(sql.text(_c("id")), "created_at", "properties", "is_identified")
         .from_(source.scoped("persons", project_id).subquery("p"))
-        .where(sql.text(_c("id")).eq(lit(person_id))),
+        .where(person_is(sql, _c("id"), person_id)),
     )
     ids = run(
         source,
         exp.select("distinct_id")
         .from_(source.scoped("person_distinct_ids", project_id).subquery("d"))
-        .where(sql.text(_c("person_id")).eq(lit(person_id)))
+        .where(person_is(sql, _c("person_id"), person_id))
         .order_by("distinct_id"),
     )
     events = _events_of(source, project_id, person_id)
@@ -131,6 +131,17 @@ def person_profile(
         sql, settings.revenue.events, settings.revenue.amount_property
     )
     amount = amount_of(sql, settings.revenue.amount_property)
+    uid = sql.text(_c("uuid")) if sql.ch else _c("uuid")  # DuckDB's UUIDs sort like their text
+    has_channel = exp.Not(this=exp.Is(this=_c("channel"), expression=exp.null()))
+    key = exp.Tuple(expressions=[_c("timestamp"), uid])
+    first_channel: exp.Expr
+    if sql.ch:
+        first_channel = fn("argMinIf", _c("channel"), key, has_channel)
+    else:
+        first_channel = exp.Filter(
+            this=fn("arg_min", _c("channel"), key), expression=exp.Where(this=has_channel)
+        )
+    # one pass over the person's events: the summary and the first-touch channel
     summary = run(
         source,
         exp.select(
@@ -141,21 +152,14 @@ def person_profile(
             exp.Sum(
                 this=exp.Case(ifs=[exp.If(this=revenue_cond.copy(), true=lit(1))], default=lit(0))
             ),
+            first_channel,
         ).from_(events.subquery("ev")),
     )[0]
-    first_touch = run(
-        source,
-        exp.select("channel")
-        .from_(events.subquery("ev"))
-        .where(exp.Not(this=exp.Is(this=_c("channel"), expression=exp.null())))
-        .order_by(_c("timestamp"), sql.text(_c("uuid")))
-        .limit(1),
-    )
     values = run(
         source,
         exp.select("scope", "label", "value", "computed_at")
         .from_(source.scoped("person_values", project_id).subquery("v"))
-        .where(sql.text(_c("person_id")).eq(lit(person_id)))
+        .where(person_is(sql, _c("person_id"), person_id))
         .order_by("scope", "label"),
     )
     stage = person_stages(source, project_id, settings, today, timezone, person_id).get(person_id)
@@ -195,7 +199,7 @@ def person_profile(
         "is_identified": bool(p[3]) if p else False,
         "properties": _json(p[2]) if p else {},
         "distinct_ids": [str(r[0]) for r in ids],
-        "first_touch_channel": first_touch[0][0] if first_touch else None,
+        "first_touch_channel": summary[5],
         "first_seen": utc_text(summary[0]),
         "last_seen": utc_text(summary[1]),
         "events": as_int(summary[2]),
@@ -240,20 +244,50 @@ def person_events(
         raise InvalidCursor(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
     sql = Sql(source.dialect)
     person_id = find_person(source, project_id, key)
-    uid = sql.text(_c("uuid"))
-    conds: list[exp.Expr] = [sql.text(_c("person_id")).eq(lit(person_id))]
+    # DuckDB's UUIDs sort like their text: compared as they are there
+    uid = sql.text(_c("uuid")) if sql.ch else _c("uuid")
+    conds: list[exp.Expr] = [person_is(sql, _c("person_id"), person_id)]
     if event is not None:
         conds.append(_c("event").eq(lit(event)))
     if cursor is not None:
         ts, after = decode_cursor(cursor)
         at = sql.ts_literal(ts)
+        after_uid = lit(after) if sql.ch else exp.cast(lit(after), "UUID")
         conds.append(
             exp.or_(
                 exp.LT(this=_c("timestamp"), expression=at),
                 exp.and_(
-                    _c("timestamp").eq(at.copy()), exp.LT(this=uid.copy(), expression=lit(after))
+                    _c("timestamp").eq(at.copy()), exp.LT(this=uid.copy(), expression=after_uid)
                 ),
             )
+        )
+    newest_first = [
+        exp.Ordered(this=_c("timestamp"), desc=True),
+        exp.Ordered(this=_c("uid"), desc=True),
+    ]
+    where = exp.and_(*conds)
+    if not sql.ch:
+        # the person's condition cannot reach the scan (its id is resolved through a join), so
+        # the page's uuids come first from the narrow columns, then their whole rows (properties
+        # included) by uuid, a condition the scan applies before reading the other columns
+        keys = (
+            exp.select(exp.alias_(uid.copy(), "uid"), _c("timestamp"))
+            .from_(source.scoped("events", project_id).subquery("e"))
+            .where(where)
+            .order_by(*[o.copy() for o in newest_first])
+            .limit(limit + 1)
+        )
+        found = run(source, keys)
+        if not found:
+            return {"person_id": person_id, "events": [], "next_cursor": None}
+        stamps = [_naive(str(r[1])) if not isinstance(r[1], datetime) else r[1] for r in found]
+        where = exp.and_(
+            exp.Between(
+                this=_c("timestamp"),
+                low=sql.ts_literal(min(stamps)),
+                high=sql.ts_literal(max(stamps)),
+            ),
+            exp.In(this=_c("uuid"), expressions=[exp.cast(lit(str(r[0])), "UUID") for r in found]),
         )
     tree = (
         exp.select(
@@ -267,10 +301,8 @@ def person_events(
             "amount",
         )
         .from_(source.scoped("events", project_id).subquery("e"))
-        .where(exp.and_(*conds))
-        .order_by(
-            exp.Ordered(this=_c("timestamp"), desc=True), exp.Ordered(this=_c("uid"), desc=True)
-        )
+        .where(where)
+        .order_by(*newest_first)
         .limit(limit + 1)
     )
     rows = run(source, tree)
