@@ -133,13 +133,13 @@ def person_profile(
     amount = amount_of(sql, settings.revenue.amount_property)
     uid = sql.text(_c("uuid")) if sql.ch else _c("uuid")  # DuckDB's UUIDs sort like their text
     has_channel = exp.Not(this=exp.Is(this=_c("channel"), expression=exp.null()))
-    key = exp.Tuple(expressions=[_c("timestamp"), uid])
+    order_key = exp.Tuple(expressions=[_c("timestamp"), uid])
     first_channel: exp.Expr
     if sql.ch:
-        first_channel = fn("argMinIf", _c("channel"), key, has_channel)
+        first_channel = fn("argMinIf", _c("channel"), order_key, has_channel)
     else:
         first_channel = exp.Filter(
-            this=fn("arg_min", _c("channel"), key), expression=exp.Where(this=has_channel)
+            this=fn("arg_min", _c("channel"), order_key), expression=exp.Where(this=has_channel)
         )
     # one pass over the person's events: the summary and the first-touch channel
     summary = run(
