@@ -95,6 +95,29 @@ def test_lifecycle_equals_reference(journeys: Dataset) -> None:
         assert all(any(v) for v in want.values())
 
 
+@pytest.mark.parametrize("interval", ["day", "week", "month"])
+def test_lifecycle_in_one_pass_equals_the_per_period_query(
+    journeys: Dataset, monkeypatch: pytest.MonkeyPatch, interval: Any
+) -> None:
+    """The one-pass lifecycle (a bit per period) counts what the per-period query does, also
+    with activity before the range, a range past the data and a zone with DST changes."""
+    module = sys.modules["yunying.analytics.lifecycle"]
+    ranges = (
+        RANGE,
+        DateRange(START + timedelta(days=9), END, "America/New_York"),
+        DateRange(START + timedelta(days=3), END + timedelta(days=20), "Europe/London"),
+    )
+    for dr in ranges:
+        q = LifecycleQuery("edit_video", dr, interval, filters=(Filter(col("os"), "neq", "ios"),))
+        assert module.single_pass(q)
+        fast = both(journeys, lifecycle, q)
+        monkeypatch.setattr(module, "single_pass", lambda q: False)
+        slow = both(journeys, lifecycle, q)
+        monkeypatch.undo()
+        assert fast == slow
+        assert all(any(getattr(fast, s)) for s in ("new", "returning", "dormant"))
+
+
 def test_trends_equal_daily_reference(journeys: Dataset) -> None:
     q = TrendsQuery(
         (

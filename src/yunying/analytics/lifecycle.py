@@ -9,6 +9,7 @@ period of their first-ever such event, *returning* if also active in the previou
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
 from typing import Any, Literal
 
 from sqlglot import exp
@@ -27,6 +28,7 @@ from yunying.analytics.common import (
     run,
     uses_person,
 )
+from yunying.analytics.local_periods import LocalPeriods, bit, shift_left
 from yunying.errors import M_
 
 STATUSES = ("new", "returning", "resurrecting", "dormant")
@@ -90,10 +92,12 @@ def lifecycle_sql(source: Source, project_id: int, q: LifecycleQuery) -> exp.Sel
     _, end = q.date_range.utc_bounds()
     ts = _c("timestamp")
     breakdown = sql.field_text(q.breakdown) if q.breakdown else exp.cast(exp.null(), "TEXT")
+    start, _ = q.date_range.utc_bounds()
+    local = LocalPeriods(sql, q.date_range.timezone, start, end)
     tagged = (
         exp.select(
             _c("person_id"),
-            exp.alias_(sql.period(ts, q.interval, q.date_range.timezone), "pn"),
+            exp.alias_(local.period(ts, q.interval, bounded=False), "pn"),
             exp.alias_(breakdown, "b"),
             exp.alias_(
                 exp.Window(
@@ -171,6 +175,100 @@ def lifecycle_sql(source: Source, project_id: int, q: LifecycleQuery) -> exp.Sel
     )
 
 
+#: Most periods the one-pass lifecycle counts (one bit each, and one for the period before).
+MASK_PERIODS = 61
+
+
+def single_pass(q: LifecycleQuery) -> bool:
+    """Whether :func:`masks_sql` counts the lifecycle (no breakdown, at most MASK_PERIODS)."""
+    return q.breakdown is None and len(periods(q.date_range, q.interval)) <= MASK_PERIODS
+
+
+def _start_before(q: LifecycleQuery) -> date:
+    """The local first day of the period before the range's first period."""
+    day = q.date_range.date_from
+    if q.interval == "day":
+        return day - timedelta(days=1)
+    if q.interval == "week":
+        return day - timedelta(days=day.weekday() + 7)
+    first = day.replace(day=1) - timedelta(days=1)
+    return first.replace(day=1)
+
+
+def masks_sql(source: Source, project_id: int, q: LifecycleQuery) -> exp.Select:
+    """The lifecycle without a breakdown in one pass over the events, grouped by person: a bit
+    per active period from the one before the range (bit 0) to the last, the first of those
+    periods, and whether the person was active before them (then no period is their first).
+    Grouped by that first period: persons with bit j, and persons with bits i and i + 1.
+
+    Rows: (first period or NULL, c_0 .. c_n, b_0 .. b_n-1) with n the range's periods; for the
+    range's period i, active = c_i+1, returning = b_i, new = c_i+1 of the row whose first
+    period it is, resurrecting = the rest of the active, dormant = c_i - b_i."""
+    sql = Sql(source.dialect)
+    _, end = q.date_range.utc_bounds()
+    lo = q.date_range.local_to_utc(_start_before(q))
+    local = LocalPeriods(sql, q.date_range.timezone, lo, end)
+    before = periods(q.date_range, q.interval)[0].number - 1
+    n = len(periods(q.date_range, q.interval))
+    ts = _c("timestamp")
+    inside = exp.GTE(this=ts.copy(), expression=sql.ts_literal(lo))
+    pn = local.period(ts.copy(), q.interval)
+    k = exp.Sub(this=pn, expression=lit(before))
+    counted = exp.and_(inside.copy(), exp.GTE(this=k.copy(), expression=lit(0)))
+    per_person = (
+        exp.select(
+            _c("person_id"),
+            exp.Min(this=ts.copy()).as_("t0"),
+            exp.Min(this=exp.Case(ifs=[exp.If(this=inside, true=pn.copy())])).as_("p"),
+            exp.BitwiseOrAgg(this=exp.Case(ifs=[exp.If(this=counted, true=shift_left(sql, k))]))
+            .as_("m"),
+        )
+        .from_(events_from(source, project_id, person=uses_person(q)))
+        .where(
+            exp.and_(
+                sql.event_is(q.event),
+                sql.filters(q.filters),
+                exp.LT(this=ts.copy(), expression=sql.ts_literal(end)),
+            )
+        )
+        .group_by(_c("person_id"))
+    )  # fmt: skip
+    first = exp.Case(
+        ifs=[exp.If(this=exp.GTE(this=_c("t0"), expression=sql.ts_literal(lo)), true=_c("p"))]
+    )
+    flat = exp.select(
+        exp.alias_(first, "f"), exp.alias_(exp.func("coalesce", _c("m"), lit(0)), "m")
+    ).from_(per_person.subquery("p"))
+    mask = _c("m")
+    ones = [exp.Sum(this=bit(sql, mask.copy(), j)).as_(f"c{j}") for j in range(n + 1)]
+    pairs = [
+        exp.Sum(this=exp.Mul(this=bit(sql, mask.copy(), i), expression=bit(sql, mask.copy(), i + 1)))
+        .as_(f"b{i}")
+        for i in range(n)
+    ]  # fmt: skip
+    return exp.select(_c("f"), *ones, *pairs).from_(flat.subquery("x")).group_by(_c("f"))
+
+
+def _from_masks(rows: list[list[Any]], index: dict[int, int]) -> dict[str, list[int]]:
+    n = len(index)
+    total = {s: [0] * n for s in STATUSES}
+    c = [0] * (n + 1)
+    for row in rows:
+        counts = [as_int(v) for v in row[1:]]
+        for j in range(n + 1):
+            c[j] += counts[j]
+        for i in range(n):
+            total["returning"][i] += counts[n + 1 + i]
+        first = index.get(as_int(row[0])) if row[0] is not None else None
+        if first is not None:
+            total["new"][first] += counts[first + 1]
+    for i in range(n):
+        ret = total["returning"][i]
+        total["resurrecting"][i] = c[i + 1] - ret - total["new"][i]
+        total["dormant"][i] = c[i] - ret
+    return total
+
+
 def _case(cond: exp.Expr, value: exp.Expr) -> exp.Expr:
     return exp.Case(ifs=[exp.If(this=cond, true=value)])
 
@@ -181,7 +279,11 @@ def lifecycle(source: Source, project_id: int, query: LifecycleQuery) -> Lifecyc
     index = {p.number: i for i, p in enumerate(buckets)}
     total = {s: [0] * len(buckets) for s in STATUSES}
     by_value: dict[str | None, dict[str, list[int]]] = {}
-    for pn, status, b, n in run(source, lifecycle_sql(source, project_id, query)):
+    if single_pass(query):
+        total = _from_masks(run(source, masks_sql(source, project_id, query)), index)
+    for pn, status, b, n in (
+        [] if single_pass(query) else run(source, lifecycle_sql(source, project_id, query))
+    ):
         i = index.get(as_int(pn))
         if i is not None:
             key = None if b is None else str(b)

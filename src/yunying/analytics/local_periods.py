@@ -150,3 +150,20 @@ class LocalPeriods:
             ifs=[exp.If(this=inside, true=fast)],
             default=self.sql.period(ts.copy(), interval, self.tz),
         )
+
+
+def shift_left(sql: Sql, k: exp.Expr) -> exp.Expr:
+    """``1 << k`` as a 64-bit integer (ClickHouse evaluates it for rows a CASE leaves out too,
+    and refuses negative shifts, so ``k`` is kept within 0..63 there)."""
+    if sql.ch:
+        k = fn("least", fn("greatest", k, lit(0)), lit(63))
+        return fn("bitShiftLeft", fn("toInt64", lit(1)), k)
+    return exp.BitwiseLeftShift(this=exp.cast(lit(1), "BIGINT"), expression=exp.Paren(this=k))
+
+
+def bit(sql: Sql, mask: exp.Expr, k: int) -> exp.Expr:
+    """Bit ``k`` (0 or 1) of ``mask``."""
+    if sql.ch:
+        return fn("bitAnd", fn("bitShiftRight", mask, lit(k)), lit(1))
+    shifted = exp.Paren(this=exp.BitwiseRightShift(this=mask, expression=lit(k)))
+    return exp.BitwiseAnd(this=shifted, expression=lit(1))

@@ -22,13 +22,12 @@ from yunying.analytics.common import (
     Sql,
     as_int,
     events_from,
-    fn,
     lit,
     periods,
     run,
     uses_person,
 )
-from yunying.analytics.local_periods import LocalPeriods
+from yunying.analytics.local_periods import LocalPeriods, bit, shift_left
 from yunying.errors import M_
 
 PERIODS = ("day", "week", "month")
@@ -123,24 +122,6 @@ def _c(name: str, table: str | None = None) -> exp.Column:
 MASK_PERIODS = 62
 
 
-def _shift(sql: Sql, k: exp.Expr) -> exp.Expr:
-    """``1 << k`` as a 64-bit integer (ClickHouse evaluates it for rows a CASE leaves out
-    too, so ``k`` is kept within 0..63 there)."""
-    if sql.ch:
-        return fn(
-            "bitShiftLeft", fn("toInt64", lit(1)), fn("least", fn("greatest", k, lit(0)), lit(63))
-        )
-    return exp.BitwiseLeftShift(this=exp.cast(lit(1), "BIGINT"), expression=exp.Paren(this=k))
-
-
-def _bit(sql: Sql, mask: exp.Expr, k: int) -> exp.Expr:
-    """Bit ``k`` (0 or 1) of ``mask``."""
-    if sql.ch:
-        return fn("bitAnd", fn("bitShiftRight", mask, lit(k)), lit(1))
-    shifted = exp.Paren(this=exp.BitwiseRightShift(this=mask, expression=lit(k)))
-    return exp.BitwiseAnd(this=shifted, expression=lit(1))
-
-
 def single_pass(q: RetentionQuery, by_breakdown: bool = False) -> bool:
     """Whether a table is counted in one pass over the events, one row per person (first-time
     cohorts, no breakdown; "on" needs one bit per period)."""
@@ -173,7 +154,7 @@ def first_time_sql(source: Source, project_id: int, q: RetentionQuery) -> exp.Se
     if q.mode == "on":
         k = exp.Sub(this=pn, expression=lit(p0))
         returns: exp.Expr = exp.BitwiseOrAgg(
-            this=exp.Case(ifs=[exp.If(this=back, true=_shift(sql, k))])
+            this=exp.Case(ifs=[exp.If(this=back, true=shift_left(sql, k))])
         )
     else:
         returns = exp.Max(this=exp.Case(ifs=[exp.If(this=back, true=pn)]))
@@ -199,7 +180,7 @@ def first_time_sql(source: Source, project_id: int, q: RetentionQuery) -> exp.Se
     if q.mode == "on":
         n = len(periods(q.date_range, q.period))
         mask = exp.func("coalesce", _c("r"), lit(0))
-        bits = [exp.Sum(this=_bit(sql, mask.copy(), i)).as_(f"r{i}") for i in range(n)]
+        bits = [exp.Sum(this=bit(sql, mask.copy(), i)).as_(f"r{i}") for i in range(n)]
         return (
             exp.select(_c("cp"), exp.Count(this=exp.Star()).as_("n"), *bits)
             .from_(cohorts.subquery("c"))
