@@ -23,6 +23,7 @@ from yunying.analytics import (
     metric,
     metric_batch,
 )
+from yunying.analytics.metrics import metric_batches
 from yunying.runtime import Runtime
 from yunying.store.base import QueryResult
 
@@ -178,3 +179,26 @@ def test_batch_requests(mb: Dataset) -> None:
         metric_batch(mb.duck, mb.project_id, ["dau", "dau_per_cat"], RANGE)
     with pytest.raises(InvalidQuery):
         metric_batch(mb.duck, mb.project_id, ["dau"], RANGE, interval="hour")
+
+
+def test_metric_batches_equal_batch_per_request(mb: Dataset) -> None:
+    """The dashboard's one call for both ranges (metric_batches) equals metric_batch of each
+    (range, interval) on both engines, sharing the activity and GMV queries: 6 queries."""
+    requests: list[tuple[DateRange, str | None]] = [(RANGE, "day"), (RANGE.previous(), None)]
+    for store, pid in mb.both():
+        counted = Counting(store)
+        got = metric_batches(counted, pid, DASHBOARD + ("stickiness", "wau"), requests, config=CFG)
+        assert counted.queries == 2 + 2 + 1 + 1  # cohort and facts per range, activity, GMV
+        for (dr, interval), results in zip(requests, got, strict=True):
+            want = metric_batch(
+                store, pid, DASHBOARD + ("stickiness", "wau"), dr, interval=interval, config=CFG
+            )
+            ref.assert_close({n: r.as_dict() for n, r in results.items()},
+                             {n: r.as_dict() for n, r in want.items()})  # fmt: skip
+    # ranges apart (a gap between them) and a single request
+    far = DateRange(RANGE.date_from - timedelta(days=40), RANGE.date_from - timedelta(days=35))
+    got = metric_batches(mb.duck, mb.project_id, ["dau", "gmv"], [(far, "week"), (RANGE, None)])
+    assert got[0] == metric_batch(mb.duck, mb.project_id, ["dau", "gmv"], far, interval="week")
+    assert got[1] == metric_batch(mb.duck, mb.project_id, ["dau", "gmv"], RANGE)
+    one = metric_batches(mb.duck, mb.project_id, ["mau"], [(RANGE, "day")])
+    assert one == [metric_batch(mb.duck, mb.project_id, ["mau"], RANGE, interval="day")]

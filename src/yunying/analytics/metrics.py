@@ -19,7 +19,7 @@ exactly one breakdown value (see docs/metrics.md, "Breakdowns").
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -325,8 +325,8 @@ def _ranked(
             *([exp.alias_(rn, "rn")] if ranked else []),
             *extra,
         )
-        .from_(events_from(source, project_id, person=uses_person(breakdown)))
-        .where(cond)
+        .from_(events_from(source, project_id, person=uses_person(breakdown)), copy=False)
+        .where(cond, copy=False)
     )
 
 
@@ -348,6 +348,7 @@ def _cohort(
     cond = exp.and_(
         sql.event_is(cfg.new_user_event),
         exp.LT(this=_c("timestamp"), expression=sql.ts_literal(end)),
+        copy=False,
     )
     firsts: exp.Select
     if breakdown is None:
@@ -357,16 +358,16 @@ def _cohort(
                 exp.alias_(exp.Min(this=_c("timestamp")), "ts"),
                 exp.alias_(exp.cast(exp.null(), "TEXT"), "b"),
             )
-            .from_(events_from(source, project_id))
-            .where(cond)
-            .group_by(_c("person_id"))
+            .from_(events_from(source, project_id), copy=False)
+            .where(cond, copy=False)
+            .group_by(_c("person_id"), copy=False)
         )
     else:
         ranked = _ranked(source, project_id, sql, cond, dr.timezone, None, breakdown, False, [])
         firsts = (
             exp.select(_c("person_id"), _c("ts"), _c("b"))
-            .from_(ranked.subquery("r"))
-            .where(_c("rn").eq(lit(1)))
+            .from_(ranked.subquery("r", copy=False), copy=False)
+            .where(_c("rn").eq(lit(1)), copy=False)
         )
     ts = _c("ts")
     return (
@@ -377,8 +378,8 @@ def _cohort(
             exp.alias_(days.period(ts.copy(), interval) if interval else lit(0), "pn"),
             _c("b"),
         )
-        .from_(firsts.subquery("f"))
-        .where(exp.GTE(this=ts.copy(), expression=sql.ts_literal(start)))
+        .from_(firsts.subquery("f", copy=False), copy=False)
+        .where(exp.GTE(this=ts.copy(), expression=sql.ts_literal(start)), copy=False)
     )
 
 
@@ -392,8 +393,8 @@ def _levels(levels: tuple[int, ...]) -> exp.Subquery:
     """A one-column table (``lvl``) of the levels a batch query computes."""
     q: exp.Query = exp.select(exp.alias_(lit(levels[0]), "lvl"))
     for n in levels[1:]:
-        q = exp.union(q, exp.select(exp.alias_(lit(n), "lvl")), distinct=False)
-    return q.subquery("l")
+        q = exp.union(q, exp.select(exp.alias_(lit(n), "lvl")), distinct=False, copy=False)
+    return q.subquery("l", copy=False)
 
 
 def _level_pn(pn: exp.Expr) -> exp.Expr:
@@ -438,9 +439,11 @@ def _cohort_batch_sql(
             (
                 "h_act",
                 exp.select(person, exp.alias_(lit(1), "hit"))
-                .distinct()
-                .from_(exp.to_table("cohort").as_("c"))
-                .join(events_from(source, project_id, "a"), on=join_on, join_type="inner")
+                .distinct(copy=False)
+                .from_(exp.to_table("cohort").as_("c"), copy=False)
+                .join(
+                    events_from(source, project_id, "a"), on=join_on, join_type="inner", copy=False
+                )
                 .where(
                     exp.and_(
                         exp.In(this=a_event, expressions=[lit(e) for e in cfg.activation_events]),
@@ -452,7 +455,9 @@ def _cohort_batch_sql(
                                 expression=lit(cfg.activation_window_days * DAY_US),
                             ),
                         ),
-                    )
+                        copy=False,
+                    ),
+                    copy=False,
                 ),
             )
         )
@@ -474,10 +479,12 @@ def _cohort_batch_sql(
             (
                 "h_ltv",
                 exp.select(person.copy(), exp.alias_(exp.Sum(this=_c("amount", "a")), "rev"))
-                .from_(exp.to_table("cohort").as_("c"))
-                .join(events_from(source, project_id, "a"), on=join_on, join_type="inner")
-                .where(exp.and_(*conds))
-                .group_by(_c("person_id", "c")),
+                .from_(exp.to_table("cohort").as_("c"), copy=False)
+                .join(
+                    events_from(source, project_id, "a"), on=join_on, join_type="inner", copy=False
+                )
+                .where(exp.and_(*conds, copy=False), copy=False)
+                .group_by(_c("person_id", "c"), copy=False),
             )
         )
         per_person.append(exp.alias_(_coalesce0(_c("rev", "h_ltv")), "lrev"))
@@ -488,8 +495,11 @@ def _cohort_batch_sql(
         days = LocalDays(sql, dr.timezone, start, end)
         returns = (
             exp.select(_c("person_id"), exp.alias_(days.day(_c("timestamp")), "dn"))
-            .from_(events_from(source, project_id))
-            .where(exp.and_(_in(sql, cfg.activity_events), sql.time_between(start, end)))
+            .from_(events_from(source, project_id), copy=False)
+            .where(
+                exp.and_(_in(sql, cfg.activity_events), sql.time_between(start, end), copy=False),
+                copy=False,
+            )
         )
         gap = exp.Sub(this=_c("dn", "r"), expression=_c("cd", "c"))
         hits.append(
@@ -499,24 +509,26 @@ def _cohort_batch_sql(
                     person.copy(),
                     *(exp.alias_(exp.Max(this=_flag(gap.copy().eq(lit(n)))), f"x{n}") for n in ns),
                 )
-                .from_(exp.to_table("cohort").as_("c"))
+                .from_(exp.to_table("cohort").as_("c"), copy=False)
                 .join(
-                    returns.subquery("r"),
+                    returns.subquery("r", copy=False),
                     on=_c("person_id", "r").eq(_c("person_id", "c")),
                     join_type="inner",
+                    copy=False,
                 )
-                .where(exp.In(this=gap.copy(), expressions=[lit(n) for n in ns]))
-                .group_by(_c("person_id", "c")),
+                .where(exp.In(this=gap.copy(), expressions=[lit(n) for n in ns]), copy=False)
+                .group_by(_c("person_id", "c"), copy=False),
             )
         )
         per_person += [exp.alias_(_coalesce0(_c(f"x{n}", "h_ret")), f"h{n}") for n in ns]
     carried = [str(e.alias) for e in per_person if e.alias not in ("person_id", "pn", "b")]
-    persons = exp.select(*per_person).from_(exp.to_table("cohort").as_("c"))
+    persons = exp.select(*per_person).from_(exp.to_table("cohort").as_("c"), copy=False)
     for alias, hit in hits:
         persons = persons.join(
-            hit.subquery(alias),
+            hit.subquery(alias, copy=False),
             on=_c("person_id", alias).eq(_c("person_id", "c")),
             join_type="left",
+            copy=False,
         )
     keyed = (
         exp.select(
@@ -525,8 +537,8 @@ def _cohort_batch_sql(
             exp.alias_(_level_b(_c("b")), "k_b"),
             *(_c(n) for n in carried),
         )
-        .from_(persons.subquery("p"))
-        .join(_levels(levels), join_type="cross")
+        .from_(persons.subquery("p", copy=False), copy=False)
+        .join(_levels(levels), join_type="cross", copy=False)
     )
     values: list[exp.Expr] = [
         exp.alias_(exp.Count(this=exp.Star()), "n_new"),
@@ -544,9 +556,9 @@ def _cohort_batch_sql(
         values.append(exp.alias_(exp.Sum(this=_flag(seen.copy())), f"o{n}"))
     return (
         exp.select(_c("lvl"), _c("k_pn"), _c("k_b"), *values)
-        .from_(keyed.subquery("k"))
-        .group_by(_c("lvl"), _c("k_pn"), _c("k_b"))
-        .with_("cohort", as_=cohort)
+        .from_(keyed.subquery("k", copy=False), copy=False)
+        .group_by(_c("lvl"), _c("k_pn"), _c("k_b"), copy=False)
+        .with_("cohort", as_=cohort, copy=False)
     )
 
 
@@ -571,13 +583,14 @@ def _facts_sql(
     revenue = exp.and_(
         exp.In(this=_c("event"), expressions=[lit(e) for e in cfg.revenue_events]),
         exp.Not(this=exp.Is(this=_c("amount"), expression=exp.null())),
+        copy=False,
     )
-    paid = exp.and_(revenue.copy(), exp.GT(this=_c("amount"), expression=lit(0)))
+    paid = exp.and_(revenue.copy(), exp.GT(this=_c("amount"), expression=lit(0)), copy=False)
     base = _ranked(
         source,
         project_id,
         sql,
-        exp.and_(_in(sql, cfg.activity_events), sql.time_between(start, end)),
+        exp.and_(_in(sql, cfg.activity_events), sql.time_between(start, end), copy=False),
         dr.timezone,
         interval,
         breakdown,
@@ -611,8 +624,8 @@ def _facts_sql(
             exp.alias_(exp.Sum(this=_c("acc")), "n_acc"),
             exp.alias_(exp.Sum(this=_c("sent")), "n_sent"),
         )
-        .from_(base.subquery("e"))
-        .group_by(_c("person_id"), _c("pn"))
+        .from_(base.subquery("e", copy=False), copy=False)
+        .group_by(_c("person_id"), _c("pn"), copy=False)
     )
     # per level, person (and period at the period level)
     keyed = (
@@ -627,8 +640,8 @@ def _facts_sql(
             _c("n_acc"),
             _c("n_sent"),
         )
-        .from_(facts.subquery("f"))
-        .join(_levels(levels), join_type="cross")
+        .from_(facts.subquery("f", copy=False), copy=False)
+        .join(_levels(levels), join_type="cross", copy=False)
     )
     people = (
         exp.select(
@@ -641,8 +654,8 @@ def _facts_sql(
             exp.alias_(exp.Sum(this=_c("n_acc")), "acc_n"),
             exp.alias_(exp.Sum(this=_c("n_sent")), "sent_n"),
         )
-        .from_(keyed.subquery("k"))
-        .group_by(_c("lvl"), _c("person_id"), _c("k_pn"))
+        .from_(keyed.subquery("k", copy=False), copy=False)
+        .group_by(_c("lvl"), _c("person_id"), _c("k_pn"), copy=False)
     )
     return (
         exp.select(
@@ -668,8 +681,8 @@ def _facts_sql(
             exp.alias_(exp.Sum(this=_c("acc_n")), "accepted"),
             exp.alias_(exp.Sum(this=_c("sent_n")), "sent"),
         )
-        .from_(people.subquery("p"))
-        .group_by(_c("lvl"), _c("k_pn"), _c("k_b"))
+        .from_(people.subquery("p", copy=False), copy=False)
+        .group_by(_c("lvl"), _c("k_pn"), _c("k_b"), copy=False)
     )
 
 
@@ -687,7 +700,7 @@ def _churn_sql(
         source,
         project_id,
         sql,
-        exp.and_(active, sql.time_between(p_start, p_end)),
+        exp.and_(active, sql.time_between(p_start, p_end), copy=False),
         dr.timezone,
         None,
         breakdown,
@@ -695,13 +708,15 @@ def _churn_sql(
         [],
     )
     firsts = (
-        exp.select(_c("person_id"), _c("b")).from_(prev.subquery("p")).where(_c("rn").eq(lit(1)))
+        exp.select(_c("person_id"), _c("b"))
+        .from_(prev.subquery("p", copy=False), copy=False)
+        .where(_c("rn").eq(lit(1)), copy=False)
     )
     current = (
         exp.select(_c("person_id"), exp.alias_(lit(1), "hit"))
-        .distinct()
-        .from_(events_from(source, project_id))
-        .where(exp.and_(active.copy(), sql.time_between(start, end)))
+        .distinct(copy=False)
+        .from_(events_from(source, project_id), copy=False)
+        .where(exp.and_(active.copy(), sql.time_between(start, end), copy=False), copy=False)
     )
     return (
         exp.select(
@@ -712,13 +727,14 @@ def _churn_sql(
             ),
             exp.alias_(exp.Count(this=exp.Star()), "den"),
         )
-        .from_(firsts.subquery("c"))
+        .from_(firsts.subquery("c", copy=False), copy=False)
         .join(
-            current.subquery("h"),
+            current.subquery("h", copy=False),
             on=_c("person_id", "h").eq(_c("person_id", "c")),
             join_type="left",
+            copy=False,
         )
-        .group_by(_c("b", "c"))
+        .group_by(_c("b", "c"), copy=False)
     )
 
 
@@ -789,9 +805,12 @@ def _activity_sql(
             exp.alias_(b, "b"),
             exp.alias_(LocalDays(sql, dr.timezone, start, end).day(_c("timestamp")), "dn"),
         )
-        .distinct()
-        .from_(events_from(source, project_id, person=uses_person(breakdown)))
-        .where(exp.and_(_in(sql, cfg.activity_events), sql.time_between(start, end)))
+        .distinct(copy=False)
+        .from_(events_from(source, project_id, person=uses_person(breakdown)), copy=False)
+        .where(
+            exp.and_(_in(sql, cfg.activity_events), sql.time_between(start, end), copy=False),
+            copy=False,
+        )
     )
     previous = exp.Window(
         this=exp.Max(this=_c("dn")),
@@ -802,13 +821,13 @@ def _activity_sql(
         ),
     )
     days = exp.select(_c("b"), _c("dn"), exp.alias_(_coalesce0(previous), "prev")).from_(
-        active.subquery("a")
+        active.subquery("a", copy=False), copy=False
     )
     kinds: exp.Query | None = None
     for w in windows:
         for edge in (0, 1):
             row = exp.select(exp.alias_(lit(w), "w"), exp.alias_(lit(edge), "edge"))
-            kinds = row if kinds is None else exp.union(kinds, row, distinct=False)
+            kinds = row if kinds is None else exp.union(kinds, row, distinct=False, copy=False)
     assert kinds is not None
     covered = exp.Add(this=_c("prev"), expression=_c("w"))
     day = exp.Case(
@@ -830,13 +849,13 @@ def _activity_sql(
                 "delta",
             ),
         )
-        .from_(days.subquery("d"))
-        .join(kinds.subquery("k"), join_type="cross")
+        .from_(days.subquery("d", copy=False), copy=False)
+        .join(kinds.subquery("k", copy=False), join_type="cross", copy=False)
     )
     return (
         exp.select(_c("w"), _c("b"), _c("day"), exp.alias_(exp.Sum(this=_c("delta")), "n"))
-        .from_(edges.subquery("e"))
-        .group_by(_c("w"), _c("b"), _c("day"))
+        .from_(edges.subquery("e", copy=False), copy=False)
+        .group_by(_c("w"), _c("b"), _c("day"), copy=False)
     )
 
 
@@ -908,10 +927,12 @@ def _trend_batch(
     interval: str | None,
     breakdown: Field | None,
     levels: tuple[int, ...],
+    plain_daily: dict[str, Daily] | None = None,
 ) -> Batch:
     """Cells of DAU/WAU/MAU, stickiness and GMV at every level from daily values: one query
     for all the activity counts and one trends query for GMV, without breakdown (the overall
-    and per-period cells are sums of the same days) and again with it."""
+    and per-period cells are sums of the same days) and again with it. ``plain_daily``: the
+    daily values without breakdown, already computed (:func:`metric_batches`)."""
     keys = list(dict.fromkeys(k for n in names for k in _TREND_SERIES[n]))
     activity = [k for k in keys if k in _WINDOWS]
     out: Batch = {}
@@ -924,10 +945,13 @@ def _trend_batch(
     labels = [dr.date_from + timedelta(days=i) for i in range(dr.days)]
     for by, group in groups:
         daily: dict[str, Daily] = {}
-        if activity:
-            daily.update(_activity_daily(source, project_id, activity, dr, cfg, by))
-        if "gmv" in keys:
-            daily["gmv"] = _gmv_daily(source, project_id, dr, cfg, by)
+        if by is None and plain_daily is not None:
+            daily = {k: plain_daily[k] for k in keys}
+        else:
+            if activity:
+                daily.update(_activity_daily(source, project_id, activity, dr, cfg, by))
+            if "gmv" in keys:
+                daily["gmv"] = _gmv_daily(source, project_id, dr, cfg, by)
         for level in group:
             iv = interval if level == PER_PERIOD else None
             pns = [period_number(day, iv) if iv else 0 for day in labels]
@@ -1076,6 +1100,7 @@ def _batch_cells(
     cfg: MetricConfig,
     interval: str | None,
     breakdown: Field | None,
+    plain_daily: dict[str, Daily] | None = None,
 ) -> tuple[Batch, Totals]:
     """The cells of every metric in ``names`` at every level: one query (or trends pass) per
     family of metrics sharing an underlying query, covering all the levels at once."""
@@ -1096,7 +1121,11 @@ def _batch_cells(
         totals.update(raw)
     trend = [n for n in names if n in TREND_METRICS]
     if trend:
-        out.update(_trend_batch(source, project_id, trend, dr, cfg, interval, breakdown, levels))
+        out.update(
+            _trend_batch(
+                source, project_id, trend, dr, cfg, interval, breakdown, levels, plain_daily
+            )
+        )
     for name in names:
         if name not in ("churn_rate", "conversion_rate"):
             continue
@@ -1125,6 +1154,7 @@ def metric_batch(
     interval: str | None = None,
     breakdown: Field | None = None,
     config: MetricConfig | None = None,
+    _plain_daily: dict[str, Daily] | None = None,
 ) -> dict[str, MetricResult]:
     """Compute several catalog metrics over ``date_range`` at once: name -> exactly what
     :func:`metric` returns for it. Metrics that share an underlying query share one run of it:
@@ -1140,12 +1170,63 @@ def metric_batch(
     if not definitions:
         return {}
     cells, totals = _batch_cells(
-        source, project_id, list(definitions), date_range, cfg, interval, breakdown
+        source, project_id, list(definitions), date_range, cfg, interval, breakdown, _plain_daily
     )
     return {
         name: _result(name, d, date_range, interval, breakdown, cells, totals.get(name, {}))
         for name, d in definitions.items()
     }
+
+
+def metric_batches(
+    source: Source,
+    project_id: int,
+    names: Iterable[str],
+    requests: Sequence[tuple[DateRange, str | None]],
+    *,
+    config: MetricConfig | None = None,
+) -> list[dict[str, MetricResult]]:
+    """:func:`metric_batch` of the same metrics for several (date range, interval) requests of
+    one time zone (the dashboard: a range by day and the range before it), without breakdown:
+    exactly what ``metric_batch`` returns for each. A day's DAU/WAU/MAU and GMV do not depend
+    on the range it is asked in, so the activity counts and GMV of every request come from one
+    activity query and one trends query over the days covering them all; the other families
+    run per request."""
+    cfg = config or MetricConfig()
+    names = list(dict.fromkeys(names))
+    for name in names:
+        metric_definition(name)
+    keys = list(dict.fromkeys(k for n in names if n in TREND_METRICS for k in _TREND_SERIES[n]))
+    zones = {dr.timezone for dr, _ in requests}
+    shared: dict[str, Daily] | None = None
+    span: DateRange | None = None
+    if keys and len(requests) > 1 and len(zones) == 1:
+        span = DateRange(
+            min(dr.date_from for dr, _ in requests),
+            max(dr.date_to for dr, _ in requests),
+            zones.pop(),
+        )
+        shared = {}
+        activity = [k for k in keys if k in _WINDOWS]
+        if activity:
+            shared.update(_activity_daily(source, project_id, activity, span, cfg, None))
+        if "gmv" in keys:
+            shared["gmv"] = _gmv_daily(source, project_id, span, cfg, None)
+    out = []
+    for dr, interval in requests:
+        plain: dict[str, Daily] | None = None
+        if shared is not None and span is not None:
+            first = (dr.date_from - span.date_from).days
+            plain = {
+                k: {b: values[first : first + dr.days] for b, values in lines.items()}
+                for k, lines in shared.items()
+            }
+        out.append(
+            metric_batch(
+                source, project_id, names, dr, interval=interval, config=cfg, _plain_daily=plain
+            )
+        )
+    return out
 
 
 def metric(

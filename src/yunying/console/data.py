@@ -31,11 +31,11 @@ from yunying.analytics import (
     col,
     funnel,
     lifecycle,
-    metric_batch,
     retention,
     trends,
 )
 from yunying.analytics.common import Source
+from yunying.analytics.metrics import metric_batches
 from yunying.state import Project
 
 
@@ -169,12 +169,12 @@ class Dashboard:
 def dashboard(store: Source, project: Project, dr: DateRange) -> Dashboard:
     """The eight KPI cards: each metric over ``dr`` per day, and over the range before it.
 
-    Two :func:`~yunying.analytics.metric_batch` calls (one per range): metrics that share an
-    underlying query (the new-user cohort and its retention, paying facts, active users) run it
-    once, eight queries in all instead of one or more per card and range."""
+    One :func:`~yunying.analytics.metrics.metric_batches` call for both ranges: metrics that
+    share an underlying query (the new-user cohort and its retention, paying facts) run it once
+    per range, and the active-user counts and revenue of both ranges come from one query each,
+    six queries in all."""
     names = [spec.metric for spec in KPIS]
-    now = metric_batch(store, project.id, names, dr, interval="day")
-    before = metric_batch(store, project.id, names, dr.previous())
+    now, before = metric_batches(store, project.id, names, [(dr, "day"), (dr.previous(), None)])
     kpis = tuple(
         KPI(
             spec,
