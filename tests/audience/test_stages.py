@@ -30,6 +30,7 @@ from yunying.audience.stages import (
     stage_distribution,
     stage_periods,
     stage_transitions,
+    stages_and_transitions,
     stages_over_time,
     store_stages,
     transition_members,
@@ -119,6 +120,12 @@ def test_distribution_over_time_and_transitions(journeys: Dataset) -> None:
                 for p in moves["periods"]
             ]
             assert got == want_moves, (store.dialect, interval)
+            # the user layers page's one query for both, under other settings too
+            assert stages_and_transitions(store, pid, SETTINGS, rng, interval) == (over, moves)
+            assert stages_and_transitions(store, pid, OTHER, rng, interval) == (
+                stages_over_time(store, pid, OTHER, rng, interval),
+                stage_transitions(store, pid, OTHER, rng, interval),
+            ), (store.dialect, interval)
     # the last week is clipped to date_to; weeks start on Monday
     weeks = stage_periods(rng, "week")
     assert weeks[-1].as_of == rng.date_to

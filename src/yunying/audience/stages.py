@@ -118,21 +118,19 @@ def day_list(sql: Sql, days: list[int]) -> exp.Select:
     return exp.select(exp.alias_(fn("arrayJoin" if sql.ch else "unnest", arr), "d"))
 
 
-def stage_rows_sql(
+def _gaps_sql(
     source: Source,
     project_id: int,
     settings: AudienceSettings,
-    days: list[int],
+    last: int,
     timezone: str,
     person_id: str | None = None,
 ) -> exp.Select:
-    """(person_id, d, stage) for every person (or only ``person_id``) with activity up to each
-    day number ``d``."""
-    if not days:
-        raise InvalidQuery("no days to compute stages for")
+    """(person_id, day, ret): every person's active local days up to day number ``last``, ``ret``
+    1 on a return from churned (more than ``churned_days`` since the previous active day)."""
     sql = Sql(source.dialect)
     lc: LifecycleSettings = settings.lifecycle
-    last_day = EPOCH + timedelta(days=max(days))
+    last_day = EPOCH + timedelta(days=last)
     _, end = DateRange(last_day, last_day, timezone).utc_bounds()
     ts = _c("timestamp")
     local = LocalDays(sql, timezone, None, end)
@@ -166,6 +164,54 @@ def stage_rows_sql(
             "ret",
         ),
     ).from_(act.subquery("a"))  # fmt: skip
+    return gaps
+
+
+def _stage_case(
+    lc: LifecycleSettings,
+    d: exp.Expr,
+    first_day: exp.Expr,
+    last_day: exp.Expr,
+    last_return: exp.Expr,
+    recent: exp.Expr,
+) -> exp.Expr:
+    """The stage as of day ``d`` of a person with these facts up to ``d`` (see the module)."""
+
+    def since(day: exp.Expr) -> exp.Expr:
+        return exp.Sub(this=d.copy(), expression=day.copy())
+
+    return exp.Case(
+        ifs=[
+            exp.If(this=exp.GTE(this=since(last_day), expression=lit(lc.churned_days)),
+                   true=lit("churned")),
+            exp.If(this=exp.GTE(this=since(last_day), expression=lit(lc.silent_days)),
+                   true=lit("silent")),
+            exp.If(this=exp.LT(this=since(first_day), expression=lit(lc.new_days)),
+                   true=lit("new")),
+            exp.If(this=exp.LT(this=since(last_return), expression=lit(lc.returned_days)),
+                   true=lit("returned")),
+            exp.If(this=exp.GTE(this=recent.copy(), expression=lit(lc.active_min_days)),
+                   true=lit("active")),
+        ],
+        default=lit("retained"),
+    )  # fmt: skip
+
+
+def stage_rows_sql(
+    source: Source,
+    project_id: int,
+    settings: AudienceSettings,
+    days: list[int],
+    timezone: str,
+    person_id: str | None = None,
+) -> exp.Select:
+    """(person_id, d, stage) for every person (or only ``person_id``) with activity up to each
+    day number ``d``."""
+    if not days:
+        raise InvalidQuery("no days to compute stages for")
+    sql = Sql(source.dialect)
+    lc: LifecycleSettings = settings.lifecycle
+    gaps = _gaps_sql(source, project_id, settings, max(days), timezone, person_id)
     g_day, d = _c("day", "g"), _c("d", "dd")
     window_start = exp.Sub(this=d.copy(), expression=lit(lc.active_window_days))
     per = (
@@ -200,24 +246,9 @@ def stage_rows_sql(
         .group_by(_c("person_id", "g"), d.copy())
     )  # fmt: skip
 
-    def since(column: str) -> exp.Expr:
-        return exp.Sub(this=_c("d"), expression=_c(column))
-
-    stage = exp.Case(
-        ifs=[
-            exp.If(this=exp.GTE(this=since("last_day"), expression=lit(lc.churned_days)),
-                   true=lit("churned")),
-            exp.If(this=exp.GTE(this=since("last_day"), expression=lit(lc.silent_days)),
-                   true=lit("silent")),
-            exp.If(this=exp.LT(this=since("first_day"), expression=lit(lc.new_days)),
-                   true=lit("new")),
-            exp.If(this=exp.LT(this=since("last_return"), expression=lit(lc.returned_days)),
-                   true=lit("returned")),
-            exp.If(this=exp.GTE(this=_c("recent"), expression=lit(lc.active_min_days)),
-                   true=lit("active")),
-        ],
-        default=lit("retained"),
-    )  # fmt: skip
+    stage = _stage_case(
+        lc, _c("d"), _c("first_day"), _c("last_day"), _c("last_return"), _c("recent")
+    )
     return exp.select(_c("person_id"), _c("d"), exp.alias_(stage, "stage")).from_(per.subquery("p"))
 
 
@@ -385,6 +416,122 @@ def stage_transitions(
     return _transitions_out(interval, ps, by_day)
 
 
+def _transition_counts_sql(
+    source: Source,
+    project_id: int,
+    settings: AudienceSettings,
+    days: list[int],
+    timezone: str,
+) -> exp.Select:
+    """(d, from_stage, stage, n): persons per transition for each listed day but the first,
+    as :func:`_transition_rows` counted, in one pass over the active days without a row per
+    person and day: each person's facts as of every listed day are aggregated at once into
+    lists (last active day, recent active days, last return), and each listed day's stage and
+    the previous listed day's (``none`` when the person had no activity by then) are read from
+    them."""
+    sql = Sql(source.dialect)
+    lc: LifecycleSettings = settings.lifecycle
+    gaps = _gaps_sql(source, project_id, settings, max(days), timezone)
+    day = _c("day")
+
+    def listed(per_day: list[exp.Expr]) -> exp.Expr:
+        return fn("array" if sql.ch else "list_value", *per_day)
+
+    def at(column: str, index: exp.Expr) -> exp.Expr:
+        return fn("arrayElement" if sql.ch else "list_extract", _c(column), index)
+
+    upto = [exp.LTE(this=day.copy(), expression=lit(d)) for d in days]
+    per = (
+        exp.select(
+            _c("person_id"),
+            exp.alias_(exp.Min(this=day.copy()), "first_day"),
+            exp.alias_(
+                listed([exp.Max(this=_when(u.copy(), day.copy())) for u in upto]), "last_days"
+            ),
+            exp.alias_(
+                listed(
+                    [
+                        exp.Sum(
+                            this=_when(
+                                exp.and_(
+                                    u.copy(),
+                                    exp.GT(
+                                        this=day.copy(), expression=lit(d - lc.active_window_days)
+                                    ),
+                                ),
+                                lit(1),
+                                lit(0),
+                            )
+                        )
+                        for u, d in zip(upto, days, strict=True)
+                    ]
+                ),
+                "recents",
+            ),
+            exp.alias_(
+                listed(
+                    [
+                        exp.Max(
+                            this=_when(
+                                exp.and_(u.copy(), _c("ret").eq(1)), day.copy(), lit(-_NO_PREVIOUS)
+                            )
+                        )
+                        for u in upto
+                    ]
+                ),
+                "returns",
+            ),
+        )
+        .from_(gaps.subquery("g"))
+        .group_by(_c("person_id"))
+    )
+    steps: exp.Query | None = None
+    for j in range(1, len(days)):
+        row = exp.select(
+            exp.alias_(lit(j + 1), "j"),
+            exp.alias_(lit(days[j]), "d"),
+            exp.alias_(lit(days[j - 1]), "dp"),
+        )
+        steps = row if steps is None else exp.union(steps, row, distinct=False)
+    assert steps is not None
+    now, before = _c("j"), exp.Sub(this=_c("j"), expression=lit(1))
+
+    def stage_at(d: exp.Expr, index: exp.Expr) -> exp.Expr:
+        return _stage_case(
+            lc, d, _c("first_day"), at("last_days", index), at("returns", index.copy()),
+            at("recents", index.copy()),
+        )  # fmt: skip
+
+    moves = (
+        exp.select(
+            _c("d"),
+            exp.alias_(
+                _when(
+                    exp.Is(this=at("last_days", before), expression=exp.null()),
+                    lit(NONE),
+                    stage_at(_c("dp"), before.copy()),
+                ),
+                "from_stage",
+            ),
+            exp.alias_(stage_at(_c("d"), now), "stage"),
+        )
+        .from_(per.subquery("p"))
+        .join(steps.subquery("s"), join_type="cross")
+        .where(exp.Not(this=exp.Is(this=at("last_days", now.copy()), expression=exp.null())))
+    )
+    return (
+        exp.select(
+            _c("d"), _c("from_stage"), _c("stage"), exp.alias_(exp.Count(this=exp.Star()), "n")
+        )
+        .from_(moves.subquery("t"))
+        .group_by(_c("d"), _c("from_stage"), _c("stage"))
+    )
+
+
+def _when(cond: exp.Expr, value: exp.Expr, default: exp.Expr | None = None) -> exp.Case:
+    return exp.Case(ifs=[exp.If(this=cond, true=value)], default=default)
+
+
 def stages_and_transitions(
     source: Source,
     project_id: int,
@@ -398,14 +545,7 @@ def stages_and_transitions(
     ps = stage_periods(date_range, interval)
     as_of = [day_number(p.as_of) for p in ps]
     days = sorted(set(as_of) | {day_number(ps[0].previous_as_of)})
-    rows = _transition_rows(source, project_id, settings, days, date_range.timezone)
-    tree = (
-        exp.select(
-            _c("d"), _c("from_stage"), _c("stage"), exp.alias_(exp.Count(this=exp.Star()), "n")
-        )
-        .from_(rows.subquery("t"))
-        .group_by(_c("d"), _c("from_stage"), _c("stage"))
-    )
+    tree = _transition_counts_sql(source, project_id, settings, days, date_range.timezone)
     index = {d: i for i, d in enumerate(as_of)}
     series = {s: [0] * len(ps) for s in STAGES}
     by_day: dict[int, list[dict[str, Any]]] = {}
