@@ -284,3 +284,21 @@ def test_paths_ties_limit_and_filters(small: Any) -> None:
         PathsQuery(day, "S", exclude_events=("S",))
     with pytest.raises(InvalidQuery, match="steps"):
         PathsQuery(day, "S", steps=1)
+
+
+def test_paths_order_events_at_one_instant_by_uuid_text(small: Any) -> None:
+    """Events at the same instant follow their uuids as text, also across the top bit and in
+    every hex digit (DuckDB sorts the uuid values themselves)."""
+    t = iso(datetime(2024, 3, 5, 2))
+    uids = ["7fffffff-ffff-4fff-bfff-ffffffffffff", "80000000-0000-4000-8000-000000000000",
+            "00000000-0000-4000-8000-00000000000a", "ffffffff-0000-4000-8000-000000000000",
+            "00000000-0000-4000-8000-000000000009", "0000000a-0000-4000-8000-000000000000"]  # fmt: skip
+    raws = [
+        {"event": f"E{i}", "distinct_id": "p", "timestamp": t, "uuid": u, "properties": {}}
+        for i, u in enumerate(uids)
+    ]
+    ds = small(raws)
+    day = DateRange(date(2024, 3, 5), date(2024, 3, 5))
+    got = both(ds, paths, PathsQuery(day, steps=6))
+    order = [f"E{uids.index(u)}" for u in sorted(uids)]
+    assert [(x.step, x.event) for x in got.nodes] == list(enumerate(order))
