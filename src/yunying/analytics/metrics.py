@@ -309,7 +309,7 @@ def _ranked(
     pn: exp.Expr = lit(0)
     if interval:
         pn = days.period(ts, interval) if days is not None else sql.period(ts, interval, tz)
-    b = sql.field_text(breakdown) if breakdown else exp.cast(exp.null(), "TEXT")
+    b = sql.field_text(breakdown) if breakdown else exp.cast(exp.null(), "TEXT", copy=False)
     part = [_c("person_id")] + ([pn.copy()] if per_period else [])
     order = exp.Order(
         expressions=[exp.Ordered(this=_c("timestamp")), exp.Ordered(this=_uuid_order(sql))]
@@ -318,11 +318,11 @@ def _ranked(
     return (
         exp.select(
             _c("person_id"),
-            exp.alias_(_c("timestamp"), "ts"),
-            exp.alias_(sql.epoch_us(_c("timestamp")), "us"),
-            exp.alias_(pn, "pn"),
-            exp.alias_(b, "b"),
-            *([exp.alias_(rn, "rn")] if ranked else []),
+            exp.alias_(_c("timestamp"), "ts", copy=False),
+            exp.alias_(sql.epoch_us(_c("timestamp")), "us", copy=False),
+            exp.alias_(pn, "pn", copy=False),
+            exp.alias_(b, "b", copy=False),
+            *([exp.alias_(rn, "rn", copy=False)] if ranked else []),
             *extra,
         )
         .from_(events_from(source, project_id, person=uses_person(breakdown)), copy=False)
@@ -355,8 +355,8 @@ def _cohort(
         firsts = (
             exp.select(
                 _c("person_id"),
-                exp.alias_(exp.Min(this=_c("timestamp")), "ts"),
-                exp.alias_(exp.cast(exp.null(), "TEXT"), "b"),
+                exp.alias_(exp.Min(this=_c("timestamp")), "ts", copy=False),
+                exp.alias_(exp.cast(exp.null(), "TEXT", copy=False), "b", copy=False),
             )
             .from_(events_from(source, project_id), copy=False)
             .where(cond, copy=False)
@@ -373,9 +373,9 @@ def _cohort(
     return (
         exp.select(
             _c("person_id"),
-            exp.alias_(sql.epoch_us(ts), "us"),
-            exp.alias_(days.day(ts.copy()), "cd"),
-            exp.alias_(days.period(ts.copy(), interval) if interval else lit(0), "pn"),
+            exp.alias_(sql.epoch_us(ts), "us", copy=False),
+            exp.alias_(days.day(ts.copy()), "cd", copy=False),
+            exp.alias_(days.period(ts.copy(), interval) if interval else lit(0), "pn", copy=False),
             _c("b"),
         )
         .from_(firsts.subquery("f", copy=False), copy=False)
@@ -391,9 +391,11 @@ OVERALL, PER_PERIOD, PER_VALUE = 0, 1, 2
 
 def _levels(levels: tuple[int, ...]) -> exp.Subquery:
     """A one-column table (``lvl``) of the levels a batch query computes."""
-    q: exp.Query = exp.select(exp.alias_(lit(levels[0]), "lvl"))
+    q: exp.Query = exp.select(exp.alias_(lit(levels[0]), "lvl", copy=False))
     for n in levels[1:]:
-        q = exp.union(q, exp.select(exp.alias_(lit(n), "lvl")), distinct=False, copy=False)
+        q = exp.union(
+            q, exp.select(exp.alias_(lit(n), "lvl", copy=False)), distinct=False, copy=False
+        )
     return q.subquery("l", copy=False)
 
 
@@ -431,14 +433,16 @@ def _cohort_batch_sql(
     a_us = sql.epoch_us(_c("timestamp", "a"))
     a_event = _c("event", "a")
     join_on = _c("person_id", "a").eq(_c("person_id", "c"))
-    person = exp.alias_(_c("person_id", "c"), "person_id")
-    per_person: list[exp.Expr] = [exp.alias_(_c(n, "c"), n) for n in ("person_id", "cd", "pn", "b")]
+    person = exp.alias_(_c("person_id", "c"), "person_id", copy=False)
+    per_person: list[exp.Expr] = [
+        exp.alias_(_c(n, "c"), n, copy=False) for n in ("person_id", "cd", "pn", "b")
+    ]
     hits: list[tuple[str, exp.Select]] = []
     if "activation_rate" in names:
         hits.append(
             (
                 "h_act",
-                exp.select(person, exp.alias_(lit(1), "hit"))
+                exp.select(person, exp.alias_(lit(1), "hit", copy=False))
                 .distinct(copy=False)
                 .from_(exp.to_table("cohort").as_("c"), copy=False)
                 .join(
@@ -461,7 +465,7 @@ def _cohort_batch_sql(
                 ),
             )
         )
-        per_person.append(exp.alias_(_coalesce0(_c("hit", "h_act")), "act"))
+        per_person.append(exp.alias_(_coalesce0(_c("hit", "h_act")), "act", copy=False))
     if "ltv" in names:
         conds: list[exp.Expr] = [
             exp.In(this=a_event.copy(), expressions=[lit(e) for e in cfg.revenue_events]),
@@ -478,7 +482,9 @@ def _cohort_batch_sql(
         hits.append(
             (
                 "h_ltv",
-                exp.select(person.copy(), exp.alias_(exp.Sum(this=_c("amount", "a")), "rev"))
+                exp.select(
+                    person.copy(), exp.alias_(exp.Sum(this=_c("amount", "a")), "rev", copy=False)
+                )
                 .from_(exp.to_table("cohort").as_("c"), copy=False)
                 .join(
                     events_from(source, project_id, "a"), on=join_on, join_type="inner", copy=False
@@ -487,14 +493,14 @@ def _cohort_batch_sql(
                 .group_by(_c("person_id", "c"), copy=False),
             )
         )
-        per_person.append(exp.alias_(_coalesce0(_c("rev", "h_ltv")), "lrev"))
+        per_person.append(exp.alias_(_coalesce0(_c("rev", "h_ltv")), "lrev", copy=False))
     if ns:
         # retention: the persons' active local days in the range, D + N for each requested N
         # (joined to the cohort before anything is grouped: only its persons' events count)
         start, end = dr.utc_bounds()
         days = LocalDays(sql, dr.timezone, start, end)
         returns = (
-            exp.select(_c("person_id"), exp.alias_(days.day(_c("timestamp")), "dn"))
+            exp.select(_c("person_id"), exp.alias_(days.day(_c("timestamp")), "dn", copy=False))
             .from_(events_from(source, project_id), copy=False)
             .where(
                 exp.and_(_in(sql, cfg.activity_events), sql.time_between(start, end), copy=False),
@@ -507,7 +513,10 @@ def _cohort_batch_sql(
                 "h_ret",
                 exp.select(
                     person.copy(),
-                    *(exp.alias_(exp.Max(this=_flag(gap.copy().eq(lit(n)))), f"x{n}") for n in ns),
+                    *(
+                        exp.alias_(exp.Max(this=_flag(gap.copy().eq(lit(n)))), f"x{n}", copy=False)
+                        for n in ns
+                    ),
                 )
                 .from_(exp.to_table("cohort").as_("c"), copy=False)
                 .join(
@@ -520,7 +529,9 @@ def _cohort_batch_sql(
                 .group_by(_c("person_id", "c"), copy=False),
             )
         )
-        per_person += [exp.alias_(_coalesce0(_c(f"x{n}", "h_ret")), f"h{n}") for n in ns]
+        per_person += [
+            exp.alias_(_coalesce0(_c(f"x{n}", "h_ret")), f"h{n}", copy=False) for n in ns
+        ]
     carried = [str(e.alias) for e in per_person if e.alias not in ("person_id", "pn", "b")]
     persons = exp.select(*per_person).from_(exp.to_table("cohort").as_("c"), copy=False)
     for alias, hit in hits:
@@ -533,17 +544,19 @@ def _cohort_batch_sql(
     keyed = (
         exp.select(
             _c("lvl"),
-            exp.alias_(_level_pn(_c("pn")), "k_pn"),
-            exp.alias_(_level_b(_c("b")), "k_b"),
+            exp.alias_(_level_pn(_c("pn")), "k_pn", copy=False),
+            exp.alias_(_level_b(_c("b")), "k_b", copy=False),
             *(_c(n) for n in carried),
         )
         .from_(persons.subquery("p", copy=False), copy=False)
         .join(_levels(levels), join_type="cross", copy=False)
     )
     values: list[exp.Expr] = [
-        exp.alias_(exp.Count(this=exp.Star()), "n_new"),
-        exp.alias_(exp.Sum(this=_c("act")) if "activation_rate" in names else lit(0), "n_act"),
-        exp.alias_(exp.Sum(this=_c("lrev")) if "ltv" in names else lit(0), "s_rev"),
+        exp.alias_(exp.Count(this=exp.Star()), "n_new", copy=False),
+        exp.alias_(
+            exp.Sum(this=_c("act")) if "activation_rate" in names else lit(0), "n_act", copy=False
+        ),
+        exp.alias_(exp.Sum(this=_c("lrev")) if "ltv" in names else lit(0), "s_rev", copy=False),
     ]
     for n in ns:
         seen = exp.LTE(this=_c("cd"), expression=lit(period_number(dr.date_to, "day") - n))
@@ -551,9 +564,10 @@ def _cohort_batch_sql(
             exp.alias_(
                 exp.Sum(this=exp.Case(ifs=[exp.If(this=seen, true=_c(f"h{n}"))], default=lit(0))),
                 f"r{n}",
+                copy=False,
             )
         )
-        values.append(exp.alias_(exp.Sum(this=_flag(seen.copy())), f"o{n}"))
+        values.append(exp.alias_(exp.Sum(this=_flag(seen.copy())), f"o{n}", copy=False))
     return (
         exp.select(_c("lvl"), _c("k_pn"), _c("k_b"), *values)
         .from_(keyed.subquery("k", copy=False), copy=False)
@@ -596,12 +610,14 @@ def _facts_sql(
         breakdown,
         False,
         [
-            exp.alias_(_flag(paid), "paid"),
+            exp.alias_(_flag(paid), "paid", copy=False),
             exp.alias_(
-                exp.Case(ifs=[exp.If(this=revenue, true=_c("amount"))], default=lit(0.0)), "rev"
+                exp.Case(ifs=[exp.If(this=revenue, true=_c("amount"))], default=lit(0.0)),
+                "rev",
+                copy=False,
             ),
-            exp.alias_(_flag(_c("event").eq(lit(cfg.invite_accepted_event))), "acc"),
-            exp.alias_(_flag(_c("event").eq(lit(cfg.invite_sent_event))), "sent"),
+            exp.alias_(_flag(_c("event").eq(lit(cfg.invite_accepted_event))), "acc", copy=False),
+            exp.alias_(_flag(_c("event").eq(lit(cfg.invite_sent_event))), "sent", copy=False),
         ],
         ranked=breakdown is not None,
         days=LocalDays(sql, dr.timezone, start, end),
@@ -609,7 +625,7 @@ def _facts_sql(
     first_b: exp.Expr = (
         exp.Max(this=exp.Case(ifs=[exp.If(this=_c("rn").eq(lit(1)), true=_c("b"))]))
         if breakdown is not None
-        else exp.cast(exp.null(), "TEXT")
+        else exp.cast(exp.null(), "TEXT", copy=False)
     )
     # per person and period; aliases differ from the columns they aggregate (ClickHouse
     # resolves names to aliases)
@@ -617,12 +633,12 @@ def _facts_sql(
         exp.select(
             _c("person_id"),
             _c("pn"),
-            exp.alias_(first_b, "fb"),
-            exp.alias_(exp.Max(this=_c("paid")), "is_payer"),
-            exp.alias_(exp.Sum(this=_c("paid")), "n_paid"),
-            exp.alias_(exp.Sum(this=_c("rev")), "p_rev"),
-            exp.alias_(exp.Sum(this=_c("acc")), "n_acc"),
-            exp.alias_(exp.Sum(this=_c("sent")), "n_sent"),
+            exp.alias_(first_b, "fb", copy=False),
+            exp.alias_(exp.Max(this=_c("paid")), "is_payer", copy=False),
+            exp.alias_(exp.Sum(this=_c("paid")), "n_paid", copy=False),
+            exp.alias_(exp.Sum(this=_c("rev")), "p_rev", copy=False),
+            exp.alias_(exp.Sum(this=_c("acc")), "n_acc", copy=False),
+            exp.alias_(exp.Sum(this=_c("sent")), "n_sent", copy=False),
         )
         .from_(base.subquery("e", copy=False), copy=False)
         .group_by(_c("person_id"), _c("pn"), copy=False)
@@ -632,8 +648,8 @@ def _facts_sql(
         exp.select(
             _c("lvl"),
             _c("person_id"),
-            exp.alias_(_level_pn(_c("pn")), "k_pn"),
-            exp.alias_(_level_b(_c("fb")), "k_fb"),
+            exp.alias_(_level_pn(_c("pn")), "k_pn", copy=False),
+            exp.alias_(_level_b(_c("fb")), "k_fb", copy=False),
             _c("is_payer"),
             _c("n_paid"),
             _c("p_rev"),
@@ -647,12 +663,12 @@ def _facts_sql(
         exp.select(
             _c("lvl"),
             _c("k_pn"),
-            exp.alias_(exp.Max(this=_c("k_fb")), "k_b"),
-            exp.alias_(exp.Max(this=_c("is_payer")), "payer"),
-            exp.alias_(exp.Sum(this=_c("n_paid")), "paid_n"),
-            exp.alias_(exp.Sum(this=_c("p_rev")), "rev_p"),
-            exp.alias_(exp.Sum(this=_c("n_acc")), "acc_n"),
-            exp.alias_(exp.Sum(this=_c("n_sent")), "sent_n"),
+            exp.alias_(exp.Max(this=_c("k_fb")), "k_b", copy=False),
+            exp.alias_(exp.Max(this=_c("is_payer")), "payer", copy=False),
+            exp.alias_(exp.Sum(this=_c("n_paid")), "paid_n", copy=False),
+            exp.alias_(exp.Sum(this=_c("p_rev")), "rev_p", copy=False),
+            exp.alias_(exp.Sum(this=_c("n_acc")), "acc_n", copy=False),
+            exp.alias_(exp.Sum(this=_c("n_sent")), "sent_n", copy=False),
         )
         .from_(keyed.subquery("k", copy=False), copy=False)
         .group_by(_c("lvl"), _c("person_id"), _c("k_pn"), copy=False)
@@ -662,9 +678,9 @@ def _facts_sql(
             _c("lvl"),
             _c("k_pn"),
             _c("k_b"),
-            exp.alias_(exp.Count(this=exp.Star()), "users"),
-            exp.alias_(exp.Sum(this=_c("payer")), "payers"),
-            exp.alias_(exp.Sum(this=_c("rev_p")), "revenue"),
+            exp.alias_(exp.Count(this=exp.Star()), "users", copy=False),
+            exp.alias_(exp.Sum(this=_c("payer")), "payers", copy=False),
+            exp.alias_(exp.Sum(this=_c("rev_p")), "revenue", copy=False),
             exp.alias_(
                 exp.Sum(
                     this=exp.Case(
@@ -673,13 +689,15 @@ def _facts_sql(
                     )
                 ),
                 "payer_revenue",
+                copy=False,
             ),
             exp.alias_(
                 exp.Sum(this=_flag(exp.GTE(this=_c("paid_n"), expression=lit(2)))),
                 "repurchasers",
+                copy=False,
             ),
-            exp.alias_(exp.Sum(this=_c("acc_n")), "accepted"),
-            exp.alias_(exp.Sum(this=_c("sent_n")), "sent"),
+            exp.alias_(exp.Sum(this=_c("acc_n")), "accepted", copy=False),
+            exp.alias_(exp.Sum(this=_c("sent_n")), "sent", copy=False),
         )
         .from_(people.subquery("p", copy=False), copy=False)
         .group_by(_c("lvl"), _c("k_pn"), _c("k_b"), copy=False)
@@ -713,19 +731,21 @@ def _churn_sql(
         .where(_c("rn").eq(lit(1)), copy=False)
     )
     current = (
-        exp.select(_c("person_id"), exp.alias_(lit(1), "hit"))
+        exp.select(_c("person_id"), exp.alias_(lit(1), "hit", copy=False))
         .distinct(copy=False)
         .from_(events_from(source, project_id), copy=False)
         .where(exp.and_(active.copy(), sql.time_between(start, end), copy=False), copy=False)
     )
     return (
         exp.select(
-            exp.alias_(lit(0), "pn"),
+            exp.alias_(lit(0), "pn", copy=False),
             _c("b", "c"),
             exp.alias_(
-                exp.Sum(this=exp.Sub(this=lit(1), expression=_coalesce0(_c("hit", "h")))), "num"
+                exp.Sum(this=exp.Sub(this=lit(1), expression=_coalesce0(_c("hit", "h")))),
+                "num",
+                copy=False,
             ),
-            exp.alias_(exp.Count(this=exp.Star()), "den"),
+            exp.alias_(exp.Count(this=exp.Star()), "den", copy=False),
         )
         .from_(firsts.subquery("c", copy=False), copy=False)
         .join(
@@ -798,12 +818,14 @@ def _activity_sql(
     segment: +1 where it starts, -1 after it ends."""
     sql = Sql(source.dialect)
     start, end = dr.extended_back(max(windows) - 1).utc_bounds()
-    b = sql.field_text(breakdown) if breakdown else exp.cast(exp.null(), "TEXT")
+    b = sql.field_text(breakdown) if breakdown else exp.cast(exp.null(), "TEXT", copy=False)
     active = (
         exp.select(
             _c("person_id"),
-            exp.alias_(b, "b"),
-            exp.alias_(LocalDays(sql, dr.timezone, start, end).day(_c("timestamp")), "dn"),
+            exp.alias_(b, "b", copy=False),
+            exp.alias_(
+                LocalDays(sql, dr.timezone, start, end).day(_c("timestamp")), "dn", copy=False
+            ),
         )
         .distinct(copy=False)
         .from_(events_from(source, project_id, person=uses_person(breakdown)), copy=False)
@@ -820,13 +842,15 @@ def _activity_sql(
             kind="ROWS", start="1", start_side="PRECEDING", end="1", end_side="PRECEDING"
         ),
     )
-    days = exp.select(_c("b"), _c("dn"), exp.alias_(_coalesce0(previous), "prev")).from_(
-        active.subquery("a", copy=False), copy=False
-    )
+    days = exp.select(
+        _c("b"), _c("dn"), exp.alias_(_coalesce0(previous), "prev", copy=False)
+    ).from_(active.subquery("a", copy=False), copy=False)
     kinds: exp.Query | None = None
     for w in windows:
         for edge in (0, 1):
-            row = exp.select(exp.alias_(lit(w), "w"), exp.alias_(lit(edge), "edge"))
+            row = exp.select(
+                exp.alias_(lit(w), "w", copy=False), exp.alias_(lit(edge), "edge", copy=False)
+            )
             kinds = row if kinds is None else exp.union(kinds, row, distinct=False, copy=False)
     assert kinds is not None
     covered = exp.Add(this=_c("prev"), expression=_c("w"))
@@ -843,17 +867,20 @@ def _activity_sql(
         exp.select(
             _c("w"),
             _c("b"),
-            exp.alias_(day, "day"),
+            exp.alias_(day, "day", copy=False),
             exp.alias_(
                 exp.Case(ifs=[exp.If(this=_c("edge").eq(lit(0)), true=lit(1))], default=lit(-1)),
                 "delta",
+                copy=False,
             ),
         )
         .from_(days.subquery("d", copy=False), copy=False)
         .join(kinds.subquery("k", copy=False), join_type="cross", copy=False)
     )
     return (
-        exp.select(_c("w"), _c("b"), _c("day"), exp.alias_(exp.Sum(this=_c("delta")), "n"))
+        exp.select(
+            _c("w"), _c("b"), _c("day"), exp.alias_(exp.Sum(this=_c("delta")), "n", copy=False)
+        )
         .from_(edges.subquery("e", copy=False), copy=False)
         .group_by(_c("w"), _c("b"), _c("day"), copy=False)
     )

@@ -122,24 +122,28 @@ def members_sql(
         return None
     if q.group == "segment":
         return (
-            exp.select(exp.alias_(person_key(sql, _c("person_id")), "person_id"))
-            .from_(source.scoped("person_values", project_id).subquery("v"))
-            .where(_c("scope").eq(lit(f"segment:{q.value}")))
+            exp.select(exp.alias_(person_key(sql, _c("person_id")), "person_id", copy=False))
+            .from_(source.scoped("person_values", project_id).subquery("v", copy=False), copy=False)
+            .where(_c("scope").eq(lit(f"segment:{q.value}")), copy=False)
         )
     if q.group == "stage":
         rows = stage_rows_sql(source, project_id, settings, [day_number(q.date_range.date_to)], tz)
         return (
             exp.select(_c("person_id"))
-            .from_(rows.subquery("s"))
-            .where(_c("stage").eq(lit(str(q.value))))
+            .from_(rows.subquery("s", copy=False), copy=False)
+            .where(_c("stage").eq(lit(str(q.value))), copy=False)
         )
     highs = next(k for k, v in CLASSES.items() if v[0] == q.value)
     scored = rfm_sql(source, project_id, settings, q.date_range.date_to, tz)
     return (
         exp.select(_c("person_id"))
-        .from_(scored.subquery("r"))
+        .from_(scored.subquery("r", copy=False), copy=False)
         .where(
-            exp.and_(*[_c(f"{s}_high").eq(lit(int(h))) for s, h in zip("rfm", highs, strict=True)])
+            exp.and_(
+                *[_c(f"{s}_high").eq(lit(int(h))) for s, h in zip("rfm", highs, strict=True)],
+                copy=False,
+            ),
+            copy=False,
         )
     )
 
@@ -196,13 +200,13 @@ def _active_days(sql: Sql, day: exp.Expr, first_day: int, n_days: int) -> exp.Ex
         bit = fn("bitShiftLeft", fn("toUInt64", lit(1)), shift)
         mask = fn("groupBitOr", fn("if", has, bit, fn("toUInt64", lit(0))))
         return fn("bitCount", mask)
-    bit = exp.BitwiseLeftShift(this=exp.cast(lit(1), "BIGINT"), expression=offset)
+    bit = exp.BitwiseLeftShift(this=exp.cast(lit(1), "BIGINT", copy=False), expression=offset)
     mask = fn(
         "bit_or",
         _when(
             exp.Not(this=exp.Is(this=day.copy(), expression=exp.null())),
             bit,
-            exp.cast(lit(0), "BIGINT"),
+            exp.cast(lit(0), "BIGINT", copy=False),
         ),
     )
     return fn("bit_count", mask)
@@ -220,7 +224,7 @@ def _json_texts(sql: Sql, keys: list[str]) -> tuple[list[exp.Expr], list[exp.Exp
     if not keys or sql.ch:
         return [], [sql.prop_text(k) for k in keys]
     paths = exp.Array(expressions=[lit("$." + _json_path_key(k)) for k in keys])
-    extra = [exp.alias_(fn("json_extract", _c("properties"), paths), "pj")]
+    extra = [exp.alias_(fn("json_extract", _c("properties"), paths), "pj", copy=False)]
     texts: list[exp.Expr] = []
     for i in range(len(keys)):
         value = fn("list_extract", _c("pj"), lit(i + 1))
@@ -228,7 +232,7 @@ def _json_texts(sql: Sql, keys: list[str]) -> tuple[list[exp.Expr], list[exp.Exp
         texts.append(
             _when(
                 exp.In(this=kind, expressions=[lit("ARRAY"), lit("OBJECT"), lit("NULL")]),
-                exp.cast(exp.null(), "VARCHAR"),
+                exp.cast(exp.null(), "VARCHAR", copy=False),
                 fn("json_extract_string", value.copy(), lit("$")),
             )
         )
@@ -250,7 +254,7 @@ def facts_sql(
     in_window = sql.time_between(start, end)
     dims = [d for d in DIMENSIONS if d[0] in q.dimensions]
     props = [f"p{i}" for i in range(len(q.properties))]
-    text_null = exp.cast(exp.null(), "TEXT")
+    text_null = exp.cast(exp.null(), "TEXT", copy=False)
     json_keys = [src for _name, _label, src, _pick in dims if src.startswith("$")]
     json_extra, json_values = _json_texts(sql, json_keys)
     values = iter(json_values)
@@ -258,63 +262,67 @@ def facts_sql(
         name: (next(values) if src.startswith("$") else _c(src)) for name, _l, src, _p in dims
     }
     # each event's values, computed once
-    inner = exp.select("*", *json_extra, exp.alias_(in_window, "inw")).from_(
-        source.scoped("events", project_id).subquery("e")
+    inner = exp.select("*", *json_extra, exp.alias_(in_window, "inw", copy=False)).from_(
+        source.scoped("events", project_id).subquery("e", copy=False), copy=False
     )
     bought = exp.and_(
         _c("inw"),
         purchase_condition(sql, settings.revenue.events, settings.revenue.amount_property),
+        copy=False,
     )
     per_event = exp.select(
-        exp.alias_(_pid(sql, _c("person_id")), "pid"),
+        exp.alias_(_pid(sql, _c("person_id")), "pid", copy=False),
         _c("timestamp"),
         _c("uuid"),
-        *[exp.alias_(v, f"v_{name}") for name, v in dim_values.items()],
+        *[exp.alias_(v, f"v_{name}", copy=False) for name, v in dim_values.items()],
         exp.alias_(
-            _when(exp.and_(_c("inw"), activity_condition(settings.activity)),
+            _when(exp.and_(_c("inw"), activity_condition(settings.activity), copy=False),
                   days.day(_c("timestamp"))),
             "aday",
-        ),
+        copy=False),
         exp.alias_(_when(bought, amount_of(sql, settings.revenue.amount_property), lit(0.0)),
-                   "amt"),
-        exp.alias_(_when(bought.copy(), lit(1), lit(0)), "buy"),
-    ).from_(inner.subquery("i"))  # fmt: skip
+                   "amt", copy=False),
+        exp.alias_(_when(bought.copy(), lit(1), lit(0)), "buy", copy=False),
+    ).from_(inner.subquery("i", copy=False), copy=False)  # fmt: skip
     from_persons = exp.select(
-        exp.alias_(_pid(sql, _c("id")), "pid"),
-        *[exp.alias_(sql.prop_text(k), a) for k, a in zip(q.properties, props, strict=True)],
-        *[exp.alias_(text_null.copy(), f"d_{name}") for name, *_ in dims],
-        exp.alias_(lit(0), "adays"),
-        exp.alias_(lit(0.0), "spent"),
-        exp.alias_(lit(0), "buys"),
-        exp.alias_(lit(1), "is_person"),
-    ).from_(source.scoped("persons", project_id).subquery("p"))
+        exp.alias_(_pid(sql, _c("id")), "pid", copy=False),
+        *[
+            exp.alias_(sql.prop_text(k), a, copy=False)
+            for k, a in zip(q.properties, props, strict=True)
+        ],
+        *[exp.alias_(text_null.copy(), f"d_{name}", copy=False) for name, *_ in dims],
+        exp.alias_(lit(0), "adays", copy=False),
+        exp.alias_(lit(0.0), "spent", copy=False),
+        exp.alias_(lit(0), "buys", copy=False),
+        exp.alias_(lit(1), "is_person", copy=False),
+    ).from_(source.scoped("persons", project_id).subquery("p", copy=False), copy=False)
     first_day = day_number(q.date_range.date_from)
     from_events = (
         exp.select(
             _c("pid"),
-            *[exp.alias_(text_null.copy(), a) for a in props],
+            *[exp.alias_(text_null.copy(), a, copy=False) for a in props],
             *[
-                exp.alias_(_pick(sql, _c(f"v_{name}"), pick == "first"), f"d_{name}")
+                exp.alias_(_pick(sql, _c(f"v_{name}"), pick == "first"), f"d_{name}", copy=False)
                 for name, _label, _src, pick in dims
             ],
-            exp.alias_(_active_days(sql, _c("aday"), first_day, q.date_range.days), "adays"),
-            exp.alias_(exp.Sum(this=_c("amt")), "spent"),
-            exp.alias_(exp.Sum(this=_c("buy")), "buys"),
-            exp.alias_(lit(0), "is_person"),
+            exp.alias_(_active_days(sql, _c("aday"), first_day, q.date_range.days), "adays", copy=False),
+            exp.alias_(exp.Sum(this=_c("amt")), "spent", copy=False),
+            exp.alias_(exp.Sum(this=_c("buy")), "buys", copy=False),
+            exp.alias_(lit(0), "is_person", copy=False),
         )
-        .from_(per_event.subquery("e"))
-        .group_by(_c("pid"))
+        .from_(per_event.subquery("e", copy=False), copy=False)
+        .group_by(_c("pid"), copy=False)
     )  # fmt: skip
-    both = exp.union(from_persons, from_events, distinct=False)
+    both = exp.union(from_persons, from_events, distinct=False, copy=False)
     columns = [*props, *[f"d_{name}" for name, *_ in dims], "adays", "spent", "buys"]
     per_person = (
         exp.select(
             _c("pid"),
-            *[exp.alias_(exp.Max(this=_c(c)), f"m_{c}") for c in columns],
+            *[exp.alias_(exp.Max(this=_c(c)), f"m_{c}", copy=False) for c in columns],
         )
-        .from_(both.subquery("u"))
-        .group_by(_c("pid"))
-        .having(exp.Max(this=_c("is_person")).eq(1))
+        .from_(both.subquery("u", copy=False), copy=False)
+        .group_by(_c("pid"), copy=False)
+        .having(exp.Max(this=_c("is_person")).eq(1), copy=False)
     )
     members = members_sql(source, project_id, q, settings)
     bucket = exp.Case(
@@ -323,6 +331,7 @@ def facts_sql(
                 this=exp.and_(
                     exp.GTE(this=_c("m_adays"), expression=lit(lo)),
                     exp.true() if hi is None else exp.LTE(this=_c("m_adays"), expression=lit(hi)),
+                    copy=False,
                 ),
                 true=lit(label),
             )
@@ -332,19 +341,21 @@ def facts_sql(
     keys = [f"m_{c}" for c in [*props, *[f"d_{name}" for name, *_ in dims]]]
     tagged = exp.select(
         "*",
-        exp.alias_(_in_group(sql, members, _c("pid")), "g"),
-        exp.alias_(bucket, "bucket"),
-        exp.alias_(_when(exp.GT(this=_c("m_buys"), expression=lit(0)), lit(1), lit(0)), "payer"),
-    ).from_(per_person.subquery("pp"))
+        exp.alias_(_in_group(sql, members, _c("pid")), "g", copy=False),
+        exp.alias_(bucket, "bucket", copy=False),
+        exp.alias_(
+            _when(exp.GT(this=_c("m_buys"), expression=lit(0)), lit(1), lit(0)), "payer", copy=False
+        ),
+    ).from_(per_person.subquery("pp", copy=False), copy=False)
     return (
         exp.select(
             "g", *keys, "bucket", "payer",
-            exp.alias_(exp.Count(this=exp.Star()), "n"),
-            exp.alias_(exp.Sum(this=_c("m_adays")), "days"),
-            exp.alias_(exp.Sum(this=_c("m_spent")), "revenue"),
+            exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
+            exp.alias_(exp.Sum(this=_c("m_adays")), "days", copy=False),
+            exp.alias_(exp.Sum(this=_c("m_spent")), "revenue", copy=False),
         )
-        .from_(tagged.subquery("t"))
-        .group_by("g", *keys, "bucket", "payer")
+        .from_(tagged.subquery("t", copy=False), copy=False)
+        .group_by("g", *keys, "bucket", "payer", copy=False)
     )  # fmt: skip
 
 
@@ -465,25 +476,26 @@ def _top_events(
     members = members_sql(source, project_id, q, settings)
     ev_flag = _in_group(sql, members, _c("person_id"))
     tagged = (
-        exp.select(_c("event"), exp.alias_(person_key(sql, _c("person_id")), "pid"),
-                   exp.alias_(ev_flag, "g"))
-        .from_(source.scoped("events", project_id).subquery("e"))
+        exp.select(_c("event"), exp.alias_(person_key(sql, _c("person_id")), "pid", copy=False),
+                   exp.alias_(ev_flag, "g", copy=False))
+        .from_(source.scoped("events", project_id).subquery("e", copy=False), copy=False)
         .where(exp.and_(sql.time_between(start, end),
-                        exp.Not(this=exp.Like(this=_c("event"), expression=lit("$%")))))
+                        exp.Not(this=exp.Like(this=_c("event"), expression=lit("$%"))), copy=False), copy=False)
     )  # fmt: skip
     tree = (
         exp.select(
             _c("event"),
-            exp.alias_(exp.Count(this=exp.Star()), "n"),
-            exp.alias_(exp.Count(this=exp.Distinct(expressions=[_c("pid")])), "np"),
-            exp.alias_(exp.Sum(this=_c("g")), "ng"),
+            exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
+            exp.alias_(exp.Count(this=exp.Distinct(expressions=[_c("pid")])), "np", copy=False),
+            exp.alias_(exp.Sum(this=_c("g")), "ng", copy=False),
             exp.alias_(
                 exp.Count(this=exp.Distinct(expressions=[_when(_c("g").eq(1), _c("pid"))])),
                 "npg",
+                copy=False,
             ),
         )
-        .from_(tagged.subquery("t"))
-        .group_by(_c("event"))
+        .from_(tagged.subquery("t", copy=False), copy=False)
+        .group_by(_c("event"), copy=False)
     )
     counted = [
         (str(e), as_int(n), as_int(np_), as_int(ng), as_int(npg))

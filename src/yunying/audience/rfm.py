@@ -71,7 +71,9 @@ def purchase_condition(sql: Sql, events: list[str], amount_property: str | None)
     positive = exp.GT(this=amount, expression=lit(0))
     if not events:
         return positive
-    return exp.and_(exp.In(this=_c("event"), expressions=[lit(e) for e in events]), positive)
+    return exp.and_(
+        exp.In(this=_c("event"), expressions=[lit(e) for e in events]), positive, copy=False
+    )
 
 
 def amount_of(sql: Sql, amount_property: str | None) -> exp.Expr:
@@ -96,7 +98,7 @@ def _quintile(sql: Sql, column: str, descending: bool) -> exp.Expr:
         expression=n,
     )
     floor = fn("floor", ratio)
-    as_int64 = fn("toInt64", floor) if sql.ch else exp.cast(floor, "BIGINT")
+    as_int64 = fn("toInt64", floor) if sql.ch else exp.cast(floor, "BIGINT", copy=False)
     return exp.Add(this=lit(1), expression=as_int64)
 
 
@@ -128,16 +130,18 @@ def rfm_sql(
     ts = _c("timestamp")
     purchases = (
         exp.select(
-            exp.alias_(person_key(sql, _c("person_id")), "person_id"),
-            exp.alias_(LocalDays(sql, timezone, start, end).day(ts), "day"),
-            exp.alias_(amount_of(sql, settings.rfm_amount()), "amt"),
+            exp.alias_(person_key(sql, _c("person_id")), "person_id", copy=False),
+            exp.alias_(LocalDays(sql, timezone, start, end).day(ts), "day", copy=False),
+            exp.alias_(amount_of(sql, settings.rfm_amount()), "amt", copy=False),
         )
-        .from_(source.scoped("events", project_id).subquery("e"))
+        .from_(source.scoped("events", project_id).subquery("e", copy=False), copy=False)
         .where(
             exp.and_(
                 purchase_condition(sql, settings.rfm_events(), settings.rfm_amount()),
                 sql.time_between(start, end),
-            )
+                copy=False,
+            ),
+            copy=False,
         )
     )
     per = (
@@ -146,12 +150,13 @@ def rfm_sql(
             exp.alias_(
                 exp.Sub(this=lit(day_number(as_of)), expression=exp.Max(this=_c("day"))),
                 "recency",
+                copy=False,
             ),
-            exp.alias_(exp.Count(this=exp.Star()), "frequency"),
-            exp.alias_(exp.Sum(this=_c("amt")), "monetary"),
+            exp.alias_(exp.Count(this=exp.Star()), "frequency", copy=False),
+            exp.alias_(exp.Sum(this=_c("amt")), "monetary", copy=False),
         )
-        .from_(purchases.subquery("p"))
-        .group_by(_c("person_id"))
+        .from_(purchases.subquery("p", copy=False), copy=False)
+        .group_by(_c("person_id"), copy=False)
     )
     if rfm.scoring == "quintile":
         r = _quintile(sql, "recency", descending=True)
@@ -163,8 +168,8 @@ def rfm_sql(
         m = _fixed("monetary", rfm.monetary_thresholds, at_most=False)
     scored = exp.select(
         "person_id", "recency", "frequency", "monetary",
-        exp.alias_(r, "r"), exp.alias_(f, "f"), exp.alias_(m, "m"),
-    ).from_(per.subquery("q"))  # fmt: skip
+        exp.alias_(r, "r", copy=False), exp.alias_(f, "f", copy=False), exp.alias_(m, "m", copy=False),
+    ).from_(per.subquery("q", copy=False), copy=False)  # fmt: skip
 
     def high(score: str, cut: int) -> exp.Expr:
         if rfm.high == "mean":
@@ -176,10 +181,10 @@ def rfm_sql(
     hs = rfm.high_scores
     return exp.select(
         "person_id", "recency", "frequency", "monetary", "r", "f", "m",
-        exp.alias_(high("r", hs.r), "r_high"),
-        exp.alias_(high("f", hs.f), "f_high"),
-        exp.alias_(high("m", hs.m), "m_high"),
-    ).from_(scored.subquery("s"))  # fmt: skip
+        exp.alias_(high("r", hs.r), "r_high", copy=False),
+        exp.alias_(high("f", hs.f), "f_high", copy=False),
+        exp.alias_(high("m", hs.m), "m_high", copy=False),
+    ).from_(scored.subquery("s", copy=False), copy=False)  # fmt: skip
 
 
 def class_of(r_high: bool, f_high: bool, m_high: bool) -> str:

@@ -99,7 +99,7 @@ def person_is(sql: Sql, person: exp.Expr, person_id: str) -> exp.Expr:
         text = str(uuid.UUID(person_id))
     except ValueError:
         return exp.false()
-    return person.eq(exp.cast(lit(text), "UUID"))
+    return person.eq(exp.cast(lit(text), "UUID", copy=False))
 
 
 def activity_condition(activity: ActivitySettings) -> exp.Expr:
@@ -115,7 +115,7 @@ def activity_condition(activity: ActivitySettings) -> exp.Expr:
 def day_list(sql: Sql, days: list[int]) -> exp.Select:
     """A one-column relation ``d`` holding the given day numbers."""
     arr = exp.Array(expressions=[lit(d) for d in days])
-    return exp.select(exp.alias_(fn("arrayJoin" if sql.ch else "unnest", arr), "d"))
+    return exp.select(exp.alias_(fn("arrayJoin" if sql.ch else "unnest", arr), "d", copy=False))
 
 
 def _gaps_sql(
@@ -136,18 +136,20 @@ def _gaps_sql(
     local = LocalDays(sql, timezone, None, end)
     act = (
         exp.select(
-            exp.alias_(person_key(sql, _c("person_id")), "person_id"),
-            exp.alias_(local.day(ts, bounded=False), "day"),
+            exp.alias_(person_key(sql, _c("person_id")), "person_id", copy=False),
+            exp.alias_(local.day(ts, bounded=False), "day", copy=False),
         )
-        .from_(source.scoped("events", project_id).subquery("e"))
+        .from_(source.scoped("events", project_id).subquery("e", copy=False), copy=False)
         .where(
             exp.and_(
                 activity_condition(settings.activity),
                 exp.LT(this=ts.copy(), expression=sql.ts_literal(end)),
                 exp.true() if person_id is None else person_is(sql, _c("person_id"), person_id),
-            )
+                copy=False,
+            ),
+            copy=False,
         )
-        .group_by(_c("person_id"), _c("day"))
+        .group_by(_c("person_id"), _c("day"), copy=False)
     )
     prev = exp.Window(
         this=fn("lag", _c("day"), lit(1), lit(_NO_PREVIOUS)),
@@ -162,8 +164,8 @@ def _gaps_sql(
             exp.Case(ifs=[exp.If(this=exp.GT(this=gap, expression=lit(lc.churned_days)),
                                  true=lit(1))], default=lit(0)),
             "ret",
-        ),
-    ).from_(act.subquery("a"))  # fmt: skip
+        copy=False),
+    ).from_(act.subquery("a", copy=False), copy=False)  # fmt: skip
     return gaps
 
 
@@ -217,9 +219,9 @@ def stage_rows_sql(
     per = (
         exp.select(
             _c("person_id", "g"),
-            exp.alias_(d.copy(), "d"),
-            exp.alias_(exp.Min(this=g_day.copy()), "first_day"),
-            exp.alias_(exp.Max(this=g_day.copy()), "last_day"),
+            exp.alias_(d.copy(), "d", copy=False),
+            exp.alias_(exp.Min(this=g_day.copy()), "first_day", copy=False),
+            exp.alias_(exp.Max(this=g_day.copy()), "last_day", copy=False),
             exp.alias_(
                 exp.Sum(
                     this=exp.Case(
@@ -229,7 +231,7 @@ def stage_rows_sql(
                     )
                 ),
                 "recent",
-            ),
+            copy=False),
             exp.alias_(
                 exp.Max(
                     this=exp.Case(
@@ -238,18 +240,20 @@ def stage_rows_sql(
                     )
                 ),
                 "last_return",
-            ),
+            copy=False),
         )
-        .from_(gaps.subquery("g"))
-        .join(day_list(sql, days).subquery("dd"), join_type="cross")
-        .where(exp.LTE(this=g_day.copy(), expression=d.copy()))
-        .group_by(_c("person_id", "g"), d.copy())
+        .from_(gaps.subquery("g", copy=False), copy=False)
+        .join(day_list(sql, days).subquery("dd", copy=False), join_type="cross", copy=False)
+        .where(exp.LTE(this=g_day.copy(), expression=d.copy()), copy=False)
+        .group_by(_c("person_id", "g"), d.copy(), copy=False)
     )  # fmt: skip
 
     stage = _stage_case(
         lc, _c("d"), _c("first_day"), _c("last_day"), _c("last_return"), _c("recent")
     )
-    return exp.select(_c("person_id"), _c("d"), exp.alias_(stage, "stage")).from_(per.subquery("p"))
+    return exp.select(_c("person_id"), _c("d"), exp.alias_(stage, "stage", copy=False)).from_(
+        per.subquery("p", copy=False), copy=False
+    )
 
 
 # -- as of one day ------------------------------------------------------------------------------
@@ -284,9 +288,9 @@ def stage_distribution(
     """Persons per stage as of ``as_of``: ``{"as_of", "total", "stages": [...]}``."""
     rows = stage_rows_sql(source, project_id, settings, [day_number(as_of)], timezone)
     tree = (
-        exp.select(_c("stage"), exp.alias_(exp.Count(this=exp.Star()), "n"))
-        .from_(rows.subquery("s"))
-        .group_by(_c("stage"))
+        exp.select(_c("stage"), exp.alias_(exp.Count(this=exp.Star()), "n", copy=False))
+        .from_(rows.subquery("s", copy=False), copy=False)
+        .group_by(_c("stage"), copy=False)
     )
     counts = {str(s): as_int(n) for s, n in run(source, tree)}
     return {
@@ -344,9 +348,9 @@ def stages_over_time(
     days = sorted({day_number(p.as_of) for p in ps})
     rows = stage_rows_sql(source, project_id, settings, days, date_range.timezone)
     tree = (
-        exp.select(_c("d"), _c("stage"), exp.alias_(exp.Count(this=exp.Star()), "n"))
-        .from_(rows.subquery("s"))
-        .group_by(_c("d"), _c("stage"))
+        exp.select(_c("d"), _c("stage"), exp.alias_(exp.Count(this=exp.Star()), "n", copy=False))
+        .from_(rows.subquery("s", copy=False), copy=False)
+        .group_by(_c("d"), _c("stage"), copy=False)
     )
     index = {day_number(p.as_of): i for i, p in enumerate(ps)}
     series = {s: [0] * len(ps) for s in STAGES}
@@ -377,14 +381,14 @@ def _transition_rows(
         order=exp.Order(expressions=[exp.Ordered(this=_c("d"))]),
     )
     with_prev = exp.select(
-        _c("person_id"), _c("d"), exp.alias_(prev, "from_stage"), _c("stage")
-    ).from_(rows.subquery("s"))
+        _c("person_id"), _c("d"), exp.alias_(prev, "from_stage", copy=False), _c("stage")
+    ).from_(rows.subquery("s", copy=False), copy=False)
     # a person seen on the previous listed day has a row there (stages never disappear), so the
     # lag is that day's stage; a person first seen later gets ``none``
     return (
         exp.select(_c("person_id"), _c("d"), _c("from_stage"), _c("stage"))
-        .from_(with_prev.subquery("w"))
-        .where(exp.GT(this=_c("d"), expression=lit(min(days))))
+        .from_(with_prev.subquery("w", copy=False), copy=False)
+        .where(exp.GT(this=_c("d"), expression=lit(min(days))), copy=False)
     )
 
 
@@ -403,10 +407,13 @@ def stage_transitions(
     rows = _transition_rows(source, project_id, settings, days, date_range.timezone)
     tree = (
         exp.select(
-            _c("d"), _c("from_stage"), _c("stage"), exp.alias_(exp.Count(this=exp.Star()), "n")
+            _c("d"),
+            _c("from_stage"),
+            _c("stage"),
+            exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
         )
-        .from_(rows.subquery("t"))
-        .group_by(_c("d"), _c("from_stage"), _c("stage"))
+        .from_(rows.subquery("t", copy=False), copy=False)
+        .group_by(_c("d"), _c("from_stage"), _c("stage"), copy=False)
     )
     by_day: dict[int, list[dict[str, Any]]] = {}
     for d, frm, to, n in run(source, tree):
@@ -444,9 +451,11 @@ def _transition_counts_sql(
     per = (
         exp.select(
             _c("person_id"),
-            exp.alias_(exp.Min(this=day.copy()), "first_day"),
+            exp.alias_(exp.Min(this=day.copy()), "first_day", copy=False),
             exp.alias_(
-                listed([exp.Max(this=_when(u.copy(), day.copy())) for u in upto]), "last_days"
+                listed([exp.Max(this=_when(u.copy(), day.copy())) for u in upto]),
+                "last_days",
+                copy=False,
             ),
             exp.alias_(
                 listed(
@@ -458,6 +467,7 @@ def _transition_counts_sql(
                                     exp.GT(
                                         this=day.copy(), expression=lit(d - lc.active_window_days)
                                     ),
+                                    copy=False,
                                 ),
                                 lit(1),
                                 lit(0),
@@ -467,32 +477,36 @@ def _transition_counts_sql(
                     ]
                 ),
                 "recents",
+                copy=False,
             ),
             exp.alias_(
                 listed(
                     [
                         exp.Max(
                             this=_when(
-                                exp.and_(u.copy(), _c("ret").eq(1)), day.copy(), lit(-_NO_PREVIOUS)
+                                exp.and_(u.copy(), _c("ret").eq(1), copy=False),
+                                day.copy(),
+                                lit(-_NO_PREVIOUS),
                             )
                         )
                         for u in upto
                     ]
                 ),
                 "returns",
+                copy=False,
             ),
         )
-        .from_(gaps.subquery("g"))
-        .group_by(_c("person_id"))
+        .from_(gaps.subquery("g", copy=False), copy=False)
+        .group_by(_c("person_id"), copy=False)
     )
     steps: exp.Query | None = None
     for j in range(1, len(days)):
         row = exp.select(
-            exp.alias_(lit(j + 1), "j"),
-            exp.alias_(lit(days[j]), "d"),
-            exp.alias_(lit(days[j - 1]), "dp"),
+            exp.alias_(lit(j + 1), "j", copy=False),
+            exp.alias_(lit(days[j]), "d", copy=False),
+            exp.alias_(lit(days[j - 1]), "dp", copy=False),
         )
-        steps = row if steps is None else exp.union(steps, row, distinct=False)
+        steps = row if steps is None else exp.union(steps, row, distinct=False, copy=False)
     assert steps is not None
     now, before = _c("j"), exp.Sub(this=_c("j"), expression=lit(1))
 
@@ -512,19 +526,26 @@ def _transition_counts_sql(
                     stage_at(_c("dp"), before.copy()),
                 ),
                 "from_stage",
+                copy=False,
             ),
-            exp.alias_(stage_at(_c("d"), now), "stage"),
+            exp.alias_(stage_at(_c("d"), now), "stage", copy=False),
         )
-        .from_(per.subquery("p"))
-        .join(steps.subquery("s"), join_type="cross")
-        .where(exp.Not(this=exp.Is(this=at("last_days", now.copy()), expression=exp.null())))
+        .from_(per.subquery("p", copy=False), copy=False)
+        .join(steps.subquery("s", copy=False), join_type="cross", copy=False)
+        .where(
+            exp.Not(this=exp.Is(this=at("last_days", now.copy()), expression=exp.null())),
+            copy=False,
+        )
     )
     return (
         exp.select(
-            _c("d"), _c("from_stage"), _c("stage"), exp.alias_(exp.Count(this=exp.Star()), "n")
+            _c("d"),
+            _c("from_stage"),
+            _c("stage"),
+            exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
         )
-        .from_(moves.subquery("t"))
-        .group_by(_c("d"), _c("from_stage"), _c("stage"))
+        .from_(moves.subquery("t", copy=False), copy=False)
+        .group_by(_c("d"), _c("from_stage"), _c("stage"), copy=False)
     )
 
 
@@ -603,15 +624,23 @@ def transition_members(
     rows = _transition_rows(source, project_id, settings, days, timezone)
     matching = (
         exp.select(_c("person_id"))
-        .from_(rows.subquery("t"))
-        .where(exp.and_(_c("from_stage").eq(lit(from_stage)), _c("stage").eq(lit(to_stage))))
+        .from_(rows.subquery("t", copy=False), copy=False)
+        .where(
+            exp.and_(
+                _c("from_stage").eq(lit(from_stage)), _c("stage").eq(lit(to_stage)), copy=False
+            ),
+            copy=False,
+        )
     )
+    # (copies: matching is counted again below when the page is empty)
     counted = matching.select(exp.alias_(exp.Window(this=exp.Count(this=exp.Star())), "total"))
     page = run(source, counted.order_by(_c("person_id")).limit(limit).offset(offset))
     if page:
         total = as_int(page[0][1])
     else:  # past the end (or none): count separately
-        count = exp.select(exp.Count(this=exp.Star())).from_(matching.subquery("m"))
+        count = exp.select(exp.Count(this=exp.Star())).from_(
+            matching.subquery("m", copy=False), copy=False
+        )
         total = as_int(run(source, count)[0][0])
     return {
         "label": period.label,
