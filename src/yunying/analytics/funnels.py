@@ -16,12 +16,13 @@ conversion rate per period of the start.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from sqlglot import exp
 
+from yunying.analytics import funnel_pass
 from yunying.analytics.common import (
     INTERVALS,
     DateRange,
@@ -39,6 +40,7 @@ from yunying.analytics.common import (
     run,
     uses_person,
 )
+from yunying.analytics.funnel_pass import ArrowSource
 from yunying.errors import M_
 
 WINDOW_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86_400, "week": 604_800}
@@ -282,8 +284,6 @@ def _ev(
     """One row per relevant event: person, uuid, time in µs, start period, breakdown value and
     step flags. The array pass keeps the person id as the engine stores it (grouping on text
     costs a cast per event) and only step-1 events inside the range."""
-    start, end = q.date_range.utc_bounds()
-    end_w = end + timedelta(microseconds=q.window_us)
     breakdown = sql.field_text(q.breakdown) if q.breakdown else _null("TEXT")
     pn = sql.period(_c("timestamp"), interval, q.date_range.timezone) if interval else lit(0)
     person = _c("person_id") if arrays else sql.text(_c("person_id"))
@@ -295,20 +295,29 @@ def _ev(
         exp.alias_(breakdown, "b"),
     ]
     cols += [exp.alias_(_flag(c), f"s{i}") for i, c in enumerate(conds)]
+    relation = events_from(source, project_id, person=uses_person(q))
+    inner = exp.select(*cols).from_(relation).where(_ev_where(q, sql, conds, arrays))
+    if q.order != "strict":
+        return inner
+    rn = _row_number([_c("person_id")], [exp.Ordered(this=_c("ts")), exp.Ordered(this=_c("uid"))])
+    return exp.select("*", exp.alias_(rn, "rn")).from_(inner.subquery("x"))
+
+
+def _ev_where(q: FunnelQuery, sql: Sql, conds: list[exp.Expr], arrays: bool) -> exp.Expr:
+    """The events a funnel reads: inside the range and the window after it, passing the
+    query's filters, matching a step (not for strict funnels, where any event breaks a chain);
+    with ``arrays``, step-1 events only inside the range."""
+    start, end = q.date_range.utc_bounds()
+    end_w = end + timedelta(microseconds=q.window_us)
     where = exp.and_(sql.time_between(start, end_w), sql.filters(q.filters))
     if arrays:
         first = exp.and_(
             conds[0].copy(), exp.LT(this=_c("timestamp"), expression=sql.ts_literal(end))
         )
-        where = exp.and_(where, exp.Paren(this=exp.or_(first, *conds[1:])))
-    elif q.order != "strict":
-        where = exp.and_(where, exp.Paren(this=exp.or_(*conds)))
-    relation = events_from(source, project_id, person=uses_person(q))
-    inner = exp.select(*cols).from_(relation).where(where)
+        return exp.and_(where, exp.Paren(this=exp.or_(first, *[c.copy() for c in conds[1:]])))
     if q.order != "strict":
-        return inner
-    rn = _row_number([_c("person_id")], [exp.Ordered(this=_c("ts")), exp.Ordered(this=_c("uid"))])
-    return exp.select("*", exp.alias_(rn, "rn")).from_(inner.subquery("x"))
+        return exp.and_(where, exp.Paren(this=exp.or_(*[c.copy() for c in conds])))
+    return where
 
 
 def _xev(
@@ -818,9 +827,49 @@ def _step_results(q: FunnelQuery, row: list[Any], offset: int) -> tuple[FunnelSt
     return tuple(out)
 
 
+def _uses_pass(q: FunnelQuery, source: Source) -> bool:
+    """Whether the numpy pass (:mod:`yunying.analytics.funnel_pass`) computes this funnel's
+    overall counts and times: ordered, every step a named event different from the others, no
+    exclusions, and a source that returns Arrow."""
+    events = [s.event for s in q.steps]
+    return (
+        q.order == "ordered"
+        and not q.exclusions
+        and None not in events
+        and len(set(events)) == len(events)
+        and callable(getattr(source, "query_arrow", None))
+    )
+
+
+def _overall_by_pass(source: ArrowSource, project_id: int, q: FunnelQuery) -> list[Any]:
+    """The overall row (counts, then median/mean/median-from-first per step) by the pass."""
+    sql = Sql(source.dialect)
+    conds: list[exp.Expr] = [_cond(sql, s.event, s.filters) for s in q.steps]
+    n = len(q.steps)
+    # the step of each event: conditions are disjoint (distinct event names)
+    step = exp.Case(ifs=[exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds)])
+    packed = exp.Add(
+        this=exp.Mul(this=sql.epoch_us(_c("timestamp")), expression=lit(funnel_pass.multiplier(n))),
+        expression=step,
+    )
+    relation = events_from(source, project_id, person=uses_person(replace(q, breakdown=None)))
+    tree = (
+        exp.select(exp.alias_(exp.ArrayAgg(this=packed), "l"))
+        .from_(relation)
+        .where(_ev_where(q, sql, conds, arrays=True))
+        .group_by(_c("person_id"))
+    )
+    offsets, packed_values = funnel_pass.fetch(source, tree)
+    level, times = funnel_pass.chains(offsets, packed_values, n, q.window_us)
+    return funnel_pass.summary(level, times, n)
+
+
 def funnel(source: Source, project_id: int, query: FunnelQuery) -> FunnelResult:
     """Run a funnel on a store (or any :class:`Source`) for one project."""
-    overall = run(source, funnel_sql(source, project_id, query))
+    if _uses_pass(query, source):
+        overall = [_overall_by_pass(cast(ArrowSource, source), project_id, query)]
+    else:
+        overall = run(source, funnel_sql(source, project_id, query))
     steps = _step_results(query, overall[0], 0) if overall else ()
     breakdowns: tuple[FunnelBreakdown, ...] = ()
     if query.breakdown is not None:

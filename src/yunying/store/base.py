@@ -130,6 +130,10 @@ class EventStore(Protocol):
         """Run a read query rendered in this engine's dialect."""
         ...
 
+    def query_arrow(self, sql: str) -> pa.Table:
+        """Run read-only SQL and return the result as an Arrow table (numeric work in numpy)."""
+        ...
+
     def iter_query(self, sql: str, batch_rows: int = 10_000) -> Iterator[list[Any]]:
         """Stream rows of a read query."""
         ...

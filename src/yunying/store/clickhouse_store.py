@@ -701,6 +701,9 @@ class ClickHouseEventStore:
         table = self.db.query_arrow(sql)
         return QueryResult(list(table.column_names), _rows(table))
 
+    def query_arrow(self, sql: str) -> pa.Table:
+        return self.db.query_arrow(sql)
+
     def iter_query(self, sql: str, batch_rows: int = 10_000) -> Iterator[list[Any]]:
         """Rows of a read query, converted ``batch_rows`` at a time (the result is fetched whole:
         chdb cannot stream while other statements wait on the session)."""

@@ -584,9 +584,24 @@ class DuckDBEventStore:
             self._local.con = con
         return con
 
+    def _has_overrides(self, project_id: int) -> bool:
+        """Whether any stored event of the project may carry another person than its id's."""
+        row = (
+            self._reader()
+            .execute("SELECT 1 FROM person_overrides WHERE project_id = ? LIMIT 1", [project_id])
+            .fetchone()
+        )
+        return row is not None
+
     def scoped(self, relation: str, project_id: int) -> exp.Query:
         if relation == "events":
             self.refresh_overrides(only_if_stale=True)
+            if not self._has_overrides(project_id):  # no merged or personless ids: no join
+                return (
+                    exp.select(*[exp.column(c) for c in EVENT_COLUMNS])
+                    .from_("raw_events")
+                    .where(_project_filter(project_id))
+                )
             resolved = exp.func(
                 "COALESCE", exp.column("person_id", "d"), exp.column("person_id", "e")
             )
@@ -636,6 +651,10 @@ class DuckDBEventStore:
         columns = [d[0] for d in cur.description or []]
         rows = [[jsonable(v) for v in row] for row in cur.fetchall()]
         return QueryResult(columns, rows)
+
+    def query_arrow(self, sql: str) -> pa.Table:
+        result: pa.Table = self._reader().sql(sql).to_arrow_table()
+        return result
 
     def iter_query(self, sql: str, batch_rows: int = 10_000) -> Iterator[list[Any]]:
         con = self._con.cursor()

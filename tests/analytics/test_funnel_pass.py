@@ -1,0 +1,141 @@
+"""The numpy per-person pass of ordered funnels (yunying.analytics.funnel_pass) against a
+plain-Python chain walk, and through funnel() against the reference chains on both engines."""
+
+from __future__ import annotations
+
+import random
+import statistics
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.analytics import reference as ref
+from tests.analytics.conftest import DAYS, START, TZ, Dataset, both
+from yunying.analytics import DateRange, FunnelExclusion, FunnelQuery, FunnelStep, funnel
+from yunying.analytics import funnel_pass as fp
+from yunying.analytics.funnels import _uses_pass
+
+RANGE = DateRange(START, START + timedelta(days=DAYS - 1))
+
+
+def named(name: str) -> ref.Match:
+    return lambda e: bool(e["event"] == name)
+
+
+def walk(events: list[tuple[int, int]], steps: int, window: int) -> tuple[int, list[int]]:
+    """One person's (time, step) events, steps from 1: from every start, take at each step the
+    earliest event of that step not before the previous one; keep the furthest chain inside the
+    window, then the earliest start. Returns (level, times with -1 beyond the level)."""
+    best: tuple[int, list[int]] = (0, [-1] * steps)
+    for t0, s in sorted(events):
+        if s != 1:
+            continue
+        chain = [t0]
+        for k in range(2, steps + 1):
+            later = [t for t, sk in events if sk == k and t >= chain[-1]]
+            if not later or min(later) > t0 + window:
+                break
+            chain.append(min(later))
+        if len(chain) > best[0]:
+            best = (len(chain), chain + [-1] * (steps - len(chain)))
+    return best
+
+
+def random_people(rng: random.Random, persons: int, steps: int) -> list[list[tuple[int, int]]]:
+    people = []
+    for _ in range(persons):
+        n = rng.choice([1, 1, 2, 3, 5, 8])
+        # coarse times so that ties (same instant, different steps) happen often
+        events = [(rng.randrange(-40, 60) * 1000, rng.randint(1, steps)) for _ in range(n)]
+        if rng.random() < 0.3:  # several starts
+            events += [(rng.randrange(-40, 60) * 1000, 1) for _ in range(rng.randint(1, 3))]
+        rng.shuffle(events)  # the engine's list order is arbitrary
+        people.append(events)
+    return people
+
+
+def packed(people: list[list[tuple[int, int]]], steps: int) -> tuple[Any, Any]:
+    m = fp.multiplier(steps)
+    values = [t * m + s for events in people for t, s in events]
+    offsets = np.cumsum([0] + [len(e) for e in people]).astype(np.int64)
+    return offsets, np.array(values, dtype=np.int64)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 5, 8])
+def test_chains_equal_the_plain_walk(steps: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(steps)
+    people = random_people(rng, 3000, steps)
+    window = 25_000
+    offsets, values = packed(people, steps)
+    want = [walk(e, steps, window) for e in people]
+    monkeypatch.setattr(fp, "PARALLEL_FROM", 1)  # also split into ranges of persons
+    for threads in (1, 3):
+        level, times = fp.chains(offsets, values, steps, window, threads=threads)
+        assert level.tolist() == [w[0] for w in want], threads
+        for k in range(steps):
+            assert times[k].tolist() == [w[1][k] for w in want], (threads, k)
+
+
+def test_summary_is_counts_then_medians_and_means() -> None:
+    level = np.array([0, 1, 2, 3, 3], dtype=np.int64)
+    times = [
+        np.array([-1, 10, 10, 0, 5], dtype=np.int64),
+        np.array([-1, -1, 14, 1, 9], dtype=np.int64),
+        np.array([-1, -1, -1, 2, 20], dtype=np.int64),
+    ]
+    row = fp.summary(level, times, 3)
+    assert row[:3] == [4, 3, 2]
+    # step 2 from step 1: 4, 1, 4; from the start the same
+    assert row[3:6] == [4.0, 3.0, 4.0]
+    # step 3 from step 2: 1, 11; from the start 2, 15
+    assert row[6:9] == [6.0, 6.0, 8.5]
+    assert fp.summary(np.zeros(2, np.int64), [np.full(2, -1, np.int64)] * 2, 2) == [
+        0, 0, None, None, None,
+    ]  # fmt: skip
+
+
+def test_pass_is_used_for_distinct_named_steps_without_exclusions(journeys: Dataset) -> None:
+    abc = (FunnelStep("A"), FunnelStep("B"), FunnelStep("C"))
+    store = journeys.duck
+    assert _uses_pass(FunnelQuery(abc, RANGE), store)
+    assert _uses_pass(FunnelQuery(abc, RANGE), journeys.chdb)
+    assert not _uses_pass(FunnelQuery(abc, RANGE, order="strict"), store)
+    assert not _uses_pass(FunnelQuery(abc, RANGE, order="unordered"), store)
+    repeated = (FunnelStep("A"), FunnelStep("B"), FunnelStep("A"))
+    assert not _uses_pass(FunnelQuery(repeated, RANGE), store)
+    assert not _uses_pass(FunnelQuery((FunnelStep("A"), FunnelStep(None)), RANGE), store)
+    excluded = FunnelQuery(abc, RANGE, exclusions=(FunnelExclusion("X", from_step=0, to_step=1),))
+    assert not _uses_pass(excluded, store)
+
+    class Rows:  # a source without Arrow keeps the SQL
+        dialect = store.dialect
+        scoped = store.scoped
+        query = store.query
+
+    assert not _uses_pass(FunnelQuery(abc, RANGE), Rows())
+
+
+@pytest.mark.parametrize(
+    "names", [["edit_video", "export_video", "purchase_membership"], ["app_install", "edit_video"]]
+)
+def test_funnel_by_the_pass_equals_the_reference_chains(
+    journeys: Dataset, names: list[str]
+) -> None:
+    # edit_video repeats: many persons have several starts
+    q = FunnelQuery(tuple(FunnelStep(n) for n in names), RANGE, window=2, window_unit="day")
+    result = both(journeys, funnel, q)
+    lo, hi = ref.bounds(RANGE.date_from, RANGE.date_to, TZ)
+    matches = [named(n) for n in names]
+    chains = list(ref.funnel_chains(journeys.events, matches, lo, hi, timedelta(days=2)).values())
+    assert result.counts == ref.step_counts(dict(enumerate(chains)), len(names))
+    assert result.counts[-1] > 0
+    for k in range(1, len(names)):
+        reached = [c for c in chains if len(c) > k]
+        gaps = [(c[k]["timestamp"] - c[k - 1]["timestamp"]).total_seconds() for c in reached]
+        firsts = [(c[k]["timestamp"] - c[0]["timestamp"]).total_seconds() for c in reached]
+        step = result.steps[k]
+        assert step.median_seconds_from_previous == pytest.approx(statistics.median(gaps))
+        assert step.average_seconds_from_previous == pytest.approx(statistics.fmean(gaps))
+        assert step.median_seconds_from_first == pytest.approx(statistics.median(firsts))
