@@ -324,6 +324,7 @@ def _ranked(
             exp.alias_(b, "b", copy=False),
             *([exp.alias_(rn, "rn", copy=False)] if ranked else []),
             *extra,
+            copy=False,
         )
         .from_(events_from(source, project_id, person=uses_person(breakdown)), copy=False)
         .where(cond, copy=False)
@@ -357,6 +358,7 @@ def _cohort(
                 _c("person_id"),
                 exp.alias_(exp.Min(this=_c("timestamp")), "ts", copy=False),
                 exp.alias_(exp.cast(exp.null(), "TEXT", copy=False), "b", copy=False),
+                copy=False,
             )
             .from_(events_from(source, project_id), copy=False)
             .where(cond, copy=False)
@@ -365,7 +367,7 @@ def _cohort(
     else:
         ranked = _ranked(source, project_id, sql, cond, dr.timezone, None, breakdown, False, [])
         firsts = (
-            exp.select(_c("person_id"), _c("ts"), _c("b"))
+            exp.select(_c("person_id"), _c("ts"), _c("b"), copy=False)
             .from_(ranked.subquery("r", copy=False), copy=False)
             .where(_c("rn").eq(lit(1)), copy=False)
         )
@@ -377,6 +379,7 @@ def _cohort(
             exp.alias_(days.day(ts.copy()), "cd", copy=False),
             exp.alias_(days.period(ts.copy(), interval) if interval else lit(0), "pn", copy=False),
             _c("b"),
+            copy=False,
         )
         .from_(firsts.subquery("f", copy=False), copy=False)
         .where(exp.GTE(this=ts.copy(), expression=sql.ts_literal(start)), copy=False)
@@ -391,10 +394,13 @@ OVERALL, PER_PERIOD, PER_VALUE = 0, 1, 2
 
 def _levels(levels: tuple[int, ...]) -> exp.Subquery:
     """A one-column table (``lvl``) of the levels a batch query computes."""
-    q: exp.Query = exp.select(exp.alias_(lit(levels[0]), "lvl", copy=False))
+    q: exp.Query = exp.select(exp.alias_(lit(levels[0]), "lvl", copy=False), copy=False)
     for n in levels[1:]:
         q = exp.union(
-            q, exp.select(exp.alias_(lit(n), "lvl", copy=False)), distinct=False, copy=False
+            q,
+            exp.select(exp.alias_(lit(n), "lvl", copy=False), copy=False),
+            distinct=False,
+            copy=False,
         )
     return q.subquery("l", copy=False)
 
@@ -442,7 +448,7 @@ def _cohort_batch_sql(
         hits.append(
             (
                 "h_act",
-                exp.select(person, exp.alias_(lit(1), "hit", copy=False))
+                exp.select(person, exp.alias_(lit(1), "hit", copy=False), copy=False)
                 .distinct(copy=False)
                 .from_(exp.to_table("cohort").as_("c"), copy=False)
                 .join(
@@ -483,7 +489,9 @@ def _cohort_batch_sql(
             (
                 "h_ltv",
                 exp.select(
-                    person.copy(), exp.alias_(exp.Sum(this=_c("amount", "a")), "rev", copy=False)
+                    person.copy(),
+                    exp.alias_(exp.Sum(this=_c("amount", "a")), "rev", copy=False),
+                    copy=False,
                 )
                 .from_(exp.to_table("cohort").as_("c"), copy=False)
                 .join(
@@ -500,7 +508,9 @@ def _cohort_batch_sql(
         start, end = dr.utc_bounds()
         days = LocalDays(sql, dr.timezone, start, end)
         returns = (
-            exp.select(_c("person_id"), exp.alias_(days.day(_c("timestamp")), "dn", copy=False))
+            exp.select(
+                _c("person_id"), exp.alias_(days.day(_c("timestamp")), "dn", copy=False), copy=False
+            )
             .from_(events_from(source, project_id), copy=False)
             .where(
                 exp.and_(_in(sql, cfg.activity_events), sql.time_between(start, end), copy=False),
@@ -517,6 +527,7 @@ def _cohort_batch_sql(
                         exp.alias_(exp.Max(this=_flag(gap.copy().eq(lit(n)))), f"x{n}", copy=False)
                         for n in ns
                     ),
+                    copy=False,
                 )
                 .from_(exp.to_table("cohort").as_("c"), copy=False)
                 .join(
@@ -533,7 +544,7 @@ def _cohort_batch_sql(
             exp.alias_(_coalesce0(_c(f"x{n}", "h_ret")), f"h{n}", copy=False) for n in ns
         ]
     carried = [str(e.alias) for e in per_person if e.alias not in ("person_id", "pn", "b")]
-    persons = exp.select(*per_person).from_(exp.to_table("cohort").as_("c"), copy=False)
+    persons = exp.select(*per_person, copy=False).from_(exp.to_table("cohort").as_("c"), copy=False)
     for alias, hit in hits:
         persons = persons.join(
             hit.subquery(alias, copy=False),
@@ -547,6 +558,7 @@ def _cohort_batch_sql(
             exp.alias_(_level_pn(_c("pn")), "k_pn", copy=False),
             exp.alias_(_level_b(_c("b")), "k_b", copy=False),
             *(_c(n) for n in carried),
+            copy=False,
         )
         .from_(persons.subquery("p", copy=False), copy=False)
         .join(_levels(levels), join_type="cross", copy=False)
@@ -569,7 +581,7 @@ def _cohort_batch_sql(
         )
         values.append(exp.alias_(exp.Sum(this=_flag(seen.copy())), f"o{n}", copy=False))
     return (
-        exp.select(_c("lvl"), _c("k_pn"), _c("k_b"), *values)
+        exp.select(_c("lvl"), _c("k_pn"), _c("k_b"), *values, copy=False)
         .from_(keyed.subquery("k", copy=False), copy=False)
         .group_by(_c("lvl"), _c("k_pn"), _c("k_b"), copy=False)
         .with_("cohort", as_=cohort, copy=False)
@@ -639,41 +651,70 @@ def _facts_sql(
             exp.alias_(exp.Sum(this=_c("rev")), "p_rev", copy=False),
             exp.alias_(exp.Sum(this=_c("acc")), "n_acc", copy=False),
             exp.alias_(exp.Sum(this=_c("sent")), "n_sent", copy=False),
+            copy=False,
         )
         .from_(base.subquery("e", copy=False), copy=False)
         .group_by(_c("person_id"), _c("pn"), copy=False)
     )
-    # per level, person (and period at the period level)
-    keyed = (
-        exp.select(
-            _c("lvl"),
-            _c("person_id"),
-            exp.alias_(_level_pn(_c("pn")), "k_pn", copy=False),
-            exp.alias_(_level_b(_c("fb")), "k_fb", copy=False),
-            _c("is_payer"),
-            _c("n_paid"),
-            _c("p_rev"),
-            _c("n_acc"),
-            _c("n_sent"),
+    # per level: the period level's rows are the per-person-and-period facts as they are; the
+    # overall and per-value levels take each person once (their periods summed when there is an
+    # interval, else the facts already are per person)
+    facts_of = "facts" if interval else None
+    parts: list[exp.Query] = []
+    if PER_PERIOD in levels:
+        parts.append(
+            exp.select(
+                exp.alias_(lit(PER_PERIOD), "lvl"),
+                exp.alias_(_c("pn"), "k_pn"),
+                exp.alias_(exp.cast(exp.null(), "TEXT"), "k_b"),
+                exp.alias_(_c("is_payer"), "payer"),
+                exp.alias_(_c("n_paid"), "paid_n"),
+                exp.alias_(_c("p_rev"), "rev_p"),
+                exp.alias_(_c("n_acc"), "acc_n"),
+                exp.alias_(_c("n_sent"), "sent_n"),
+            ).from_(exp.to_table("facts") if facts_of else facts.subquery("f"))
         )
-        .from_(facts.subquery("f", copy=False), copy=False)
-        .join(_levels(levels), join_type="cross", copy=False)
-    )
-    people = (
-        exp.select(
-            _c("lvl"),
-            _c("k_pn"),
-            exp.alias_(exp.Max(this=_c("k_fb")), "k_b", copy=False),
-            exp.alias_(exp.Max(this=_c("is_payer")), "payer", copy=False),
-            exp.alias_(exp.Sum(this=_c("n_paid")), "paid_n", copy=False),
-            exp.alias_(exp.Sum(this=_c("p_rev")), "rev_p", copy=False),
-            exp.alias_(exp.Sum(this=_c("n_acc")), "acc_n", copy=False),
-            exp.alias_(exp.Sum(this=_c("n_sent")), "sent_n", copy=False),
+    others = tuple(lv for lv in levels if lv != PER_PERIOD)
+    if others:
+        per_person: exp.Expr
+        if interval:
+            per_person = (
+                exp.select(
+                    _c("person_id"),
+                    exp.alias_(exp.Max(this=_c("fb")), "k_fb"),
+                    exp.alias_(exp.Max(this=_c("is_payer")), "m_payer"),
+                    exp.alias_(exp.Sum(this=_c("n_paid")), "s_paid"),
+                    exp.alias_(exp.Sum(this=_c("p_rev")), "s_rev"),
+                    exp.alias_(exp.Sum(this=_c("n_acc")), "s_acc"),
+                    exp.alias_(exp.Sum(this=_c("n_sent")), "s_sent"),
+                )
+                .from_(exp.to_table("facts"))
+                .group_by(_c("person_id"))
+                .subquery("pp")
+            )
+            cols = ("k_fb", "m_payer", "s_paid", "s_rev", "s_acc", "s_sent")
+        else:
+            per_person = facts.subquery("pp")
+            cols = ("fb", "is_payer", "n_paid", "p_rev", "n_acc", "n_sent")
+        parts.append(
+            exp.select(
+                _c("lvl"),
+                exp.alias_(lit(0), "k_pn"),
+                exp.alias_(_level_b(_c(cols[0])), "k_b"),
+                *(
+                    exp.alias_(_c(c), a)
+                    for c, a in zip(
+                        cols[1:], ("payer", "paid_n", "rev_p", "acc_n", "sent_n"), strict=True
+                    )
+                ),
+            )
+            .from_(per_person)
+            .join(_levels(others), join_type="cross")
         )
-        .from_(keyed.subquery("k", copy=False), copy=False)
-        .group_by(_c("lvl"), _c("person_id"), _c("k_pn"), copy=False)
-    )
-    return (
+    people: exp.Query = parts[0]
+    for part in parts[1:]:
+        people = exp.union(people, part, distinct=False)
+    tree = (
         exp.select(
             _c("lvl"),
             _c("k_pn"),
@@ -698,10 +739,12 @@ def _facts_sql(
             ),
             exp.alias_(exp.Sum(this=_c("acc_n")), "accepted", copy=False),
             exp.alias_(exp.Sum(this=_c("sent_n")), "sent", copy=False),
+            copy=False,
         )
         .from_(people.subquery("p", copy=False), copy=False)
         .group_by(_c("lvl"), _c("k_pn"), _c("k_b"), copy=False)
     )
+    return tree.with_("facts", as_=facts) if facts_of else tree
 
 
 def _churn_sql(
@@ -726,12 +769,12 @@ def _churn_sql(
         [],
     )
     firsts = (
-        exp.select(_c("person_id"), _c("b"))
+        exp.select(_c("person_id"), _c("b"), copy=False)
         .from_(prev.subquery("p", copy=False), copy=False)
         .where(_c("rn").eq(lit(1)), copy=False)
     )
     current = (
-        exp.select(_c("person_id"), exp.alias_(lit(1), "hit", copy=False))
+        exp.select(_c("person_id"), exp.alias_(lit(1), "hit", copy=False), copy=False)
         .distinct(copy=False)
         .from_(events_from(source, project_id), copy=False)
         .where(exp.and_(active.copy(), sql.time_between(start, end), copy=False), copy=False)
@@ -746,6 +789,7 @@ def _churn_sql(
                 copy=False,
             ),
             exp.alias_(exp.Count(this=exp.Star()), "den", copy=False),
+            copy=False,
         )
         .from_(firsts.subquery("c", copy=False), copy=False)
         .join(
@@ -826,6 +870,7 @@ def _activity_sql(
             exp.alias_(
                 LocalDays(sql, dr.timezone, start, end).day(_c("timestamp")), "dn", copy=False
             ),
+            copy=False,
         )
         .distinct(copy=False)
         .from_(events_from(source, project_id, person=uses_person(breakdown)), copy=False)
@@ -843,13 +888,15 @@ def _activity_sql(
         ),
     )
     days = exp.select(
-        _c("b"), _c("dn"), exp.alias_(_coalesce0(previous), "prev", copy=False)
+        _c("b"), _c("dn"), exp.alias_(_coalesce0(previous), "prev", copy=False), copy=False
     ).from_(active.subquery("a", copy=False), copy=False)
     kinds: exp.Query | None = None
     for w in windows:
         for edge in (0, 1):
             row = exp.select(
-                exp.alias_(lit(w), "w", copy=False), exp.alias_(lit(edge), "edge", copy=False)
+                exp.alias_(lit(w), "w", copy=False),
+                exp.alias_(lit(edge), "edge", copy=False),
+                copy=False,
             )
             kinds = row if kinds is None else exp.union(kinds, row, distinct=False, copy=False)
     assert kinds is not None
@@ -873,13 +920,18 @@ def _activity_sql(
                 "delta",
                 copy=False,
             ),
+            copy=False,
         )
         .from_(days.subquery("d", copy=False), copy=False)
         .join(kinds.subquery("k", copy=False), join_type="cross", copy=False)
     )
     return (
         exp.select(
-            _c("w"), _c("b"), _c("day"), exp.alias_(exp.Sum(this=_c("delta")), "n", copy=False)
+            _c("w"),
+            _c("b"),
+            _c("day"),
+            exp.alias_(exp.Sum(this=_c("delta")), "n", copy=False),
+            copy=False,
         )
         .from_(edges.subquery("e", copy=False), copy=False)
         .group_by(_c("w"), _c("b"), _c("day"), copy=False)

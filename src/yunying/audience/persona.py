@@ -122,21 +122,23 @@ def members_sql(
         return None
     if q.group == "segment":
         return (
-            exp.select(exp.alias_(person_key(sql, _c("person_id")), "person_id", copy=False))
+            exp.select(
+                exp.alias_(person_key(sql, _c("person_id")), "person_id", copy=False), copy=False
+            )
             .from_(source.scoped("person_values", project_id).subquery("v", copy=False), copy=False)
             .where(_c("scope").eq(lit(f"segment:{q.value}")), copy=False)
         )
     if q.group == "stage":
         rows = stage_rows_sql(source, project_id, settings, [day_number(q.date_range.date_to)], tz)
         return (
-            exp.select(_c("person_id"))
+            exp.select(_c("person_id"), copy=False)
             .from_(rows.subquery("s", copy=False), copy=False)
             .where(_c("stage").eq(lit(str(q.value))), copy=False)
         )
     highs = next(k for k, v in CLASSES.items() if v[0] == q.value)
     scored = rfm_sql(source, project_id, settings, q.date_range.date_to, tz)
     return (
-        exp.select(_c("person_id"))
+        exp.select(_c("person_id"), copy=False)
         .from_(scored.subquery("r", copy=False), copy=False)
         .where(
             exp.and_(
@@ -262,9 +264,9 @@ def facts_sql(
         name: (next(values) if src.startswith("$") else _c(src)) for name, _l, src, _p in dims
     }
     # each event's values, computed once
-    inner = exp.select("*", *json_extra, exp.alias_(in_window, "inw", copy=False)).from_(
-        source.scoped("events", project_id).subquery("e", copy=False), copy=False
-    )
+    inner = exp.select(
+        "*", *json_extra, exp.alias_(in_window, "inw", copy=False), copy=False
+    ).from_(source.scoped("events", project_id).subquery("e", copy=False), copy=False)
     bought = exp.and_(
         _c("inw"),
         purchase_condition(sql, settings.revenue.events, settings.revenue.amount_property),
@@ -283,7 +285,7 @@ def facts_sql(
         exp.alias_(_when(bought, amount_of(sql, settings.revenue.amount_property), lit(0.0)),
                    "amt", copy=False),
         exp.alias_(_when(bought.copy(), lit(1), lit(0)), "buy", copy=False),
-    ).from_(inner.subquery("i", copy=False), copy=False)  # fmt: skip
+    copy=False).from_(inner.subquery("i", copy=False), copy=False)  # fmt: skip
     from_persons = exp.select(
         exp.alias_(_pid(sql, _c("id")), "pid", copy=False),
         *[
@@ -295,6 +297,7 @@ def facts_sql(
         exp.alias_(lit(0.0), "spent", copy=False),
         exp.alias_(lit(0), "buys", copy=False),
         exp.alias_(lit(1), "is_person", copy=False),
+        copy=False,
     ).from_(source.scoped("persons", project_id).subquery("p", copy=False), copy=False)
     first_day = day_number(q.date_range.date_from)
     from_events = (
@@ -309,7 +312,7 @@ def facts_sql(
             exp.alias_(exp.Sum(this=_c("amt")), "spent", copy=False),
             exp.alias_(exp.Sum(this=_c("buy")), "buys", copy=False),
             exp.alias_(lit(0), "is_person", copy=False),
-        )
+        copy=False)
         .from_(per_event.subquery("e", copy=False), copy=False)
         .group_by(_c("pid"), copy=False)
     )  # fmt: skip
@@ -319,6 +322,7 @@ def facts_sql(
         exp.select(
             _c("pid"),
             *[exp.alias_(exp.Max(this=_c(c)), f"m_{c}", copy=False) for c in columns],
+            copy=False,
         )
         .from_(both.subquery("u", copy=False), copy=False)
         .group_by(_c("pid"), copy=False)
@@ -346,6 +350,7 @@ def facts_sql(
         exp.alias_(
             _when(exp.GT(this=_c("m_buys"), expression=lit(0)), lit(1), lit(0)), "payer", copy=False
         ),
+        copy=False,
     ).from_(per_person.subquery("pp", copy=False), copy=False)
     return (
         exp.select(
@@ -353,7 +358,7 @@ def facts_sql(
             exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
             exp.alias_(exp.Sum(this=_c("m_adays")), "days", copy=False),
             exp.alias_(exp.Sum(this=_c("m_spent")), "revenue", copy=False),
-        )
+        copy=False)
         .from_(tagged.subquery("t", copy=False), copy=False)
         .group_by("g", *keys, "bucket", "payer", copy=False)
     )  # fmt: skip
@@ -477,7 +482,7 @@ def _top_events(
     ev_flag = _in_group(sql, members, _c("person_id"))
     tagged = (
         exp.select(_c("event"), exp.alias_(person_key(sql, _c("person_id")), "pid", copy=False),
-                   exp.alias_(ev_flag, "g", copy=False))
+                   exp.alias_(ev_flag, "g", copy=False), copy=False)
         .from_(source.scoped("events", project_id).subquery("e", copy=False), copy=False)
         .where(exp.and_(sql.time_between(start, end),
                         exp.Not(this=exp.Like(this=_c("event"), expression=lit("$%"))), copy=False), copy=False)
@@ -493,6 +498,7 @@ def _top_events(
                 "npg",
                 copy=False,
             ),
+            copy=False,
         )
         .from_(tagged.subquery("t", copy=False), copy=False)
         .group_by(_c("event"), copy=False)

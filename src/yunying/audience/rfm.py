@@ -133,6 +133,7 @@ def rfm_sql(
             exp.alias_(person_key(sql, _c("person_id")), "person_id", copy=False),
             exp.alias_(LocalDays(sql, timezone, start, end).day(ts), "day", copy=False),
             exp.alias_(amount_of(sql, settings.rfm_amount()), "amt", copy=False),
+            copy=False,
         )
         .from_(source.scoped("events", project_id).subquery("e", copy=False), copy=False)
         .where(
@@ -154,6 +155,7 @@ def rfm_sql(
             ),
             exp.alias_(exp.Count(this=exp.Star()), "frequency", copy=False),
             exp.alias_(exp.Sum(this=_c("amt")), "monetary", copy=False),
+            copy=False,
         )
         .from_(purchases.subquery("p", copy=False), copy=False)
         .group_by(_c("person_id"), copy=False)
@@ -169,7 +171,7 @@ def rfm_sql(
     scored = exp.select(
         "person_id", "recency", "frequency", "monetary",
         exp.alias_(r, "r", copy=False), exp.alias_(f, "f", copy=False), exp.alias_(m, "m", copy=False),
-    ).from_(per.subquery("q", copy=False), copy=False)  # fmt: skip
+    copy=False).from_(per.subquery("q", copy=False), copy=False)  # fmt: skip
 
     def high(score: str, cut: int) -> exp.Expr:
         if rfm.high == "mean":
@@ -184,7 +186,7 @@ def rfm_sql(
         exp.alias_(high("r", hs.r), "r_high", copy=False),
         exp.alias_(high("f", hs.f), "f_high", copy=False),
         exp.alias_(high("m", hs.m), "m_high", copy=False),
-    ).from_(scored.subquery("s", copy=False), copy=False)  # fmt: skip
+    copy=False).from_(scored.subquery("s", copy=False), copy=False)  # fmt: skip
 
 
 def class_of(r_high: bool, f_high: bool, m_high: bool) -> str:

@@ -115,7 +115,9 @@ def activity_condition(activity: ActivitySettings) -> exp.Expr:
 def day_list(sql: Sql, days: list[int]) -> exp.Select:
     """A one-column relation ``d`` holding the given day numbers."""
     arr = exp.Array(expressions=[lit(d) for d in days])
-    return exp.select(exp.alias_(fn("arrayJoin" if sql.ch else "unnest", arr), "d", copy=False))
+    return exp.select(
+        exp.alias_(fn("arrayJoin" if sql.ch else "unnest", arr), "d", copy=False), copy=False
+    )
 
 
 def _gaps_sql(
@@ -138,6 +140,7 @@ def _gaps_sql(
         exp.select(
             exp.alias_(person_key(sql, _c("person_id")), "person_id", copy=False),
             exp.alias_(local.day(ts, bounded=False), "day", copy=False),
+            copy=False,
         )
         .from_(source.scoped("events", project_id).subquery("e", copy=False), copy=False)
         .where(
@@ -165,7 +168,7 @@ def _gaps_sql(
                                  true=lit(1))], default=lit(0)),
             "ret",
         copy=False),
-    ).from_(act.subquery("a", copy=False), copy=False)  # fmt: skip
+    copy=False).from_(act.subquery("a", copy=False), copy=False)  # fmt: skip
     return gaps
 
 
@@ -241,7 +244,7 @@ def stage_rows_sql(
                 ),
                 "last_return",
             copy=False),
-        )
+        copy=False)
         .from_(gaps.subquery("g", copy=False), copy=False)
         .join(day_list(sql, days).subquery("dd", copy=False), join_type="cross", copy=False)
         .where(exp.LTE(this=g_day.copy(), expression=d.copy()), copy=False)
@@ -251,9 +254,9 @@ def stage_rows_sql(
     stage = _stage_case(
         lc, _c("d"), _c("first_day"), _c("last_day"), _c("last_return"), _c("recent")
     )
-    return exp.select(_c("person_id"), _c("d"), exp.alias_(stage, "stage", copy=False)).from_(
-        per.subquery("p", copy=False), copy=False
-    )
+    return exp.select(
+        _c("person_id"), _c("d"), exp.alias_(stage, "stage", copy=False), copy=False
+    ).from_(per.subquery("p", copy=False), copy=False)
 
 
 # -- as of one day ------------------------------------------------------------------------------
@@ -288,7 +291,7 @@ def stage_distribution(
     """Persons per stage as of ``as_of``: ``{"as_of", "total", "stages": [...]}``."""
     rows = stage_rows_sql(source, project_id, settings, [day_number(as_of)], timezone)
     tree = (
-        exp.select(_c("stage"), exp.alias_(exp.Count(this=exp.Star()), "n", copy=False))
+        exp.select(_c("stage"), exp.alias_(exp.Count(this=exp.Star()), "n", copy=False), copy=False)
         .from_(rows.subquery("s", copy=False), copy=False)
         .group_by(_c("stage"), copy=False)
     )
@@ -348,7 +351,12 @@ def stages_over_time(
     days = sorted({day_number(p.as_of) for p in ps})
     rows = stage_rows_sql(source, project_id, settings, days, date_range.timezone)
     tree = (
-        exp.select(_c("d"), _c("stage"), exp.alias_(exp.Count(this=exp.Star()), "n", copy=False))
+        exp.select(
+            _c("d"),
+            _c("stage"),
+            exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
+            copy=False,
+        )
         .from_(rows.subquery("s", copy=False), copy=False)
         .group_by(_c("d"), _c("stage"), copy=False)
     )
@@ -381,12 +389,16 @@ def _transition_rows(
         order=exp.Order(expressions=[exp.Ordered(this=_c("d"))]),
     )
     with_prev = exp.select(
-        _c("person_id"), _c("d"), exp.alias_(prev, "from_stage", copy=False), _c("stage")
+        _c("person_id"),
+        _c("d"),
+        exp.alias_(prev, "from_stage", copy=False),
+        _c("stage"),
+        copy=False,
     ).from_(rows.subquery("s", copy=False), copy=False)
     # a person seen on the previous listed day has a row there (stages never disappear), so the
     # lag is that day's stage; a person first seen later gets ``none``
     return (
-        exp.select(_c("person_id"), _c("d"), _c("from_stage"), _c("stage"))
+        exp.select(_c("person_id"), _c("d"), _c("from_stage"), _c("stage"), copy=False)
         .from_(with_prev.subquery("w", copy=False), copy=False)
         .where(exp.GT(this=_c("d"), expression=lit(min(days))), copy=False)
     )
@@ -411,6 +423,7 @@ def stage_transitions(
             _c("from_stage"),
             _c("stage"),
             exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
+            copy=False,
         )
         .from_(rows.subquery("t", copy=False), copy=False)
         .group_by(_c("d"), _c("from_stage"), _c("stage"), copy=False)
@@ -495,6 +508,7 @@ def _transition_counts_sql(
                 "returns",
                 copy=False,
             ),
+            copy=False,
         )
         .from_(gaps.subquery("g", copy=False), copy=False)
         .group_by(_c("person_id"), copy=False)
@@ -505,6 +519,7 @@ def _transition_counts_sql(
             exp.alias_(lit(j + 1), "j", copy=False),
             exp.alias_(lit(days[j]), "d", copy=False),
             exp.alias_(lit(days[j - 1]), "dp", copy=False),
+            copy=False,
         )
         steps = row if steps is None else exp.union(steps, row, distinct=False, copy=False)
     assert steps is not None
@@ -529,6 +544,7 @@ def _transition_counts_sql(
                 copy=False,
             ),
             exp.alias_(stage_at(_c("d"), now), "stage", copy=False),
+            copy=False,
         )
         .from_(per.subquery("p", copy=False), copy=False)
         .join(steps.subquery("s", copy=False), join_type="cross", copy=False)
@@ -543,6 +559,7 @@ def _transition_counts_sql(
             _c("from_stage"),
             _c("stage"),
             exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
+            copy=False,
         )
         .from_(moves.subquery("t", copy=False), copy=False)
         .group_by(_c("d"), _c("from_stage"), _c("stage"), copy=False)
@@ -623,7 +640,7 @@ def transition_members(
     days = [day_number(period.previous_as_of), day_number(period.as_of)]
     rows = _transition_rows(source, project_id, settings, days, timezone)
     matching = (
-        exp.select(_c("person_id"))
+        exp.select(_c("person_id"), copy=False)
         .from_(rows.subquery("t", copy=False), copy=False)
         .where(
             exp.and_(
@@ -638,7 +655,7 @@ def transition_members(
     if page:
         total = as_int(page[0][1])
     else:  # past the end (or none): count separately
-        count = exp.select(exp.Count(this=exp.Star())).from_(
+        count = exp.select(exp.Count(this=exp.Star()), copy=False).from_(
             matching.subquery("m", copy=False), copy=False
         )
         total = as_int(run(source, count)[0][0])
