@@ -14,6 +14,7 @@ client overhead); the table gives the median and the process CPU time per reques
 table, ``--json`` prints JSON. Scale down with ``--users`` / ``--days``.
 
     .venv/bin/python benchmarks/console_bench.py [--users 20000 --days 90 --runs 5]
+    .venv/bin/python benchmarks/console_bench.py --cold-runs 5 --pages dashboard,persona,layers
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import statistics
 import sys
@@ -125,6 +127,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="Warm requests per page (median).")
     parser.add_argument("--cold-runs", type=int, default=1, help="Cold requests per page.")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/yunying-console-bench"))
+    parser.add_argument(
+        "--pages", help="Only the pages whose name contains one of these comma-separated words."
+    )
     parser.add_argument("--json", action="store_true", help="Print JSON.")
     args = parser.parse_args()
 
@@ -188,7 +193,11 @@ def main() -> None:
         return (time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000
 
     rows: list[dict[str, Any]] = []
+    load_start = os.getloadavg()[0]
+    wanted = [w.strip() for w in (args.pages or "").split(",") if w.strip()]
     for name, template in PAGES.items():
+        if wanted and not any(w in name for w in wanted):
+            continue
         path = template.format(**ids)
         cold = []
         for _ in range(args.cold_runs):
@@ -209,13 +218,15 @@ def main() -> None:
     server.should_exit = True
     thread.join(10)
     rt.close()
+    load = (round(load_start, 2), round(os.getloadavg()[0], 2))
     out = {"users": args.users, "days": args.days, "events": events, "runs": args.runs,
-           "pages": rows}  # fmt: skip
+           "cold_runs": args.cold_runs, "load_average": load, "pages": rows}  # fmt: skip
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    print(f"{args.users:,} users × {args.days} days, {events:,} events; warm = median of "
-          f"{args.runs}")  # fmt: skip
+    print(f"{args.users:,} users × {args.days} days, {events:,} events; cold = median of "
+          f"{args.cold_runs}, warm = median of {args.runs}; load average {load[0]} at the "
+          f"start, {load[1]} at the end")  # fmt: skip
     print(f"{'page':32} {'cold ms':>10} {'cold CPU':>10} {'warm ms':>9} {'warm CPU':>9}")
     for row in rows:
         print(f"{row['page']:32} {row['cold_ms']:>10,.1f} {row['cold_cpu_ms']:>10,.1f} "
