@@ -268,6 +268,10 @@ class Recording:
         result: QueryResult = self.store.query(sql)
         return result
 
+    def query_arrow(self, sql: str) -> Any:
+        self.sqls.append(sql)
+        return self.store.query_arrow(sql)
+
 
 def analyses(dr: DateRange) -> dict[str, Callable[[Any], Any]]:
     steps = tuple(FunnelStep(e) for e in JOURNEY)

@@ -13,7 +13,14 @@ import pytest
 
 from tests.analytics import reference as ref
 from tests.analytics.conftest import DAYS, START, TZ, Dataset, both
-from yunying.analytics import DateRange, FunnelExclusion, FunnelQuery, FunnelStep, funnel
+from yunying.analytics import (
+    DateRange,
+    FunnelExclusion,
+    FunnelQuery,
+    FunnelStep,
+    col,
+    funnel,
+)
 from yunying.analytics import funnel_pass as fp
 from yunying.analytics.funnels import _uses_pass
 
@@ -96,6 +103,24 @@ def test_summary_is_counts_then_medians_and_means() -> None:
     ]  # fmt: skip
 
 
+def test_grouped_summary_is_the_summary_of_each_group() -> None:
+    rng = np.random.default_rng(3)
+    persons, steps, groups = 5000, 4, 7
+    level = rng.integers(0, steps + 1, persons)
+    t0 = rng.integers(0, 10**9, persons)
+    times = [np.where(level > 0, t0, -1)]
+    for k in range(1, steps):
+        prev = times[-1]
+        times.append(np.where(level > k, prev + rng.integers(0, 10**6, persons), -1))
+    group = rng.integers(-1, groups, persons)  # -1: in no group
+    rows = fp.grouped_summary(level, times, steps, group, groups + 1)
+    for g in range(groups + 1):
+        mine = group == g
+        want = fp.summary(level[mine], [t[mine] for t in times], steps)
+        assert rows[g] == pytest.approx(want, nan_ok=True), g
+    assert rows[groups][:steps] == [0] * steps  # an empty group
+
+
 def test_pass_is_used_for_distinct_named_steps_without_exclusions(journeys: Dataset) -> None:
     abc = (FunnelStep("A"), FunnelStep("B"), FunnelStep("C"))
     store = journeys.duck
@@ -108,6 +133,9 @@ def test_pass_is_used_for_distinct_named_steps_without_exclusions(journeys: Data
     assert not _uses_pass(FunnelQuery((FunnelStep("A"), FunnelStep(None)), RANGE), store)
     excluded = FunnelQuery(abc, RANGE, exclusions=(FunnelExclusion("X", from_step=0, to_step=1),))
     assert not _uses_pass(excluded, store)
+    assert _uses_pass(FunnelQuery(abc, RANGE, breakdown=col("channel")), store)
+    last = FunnelQuery(abc, RANGE, breakdown=col("channel"), breakdown_attribution="last_touch")
+    assert not _uses_pass(last, store)
 
     class Rows:  # a source without Arrow keeps the SQL
         dialect = store.dialect

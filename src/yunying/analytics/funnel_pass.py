@@ -23,9 +23,8 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
-from sqlglot import exp
 
-from yunying.analytics.common import Source, Sql
+from yunying.analytics.common import Source
 
 Ints = NDArray[np.int64]
 
@@ -43,16 +42,15 @@ def multiplier(steps: int) -> int:
     return 1 << steps.bit_length()
 
 
-def fetch(source: ArrowSource, tree: exp.Select) -> tuple[Ints, Ints]:
-    """Run the packed-lists query: list offsets (one segment per person) and packed values."""
-    table = source.query_arrow(Sql(source.dialect).render(tree))
-    column = table.column(0).combine_chunks() if table.num_rows else None
-    if column is None:
+def fetch(column: pa.ChunkedArray) -> tuple[Ints, Ints]:
+    """The packed-lists column as list offsets (one segment per person) and packed values."""
+    if not len(column):
         return np.zeros(1, np.int64), np.zeros(0, np.int64)
-    if isinstance(column, pa.LargeListArray):
-        column = column.cast(pa.list_(pa.int64()))
-    offsets = column.offsets.to_numpy().astype(np.int64)
-    values = column.values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    lists = column.combine_chunks()
+    if isinstance(lists, pa.LargeListArray):
+        lists = lists.cast(pa.list_(pa.int64()))
+    offsets = lists.offsets.to_numpy().astype(np.int64)
+    values = lists.values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     # a sliced list array's values start at its first offset
     return offsets - offsets[0], values[offsets[0] : offsets[-1]]
 
@@ -211,3 +209,72 @@ def summary(level: Ints, times: list[Ints], steps: int) -> list[Any]:
         first = at - times[0][reached]
         row += [float(np.median(step)), float(step.sum()) / len(step), float(np.median(first))]
     return row
+
+
+def chosen_starts(starts: pa.Array, t0: Ints, level: Ints) -> tuple[pa.Array, NDArray[np.bool_]]:
+    """The value of each person's chosen start, from ``starts`` (per person, the list of its
+    starts as ``(time µs, uuid text, value)``): the start at the chosen chain's time, the
+    smallest uuid among starts at that instant (their chains are the same). Also which persons
+    have a start at all."""
+    offsets = starts.offsets.to_numpy().astype(np.int64)
+    flat = starts.values
+    t = flat.field(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))[: len(t)]
+    has = level > 0
+    at = np.flatnonzero(has[owner] & (t == t0[owner]))
+    who = owner[at]
+    ties = np.bincount(who, minlength=len(level)) > 1
+    chosen = np.full(len(level), -1, np.int64)
+    single = ~ties[who]
+    chosen[who[single]] = at[single]
+    tied = at[~single]
+    if len(tied):  # order the tied starts by person then uuid, keep each person's first
+        by = pa.table({"o": owner[tied], "u": flat.field(1).take(pa.array(tied)), "i": tied})
+        by = by.sort_by([("o", "ascending"), ("u", "ascending")])
+        o, i = by.column("o").to_numpy(), by.column("i").to_numpy()
+        first = np.r_[True, o[1:] != o[:-1]]
+        chosen[o[first]] = i[first]
+    values = flat.field(2).take(pa.array(chosen[has]))
+    return values, has
+
+
+def grouped_summary(
+    level: Ints, times: list[Ints], steps: int, group: Ints, groups: int
+) -> list[list[Any]]:
+    """:func:`summary` for each group (``group`` numbers persons' groups 0..groups-1, -1 for
+    none): the medians by sorting each step's times within groups, all groups at once."""
+    rows: list[list[Any]] = [[] for _ in range(groups)]
+    member = group >= 0
+    for k in range(steps):
+        counts = np.bincount(group[member & (level >= k + 1)], minlength=groups)
+        for g in range(groups):
+            rows[g].append(int(counts[g]))
+    for k in range(1, steps):
+        reached = np.flatnonzero(member & (level > k))
+        grp = group[reached]
+        at = times[k][reached]
+        step = at - times[k - 1][reached]
+        first = at - times[0][reached]
+        n = np.bincount(grp, minlength=groups)
+        sums = np.bincount(grp, weights=step.astype(np.float64), minlength=groups)
+        med_step = _grouped_median(step, grp, n)
+        med_first = _grouped_median(first, grp, n)
+        for g in range(groups):
+            if n[g]:
+                rows[g] += [med_step[g], float(sums[g]) / n[g], med_first[g]]
+            else:
+                rows[g] += [None, None, None]
+    return rows
+
+
+def _grouped_median(values: Ints, grp: Ints, n: Ints) -> list[float]:
+    """Per group the median of ``values`` (mean of the two middle values for even counts)."""
+    order = np.argsort(values, kind="stable")
+    order = order[np.argsort(grp[order], kind="stable")]
+    ordered = values[order]
+    start = np.r_[0, np.cumsum(n)[:-1]]
+    lo = np.minimum(start + (n - 1) // 2, max(len(ordered) - 1, 0))
+    hi = np.minimum(start + n // 2, max(len(ordered) - 1, 0))
+    if not len(ordered):
+        return [float("nan")] * len(n)
+    return ((ordered[lo].astype(np.float64) + ordered[hi]) / 2).tolist()

@@ -16,10 +16,12 @@ conversion rate per period of the start.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
+import numpy as np
+import pyarrow.compute as pc
 from sqlglot import exp
 
 from yunying.analytics import funnel_pass
@@ -828,52 +830,89 @@ def _step_results(q: FunnelQuery, row: list[Any], offset: int) -> tuple[FunnelSt
 
 
 def _uses_pass(q: FunnelQuery, source: Source) -> bool:
-    """Whether the numpy pass (:mod:`yunying.analytics.funnel_pass`) computes this funnel's
-    overall counts and times: ordered, every step a named event different from the others, no
-    exclusions, and a source that returns Arrow."""
+    """Whether the numpy pass (:mod:`yunying.analytics.funnel_pass`) computes this funnel:
+    ordered, every step a named event different from the others, no exclusions, a breakdown (if
+    any) on the first touch, and a source that returns Arrow."""
     events = [s.event for s in q.steps]
     return (
         q.order == "ordered"
         and not q.exclusions
         and None not in events
         and len(set(events)) == len(events)
+        and (q.breakdown is None or q.breakdown_attribution == "first_touch")
         and callable(getattr(source, "query_arrow", None))
     )
 
 
-def _overall_by_pass(source: ArrowSource, project_id: int, q: FunnelQuery) -> list[Any]:
-    """The overall row (counts, then median/mean/median-from-first per step) by the pass."""
+def _by_pass(
+    source: ArrowSource, project_id: int, q: FunnelQuery
+) -> tuple[list[Any], list[list[Any]]]:
+    """The overall row (counts, then median/mean/median-from-first per step) by the pass, and
+    with a breakdown one such row per value, led by the value."""
     sql = Sql(source.dialect)
     conds: list[exp.Expr] = [_cond(sql, s.event, s.filters) for s in q.steps]
     n = len(q.steps)
     # the step of each event: conditions are disjoint (distinct event names)
     step = exp.Case(ifs=[exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds)])
+    ts = sql.epoch_us(_c("timestamp"))
     packed = exp.Add(
-        this=exp.Mul(this=sql.epoch_us(_c("timestamp")), expression=lit(funnel_pass.multiplier(n))),
-        expression=step,
+        this=exp.Mul(this=ts, expression=lit(funnel_pass.multiplier(n))), expression=step
     )
-    relation = events_from(source, project_id, person=uses_person(replace(q, breakdown=None)))
+    columns: list[exp.Expr] = [exp.alias_(exp.ArrayAgg(this=packed), "l")]
+    if q.breakdown is not None:  # each start's time, uuid and value
+        parts = [ts.copy(), sql.text(_c("uuid")), sql.field_text(q.breakdown)]
+        if sql.ch:
+            tup = exp.Anonymous(this="tuple", expressions=parts)
+            starts: exp.Expr = exp.Anonymous(
+                this="groupArrayIf", expressions=[tup, conds[0].copy()]
+            )
+        else:
+            struct = exp.Struct(
+                expressions=[
+                    exp.PropertyEQ(this=exp.to_identifier(name), expression=part)
+                    for name, part in zip("tub", parts, strict=True)
+                ]
+            )
+            starts = exp.Filter(
+                this=exp.ArrayAgg(this=struct), expression=exp.Where(this=conds[0].copy())
+            )
+        columns.append(exp.alias_(starts, "s"))
     tree = (
-        exp.select(exp.alias_(exp.ArrayAgg(this=packed), "l"))
-        .from_(relation)
+        exp.select(*columns)
+        .from_(events_from(source, project_id, person=uses_person(q)))
         .where(_ev_where(q, sql, conds, arrays=True))
         .group_by(_c("person_id"))
     )
-    offsets, packed_values = funnel_pass.fetch(source, tree)
-    level, times = funnel_pass.chains(offsets, packed_values, n, q.window_us)
-    return funnel_pass.summary(level, times, n)
+    table = source.query_arrow(sql.render(tree))
+    offsets, values = funnel_pass.fetch(table.column(0))
+    level, times = funnel_pass.chains(offsets, values, n, q.window_us)
+    overall = funnel_pass.summary(level, times, n)
+    if q.breakdown is None or not table.num_rows:
+        return overall, []
+    chosen, has = funnel_pass.chosen_starts(table.column(1).combine_chunks(), times[0], level)
+    codes = pc.dictionary_encode(chosen)
+    labels: list[Any] = codes.dictionary.to_pylist()
+    index = codes.indices.fill_null(len(labels)).to_numpy().astype(np.int64)
+    if codes.null_count:
+        labels.append(None)
+    group = np.full(len(level), -1, np.int64)
+    group[has] = index
+    rows = funnel_pass.grouped_summary(level, times, n, group, len(labels))
+    return overall, [[label, *row] for label, row in zip(labels, rows, strict=True)]
 
 
 def funnel(source: Source, project_id: int, query: FunnelQuery) -> FunnelResult:
     """Run a funnel on a store (or any :class:`Source`) for one project."""
     if _uses_pass(query, source):
-        overall = [_overall_by_pass(cast(ArrowSource, source), project_id, query)]
+        row, rows = _by_pass(cast(ArrowSource, source), project_id, query)
+        overall = [row]
     else:
         overall = run(source, funnel_sql(source, project_id, query))
+        if query.breakdown is not None:
+            rows = run(source, funnel_sql(source, project_id, query, by_breakdown=True))
     steps = _step_results(query, overall[0], 0) if overall else ()
     breakdowns: tuple[FunnelBreakdown, ...] = ()
     if query.breakdown is not None:
-        rows = run(source, funnel_sql(source, project_id, query, by_breakdown=True))
         breakdowns = tuple(
             FunnelBreakdown(
                 value=None if r[0] is None else str(r[0]), steps=_step_results(query, r, 1)
