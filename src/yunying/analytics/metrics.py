@@ -45,6 +45,7 @@ from yunying.analytics.common import (
 from yunying.analytics.day_numbers import LocalDays
 from yunying.analytics.funnels import FunnelQuery, FunnelStep, funnel
 from yunying.analytics.trends import Series, TrendsQuery, trends
+from yunying.store.base import QueryResult
 
 Kind = Literal["additive", "ratio"]
 METRIC_INTERVALS = ("day", "week", "month")
@@ -1257,6 +1258,25 @@ def metric_batch(
     }
 
 
+class _Scoped:
+    """A source that builds each relation's SELECT once (the store builds it from text) and
+    hands out copies: one computation asks for the events relation about ten times."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.dialect = source.dialect
+        self._built: dict[tuple[str, int], exp.Query] = {}
+
+    def scoped(self, relation: str, project_id: int) -> exp.Query:
+        key = (relation, project_id)
+        if key not in self._built:
+            self._built[key] = self.source.scoped(relation, project_id)
+        return self._built[key].copy()
+
+    def query(self, sql: str) -> QueryResult:
+        return self.source.query(sql)
+
+
 def metric_batches(
     source: Source,
     project_id: int,
@@ -1275,6 +1295,7 @@ def metric_batches(
     names = list(dict.fromkeys(names))
     for name in names:
         metric_definition(name)
+    source = _Scoped(source)
     keys = list(dict.fromkeys(k for n in names if n in TREND_METRICS for k in _TREND_SERIES[n]))
     zones = {dr.timezone for dr, _ in requests}
     shared: dict[str, Daily] | None = None
