@@ -26,6 +26,7 @@ from yunying.analytics.common import (
     Sql,
     as_int,
     events_from,
+    fn,
     lit,
     run,
     uses_person,
@@ -108,13 +109,8 @@ def _c(name: str, table: str | None = None) -> exp.Column:
     return exp.column(name, table=table)
 
 
-def paths_sql(source: Source, project_id: int, q: PathsQuery) -> exp.Select:
-    """One query for nodes and edges: rows (step, event, next event, persons), where the next
-    event is NULL for persons whose path ends at that step.
-
-    Each person's events are numbered and paired with the next one in a single window pass (one
-    sort); nodes are the sums over next events, edges the rows with one, so no self-join."""
-    sql = Sql(source.dialect)
+def _conditions(sql: Sql, q: PathsQuery) -> list[exp.Expr]:
+    """Which events take part: the date range, filters, include / exclude lists."""
     start, end = q.date_range.utc_bounds()
     conds: list[exp.Expr] = [sql.time_between(start, end), sql.filters(q.filters)]
     if q.include_events:
@@ -123,6 +119,22 @@ def paths_sql(source: Source, project_id: int, q: PathsQuery) -> exp.Select:
         conds.append(
             exp.Not(this=exp.In(this=_c("event"), expressions=[lit(e) for e in q.exclude_events]))
         )
+    return conds
+
+
+def paths_sql(
+    source: Source, project_id: int, q: PathsQuery, only: exp.Query | None = None
+) -> exp.Select:
+    """One query for nodes and edges: rows (step, event, next event, persons), where the next
+    event is NULL for persons whose path ends at that step; with ``only``, of the persons it
+    selects.
+
+    Each person's events are numbered and paired with the next one in a single window pass (one
+    sort); nodes are the sums over next events, edges the rows with one, so no self-join."""
+    sql = Sql(source.dialect)
+    conds = _conditions(sql, q)
+    if only is not None:
+        conds.append(exp.In(this=_c("person_id"), query=only.subquery()))
     # DuckDB orders UUIDs as their text (it stores them with the top bit flipped for that):
     # sorting the 16-byte values is cheaper than casting every uuid to text
     uid = sql.text(_c("uuid")) if sql.ch else _c("uuid")
@@ -227,15 +239,214 @@ def paths_sql(source: Source, project_id: int, q: PathsQuery) -> exp.Select:
     return tree.with_("anchors", as_=anchors).with_("steps", as_=stepped)
 
 
+#: Events a person's list keeps beyond the steps (DuckDB's quick paths, below).
+SLACK = 3
+#: Event names the quick paths can number (one byte of the sort key, 255 marks an unknown one).
+MAX_NAMES = 255
+
+
+def events_sql(source: Source, project_id: int, q: PathsQuery) -> exp.Select:
+    """The distinct event names taking part."""
+    sql = Sql(source.dialect)
+    return (
+        exp.select(_c("event"))
+        .distinct()
+        .from_(events_from(source, project_id, person=uses_person(q)))
+        .where(exp.and_(*_conditions(sql, q)))
+    )
+
+
+def quick_sql(
+    source: Source, project_id: int, q: PathsQuery, names: list[str]
+) -> tuple[exp.Select, exp.Select]:
+    """DuckDB's paths without sorting every event: (the counting query, the persons it cannot
+    decide).
+
+    An event's key is ``(microseconds since the range start) * 256 + code of its name``, so
+    keys order events by time. Grouped by person: the ``steps + SLACK`` smallest keys (a
+    bounded ``min(key, n)``, no sort), the anchor's key and the number of events. Where the
+    keys show the path for sure it is read off the list: the anchor is in it, the path's
+    events and their neighbours have distinct instants (the uuid order of events at one
+    instant is not in the key), and every event up to the path's last one is in the list (all
+    of the person's events are, or the last one kept is later). The other persons (none, in
+    usual data) are counted by :func:`paths_sql` restricted to them. Rows: (step, code, next
+    code, persons), and (NULL, NULL, NULL, persons to count by :func:`paths_sql`)."""
+    sql = Sql(source.dialect)
+    start, _ = q.date_range.utc_bounds()
+    code = {name: i for i, name in enumerate(names)}
+    steps = q.steps
+    keep = steps + SLACK
+    codes = exp.Values(
+        expressions=[exp.tuple_(lit(n), lit(i)) for n, i in code.items()],
+        alias=exp.TableAlias(
+            this=exp.to_identifier("k"), columns=[exp.to_identifier("ev"), exp.to_identifier("c")]
+        ),
+    )
+    since = exp.Sub(
+        this=fn("epoch_us", _c("timestamp", "e")), expression=fn("epoch_us", sql.ts_literal(start))
+    )
+    key = exp.Add(
+        this=exp.Mul(this=exp.Paren(this=since), expression=lit(256)),
+        expression=exp.func("coalesce", _c("c", "k"), lit(MAX_NAMES)),
+    )
+    aggs: list[exp.Expr] = [
+        exp.Count(this=exp.Star()).as_("cnt"),
+        fn("min", key.copy(), lit(keep)).as_("l"),
+    ]
+    anchor = q.start_event if q.start_event is not None else q.end_event
+    if anchor is not None:
+        is_anchor = _c("c", "k").eq(lit(code[anchor]))
+        aggs.append(exp.Min(this=exp.Case(ifs=[exp.If(this=is_anchor, true=key.copy())])).as_("ak"))
+    per_person = (
+        exp.select(*aggs)
+        .from_(events_from(source, project_id, "e", person=uses_person(q)))
+        .join(codes, on=_c("ev", "k").eq(_c("event", "e")), join_type="left")
+        .where(exp.and_(*_conditions(sql, q)))
+        .group_by(_c("person_id", "e"))
+    )
+    per_person = per_person.select(_c("person_id", "e").as_("person_id"))
+
+    def at(i: exp.Expr) -> exp.Expr:
+        return exp.Bracket(this=_c("l"), expressions=[i])
+
+    def ts_at(i: exp.Expr) -> exp.Expr:
+        return exp.IntDiv(this=at(i), expression=lit(256))
+
+    a = _c("a")
+    pos = fn("list_position", _c("l"), _c("ak")) if anchor is not None else lit(1)
+    first: exp.Expr
+    last: exp.Expr
+    if q.backwards:
+        first, last = exp.Sub(this=a.copy(), expression=lit(steps - 1)), a.copy()
+        lo, hi = -steps, 1
+    else:
+        first, last = a.copy(), exp.Add(this=a.copy(), expression=lit(steps - 1))
+        lo, hi = -1, steps
+    checks: list[exp.Expr] = [exp.Not(this=exp.Is(this=a.copy(), expression=exp.null()))]
+    everything = exp.LTE(this=_c("cnt"), expression=lit(keep))
+    last_kept = exp.Bracket(this=_c("l"), expressions=[fn("len", _c("l"))])
+    sure = exp.LT(
+        this=ts_at(last.copy()), expression=exp.IntDiv(this=last_kept, expression=lit(256))
+    )
+    checks.append(exp.Paren(this=exp.or_(everything, sure)))
+    for j in range(lo, hi):  # no two neighbours at one instant from before the path to after it
+        i = exp.Add(this=a.copy(), expression=lit(j))
+        differ = exp.func(
+            "coalesce",
+            exp.NEQ(
+                this=ts_at(i.copy()), expression=ts_at(exp.Add(this=i.copy(), expression=lit(1)))
+            ),
+            exp.true(),
+        )
+        checks.append(exp.Paren(this=exp.or_(exp.LT(this=i, expression=lit(1)), differ)))
+    x = exp.to_identifier("x")
+    window = exp.Bracket(
+        this=_c("l"),
+        expressions=[exp.Slice(this=exp.func("greatest", first, lit(1)), expression=last)],
+    )
+    names_of = exp.Transform(
+        this=window,
+        expression=exp.Lambda(
+            this=exp.Mod(this=exp.column("x"), expression=lit(256)), expressions=[x]
+        ),
+    )
+    path = exp.Case(ifs=[exp.If(this=exp.and_(*checks), true=names_of)])
+    where = exp.Not(this=exp.Is(this=_c("ak"), expression=exp.null())) if anchor else exp.true()
+    decided = (
+        exp.select(_c("person_id"), path.as_("p"))
+        .from_(
+            exp.select("*", pos.as_("a")).from_(per_person.subquery("pp")).where(where).subquery("q")
+        )
+    )  # fmt: skip
+    if q.between:  # up to the first end event after the start; none within the steps: [],
+        assert q.end_event is not None  # not counted (NULL: undecided)
+        rest = exp.Bracket(this=_c("p"), expressions=[exp.Slice(this=lit(2))])
+        found = fn("list_position", rest, lit(code[q.end_event]))
+        upto = exp.func("coalesce", exp.Add(this=found, expression=lit(1)), lit(0))
+        cut = exp.Bracket(this=_c("p"), expressions=[exp.Slice(this=lit(1), expression=upto)])
+        decided = exp.select(_c("person_id"), cut.as_("p")).from_(decided.subquery("d"))
+    undecided = exp.Is(this=_c("p"), expression=exp.null())
+    grouped = (
+        exp.select(_c("p"), exp.Count(this=exp.Star()).as_("n"))
+        .from_(decided.subquery("d"))
+        .group_by(_c("p"))
+    )
+    k = _c("k")
+    length = fn("len", _c("p"))
+    step: exp.Expr = k.copy()
+    if q.backwards:
+        step = exp.Sub(
+            this=k.copy(), expression=exp.Paren(this=exp.Sub(this=length.copy(), expression=lit(1)))
+        )
+    nxt = exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.LT(
+                    this=exp.Add(this=k.copy(), expression=lit(1)), expression=length.copy()
+                ),
+                true=exp.Bracket(
+                    this=_c("p"), expressions=[exp.Add(this=k.copy(), expression=lit(2))]
+                ),
+            )
+        ]
+    )
+    offsets = exp.select(_c("range").as_("k")).from_(exp.func("range", lit(steps)).as_("r"))
+    tree = (
+        exp.select(
+            step.as_("step"),
+            exp.Bracket(this=_c("p"), expressions=[exp.Add(this=k.copy(), expression=lit(1))]).as_("event"),
+            nxt.as_("target"),
+            exp.Sum(this=_c("n")).as_("n"),
+        )
+        .from_("grouped")
+        .join(offsets.subquery("o"), on=exp.LT(this=k.copy(), expression=length.copy()), join_type="inner")
+        .group_by(_c("step"), _c("event"), _c("target"))
+    )  # fmt: skip
+    rest_count = (
+        exp.select(exp.null(), exp.null(), exp.null(), _c("n")).from_("grouped").where(undecided)
+    )
+    both = exp.union(tree, rest_count, distinct=False)
+    out = exp.select("*").from_(both.subquery("t"))
+    out = out.with_("grouped", as_=grouped)
+    remaining = exp.select(_c("person_id")).from_(decided.subquery("d")).where(undecided.copy())
+    return out, remaining
+
+
+def _quick(source: Source, project_id: int, q: PathsQuery) -> list[list[Any]] | None:
+    """Rows as :func:`paths_sql`'s, counted by :func:`quick_sql` (DuckDB) where it applies."""
+    if source.dialect != "duckdb":
+        return None
+    names = sorted(str(r[0]) for r in run(source, events_sql(source, project_id, q)))
+    if len(names) > MAX_NAMES:
+        return None
+    counting, remaining = quick_sql(source, project_id, q, names)
+    rows: list[list[Any]] = []
+    rest = 0
+    for k, e, t, n in run(source, counting):
+        if k is None:
+            rest = as_int(n)
+            continue
+        if as_int(e) >= len(names) or (t is not None and as_int(t) >= len(names)):
+            return None  # an event name that appeared after the names were read
+        rows.append([k, names[as_int(e)], None if t is None else names[as_int(t)], n])
+    if rest:
+        rows += run(source, paths_sql(source, project_id, q, only=remaining))
+    return rows
+
+
 def paths(source: Source, project_id: int, query: PathsQuery) -> PathsResult:
     """Run a paths analysis on a store (or any :class:`Source`) for one project."""
     counts: dict[tuple[int, str], int] = {}
-    found: list[PathEdge] = []
-    for k, e, t, n in run(source, paths_sql(source, project_id, query)):
+    rows = _quick(source, project_id, query)
+    if rows is None:
+        rows = run(source, paths_sql(source, project_id, query))
+    pairs: dict[tuple[int, str, str], int] = {}
+    for k, e, t, n in rows:  # the quick rows and the rest's may share (step, event, next)
         step, event, persons = as_int(k), str(e), as_int(n)
         counts[(step, event)] = counts.get((step, event), 0) + persons
         if t is not None:
-            found.append(PathEdge(step, event, str(t), persons))
+            pairs[(step, event, str(t))] = pairs.get((step, event, str(t)), 0) + persons
+    found = [PathEdge(step, e, t, n) for (step, e, t), n in pairs.items()]
     nodes = sorted(
         (PathNode(step, event, n) for (step, event), n in counts.items()),
         key=lambda x: (x.step, -x.persons, x.event),
