@@ -103,9 +103,10 @@ def test_summary_is_counts_then_medians_and_means() -> None:
     ]  # fmt: skip
 
 
-def test_grouped_summary_is_the_summary_of_each_group() -> None:
-    rng = np.random.default_rng(3)
-    persons, steps, groups = 5000, 4, 7
+@pytest.mark.parametrize("groups", [7, 300])  # a partition per group; one sort for all
+def test_grouped_summary_is_the_summary_of_each_group(groups: int) -> None:
+    rng = np.random.default_rng(groups)
+    persons, steps = 20_000, 4
     level = rng.integers(0, steps + 1, persons)
     t0 = rng.integers(0, 10**9, persons)
     times = [np.where(level > 0, t0, -1)]

@@ -268,13 +268,23 @@ def grouped_summary(
 
 
 def _grouped_median(values: Ints, grp: Ints, n: Ints) -> list[float]:
-    """Per group the median of ``values`` (mean of the two middle values for even counts)."""
+    """Per group the median of ``values`` (mean of the two middle values for even counts).
+    Few groups: one stable sort by group, then a partition per group; many: one sort by value
+    within group for all of them."""
+    if not len(values):
+        return [float("nan")] * len(n)
+    if len(n) <= 64:
+        order = np.argsort(grp.astype(np.int16), kind="stable")  # radix sort
+        ordered = values[order]
+        ends = np.cumsum(n)
+        return [
+            float(np.median(ordered[e - c : e])) if c else float("nan")
+            for c, e in zip(n.tolist(), ends.tolist(), strict=True)
+        ]
     order = np.argsort(values, kind="stable")
     order = order[np.argsort(grp[order], kind="stable")]
     ordered = values[order]
     start = np.r_[0, np.cumsum(n)[:-1]]
-    lo = np.minimum(start + (n - 1) // 2, max(len(ordered) - 1, 0))
-    hi = np.minimum(start + n // 2, max(len(ordered) - 1, 0))
-    if not len(ordered):
-        return [float("nan")] * len(n)
+    lo = np.minimum(start + (n - 1) // 2, len(ordered) - 1)
+    hi = np.minimum(start + n // 2, len(ordered) - 1)
     return ((ordered[lo].astype(np.float64) + ordered[hi]) / 2).tolist()
