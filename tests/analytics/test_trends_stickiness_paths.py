@@ -320,15 +320,20 @@ def test_quick_paths_equal_the_window_query(
         PathsQuery(dr, "app_install", "export_video", steps=5),
         PathsQuery(dr, steps=6, exclude_events=("edit_video",)),
         PathsQuery(dr, start_event="edit_video", steps=2, filters=(Filter(col("os"), "neq", "ios"),)),
+        PathsQuery(dr, "sign_up", "no_such_event", steps=3),
     ]  # fmt: skip
     undecided, decided = [], []
     store, pid = journeys.duck, journeys.project_id
     for q in queries:
         monkeypatch.setattr(module, "SLACK", slack)
         names = sorted(str(r[0]) for r in module.run(store, module.events_sql(store, pid, q)))
+        names += ["no_such_event"]
         counting, _ = module.quick_sql(store, pid, q, names)
         rows = module.run(store, counting)
         undecided.append(sum(int(r[3]) for r in rows if r[0] is None))
+        if q.end_event == "no_such_event":
+            assert module._quick(store, pid, q) == [] and paths(store, pid, q).nodes == ()
+            continue
         decided.append(sum(int(r[3]) for r in rows if r[0] is not None and r[2] is None))
         quick = paths(store, pid, q)
         monkeypatch.setattr(module, "_quick", lambda *a: None)

@@ -419,6 +419,8 @@ def _quick(source: Source, project_id: int, q: PathsQuery) -> list[list[Any]] | 
     names = sorted(str(r[0]) for r in run(source, events_sql(source, project_id, q)))
     if len(names) > MAX_NAMES:
         return None
+    if any(e is not None and e not in names for e in (q.start_event, q.end_event)):
+        return []  # no anchor (or no end) among the events: no paths
     counting, remaining = quick_sql(source, project_id, q, names)
     rows: list[list[Any]] = []
     rest = 0
