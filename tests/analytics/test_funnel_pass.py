@@ -15,11 +15,13 @@ from tests.analytics import reference as ref
 from tests.analytics.conftest import DAYS, START, TZ, Dataset, both
 from yunying.analytics import (
     DateRange,
+    Filter,
     FunnelExclusion,
     FunnelQuery,
     FunnelStep,
     col,
     funnel,
+    prop,
 )
 from yunying.analytics import funnel_pass as fp
 from yunying.analytics.funnels import _uses_pass
@@ -85,6 +87,31 @@ def test_chains_equal_the_plain_walk(steps: int, monkeypatch: pytest.MonkeyPatch
             assert times[k].tolist() == [w[1][k] for w in want], (threads, k)
 
 
+def unordered_walk(events: list[tuple[int, int]], mult: list[int], window: int, end: int) -> int:
+    """One person's unordered level: the best over anchors (any event before ``end``) of the
+    classes' events in [t0, t0 + window], each class counted up to its multiplicity."""
+    best = 0
+    for t0, _ in events:
+        if t0 >= end:
+            continue
+        inside = [c for t, c in events if t0 <= t <= t0 + window]
+        best = max(best, sum(min(inside.count(c + 1), m) for c, m in enumerate(mult)))
+    return best
+
+
+@pytest.mark.parametrize("mult", [[1], [1, 1, 1], [2, 1], [3, 1, 2, 1]])
+def test_unordered_levels_equal_the_plain_walk(mult: list[int]) -> None:
+    rng = random.Random(len(mult) * 10 + mult[0])
+    people = random_people(rng, 3000, len(mult))
+    window, end = 25_000, 40_000
+    m = fp.multiplier(len(mult))
+    sorted_people = [sorted(e) for e in people]  # the engine sorts each person's values
+    offsets = np.cumsum([0] + [len(e) for e in sorted_people]).astype(np.int64)
+    values = np.array([t * m + c for e in sorted_people for t, c in e], dtype=np.int64)
+    level = fp.unordered_levels(offsets, values, mult, window, end)
+    assert level.tolist() == [unordered_walk(e, mult, window, end) for e in people]
+
+
 def test_summary_is_counts_then_medians_and_means() -> None:
     level = np.array([0, 1, 2, 3, 3], dtype=np.int64)
     times = [
@@ -128,7 +155,13 @@ def test_pass_is_used_for_distinct_named_steps_without_exclusions(journeys: Data
     assert _uses_pass(FunnelQuery(abc, RANGE), store)
     assert _uses_pass(FunnelQuery(abc, RANGE), journeys.chdb)
     assert not _uses_pass(FunnelQuery(abc, RANGE, order="strict"), store)
-    assert not _uses_pass(FunnelQuery(abc, RANGE, order="unordered"), store)
+    assert _uses_pass(FunnelQuery(abc, RANGE, order="unordered"), store)
+    aba = (FunnelStep("A"), FunnelStep("B"), FunnelStep("A"))  # A twice: one class, twice
+    assert _uses_pass(FunnelQuery(aba, RANGE, order="unordered"), store)
+    split = (FunnelStep("A"), FunnelStep("A", (Filter(prop("plan"), "eq", "vip"),)))
+    assert not _uses_pass(FunnelQuery(split, RANGE, order="unordered"), store)
+    by = FunnelQuery(abc, RANGE, order="unordered", breakdown=col("channel"))
+    assert not _uses_pass(by, store)
     repeated = (FunnelStep("A"), FunnelStep("B"), FunnelStep("A"))
     assert not _uses_pass(FunnelQuery(repeated, RANGE), store)
     assert not _uses_pass(FunnelQuery((FunnelStep("A"), FunnelStep(None)), RANGE), store)

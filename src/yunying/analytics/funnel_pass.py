@@ -288,3 +288,40 @@ def _grouped_median(values: Ints, grp: Ints, n: Ints) -> list[float]:
     lo = np.minimum(start + (n - 1) // 2, len(ordered) - 1)
     hi = np.minimum(start + n // 2, len(ordered) - 1)
     return ((ordered[lo].astype(np.float64) + ordered[hi]) / 2).tolist()
+
+
+def unordered_levels(
+    offsets: Ints, packed: Ints, mult: list[int], window_us: int, end_us: int
+) -> Ints:
+    """Unordered funnels: per person the best level over its anchors (any step event before the
+    range's end) of ``sum over classes c of min(events of c in [t0, t0 + window], mult[c])``.
+    ``packed`` holds ``time * M + class`` (classes from 1), sorted within each person."""
+    classes = len(mult)
+    bits = multiplier(classes).bit_length() - 1
+    cls = packed & ((1 << bits) - 1)
+    ts = packed >> bits
+    lengths = np.diff(offsets)
+    persons = len(lengths)
+    if not len(packed):
+        return np.zeros(persons, np.int64)
+    seg = np.repeat(np.arange(persons, dtype=np.int64), lengths)
+    idx = np.arange(len(ts), dtype=np.int64)
+    # counting from the anchor's own position leaves out events of the same instant sorted
+    # before it, but the first of them is an anchor too, with all of them: the maximum is right.
+    # The window ends at the person's last event no later than t0 + window: a binary search
+    lo, hi = idx.copy(), offsets[seg + 1] - 1
+    limit = ts + window_us
+    active = np.flatnonzero(lo < hi)
+    while len(active):
+        a_lo, a_hi = lo[active], hi[active]
+        mid = (a_lo + a_hi + 1) >> 1
+        fits = ts[mid] <= limit[active]
+        lo[active] = np.where(fits, mid, a_lo)
+        hi[active] = np.where(fits, a_hi, mid - 1)
+        active = active[lo[active] < hi[active]]
+    level = np.zeros(len(ts), np.int64)
+    for c, m in enumerate(mult, start=1):
+        cum = np.r_[0, np.cumsum(cls == c)]
+        level += np.minimum(cum[lo + 1] - cum[idx], m)
+    level[ts >= end_us] = 0  # not an anchor
+    return np.maximum.reduceat(level, offsets[:-1])

@@ -830,17 +830,22 @@ def _step_results(q: FunnelQuery, row: list[Any], offset: int) -> tuple[FunnelSt
 
 
 def _uses_pass(q: FunnelQuery, source: Source) -> bool:
-    """Whether the numpy pass (:mod:`yunying.analytics.funnel_pass`) computes this funnel:
-    ordered, every step a named event different from the others, no exclusions, a breakdown (if
-    any) on the first touch, and a source that returns Arrow."""
+    """Whether the numpy pass (:mod:`yunying.analytics.funnel_pass`) computes this funnel: a
+    source that returns Arrow, every step a named event, no exclusions; ordered with steps of
+    different events and a breakdown (if any) on the first touch, or unordered without a
+    breakdown where the steps of one event share their conditions (so every event is in one
+    class)."""
     events = [s.event for s in q.steps]
+    if None in events or q.exclusions or not callable(getattr(source, "query_arrow", None)):
+        return False
+    if q.order == "unordered":  # steps of one event must be one class (the same conditions)
+        sql = Sql(source.dialect)
+        conds = {sql.render(_cond(sql, s.event, s.filters)) for s in q.steps}
+        return q.breakdown is None and len(conds) == len(set(events))
     return (
         q.order == "ordered"
-        and not q.exclusions
-        and None not in events
         and len(set(events)) == len(events)
         and (q.breakdown is None or q.breakdown_attribution == "first_touch")
-        and callable(getattr(source, "query_arrow", None))
     )
 
 
@@ -852,6 +857,8 @@ def _by_pass(
     sql = Sql(source.dialect)
     conds: list[exp.Expr] = [_cond(sql, s.event, s.filters) for s in q.steps]
     n = len(q.steps)
+    if q.order == "unordered":
+        return _unordered_by_pass(source, project_id, q, sql, conds), []
     # the step of each event: conditions are disjoint (distinct event names)
     step = exp.Case(ifs=[exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds)])
     ts = sql.epoch_us(_c("timestamp"))
@@ -899,6 +906,43 @@ def _by_pass(
     group[has] = index
     rows = funnel_pass.grouped_summary(level, times, n, group, len(labels))
     return overall, [[label, *row] for label, row in zip(labels, rows, strict=True)]
+
+
+def _unordered_by_pass(
+    source: ArrowSource, project_id: int, q: FunnelQuery, sql: Sql, conds: list[exp.Expr]
+) -> list[Any]:
+    """The overall row of an unordered funnel by the pass: counts, no times."""
+    rendered = [sql.render(c) for c in conds]
+    classes = list(dict.fromkeys(rendered))  # one per event, in step order
+    mult = [rendered.count(c) for c in classes]
+    cls = exp.Case(
+        ifs=[
+            exp.If(this=conds[rendered.index(c)].copy(), true=lit(i + 1))
+            for i, c in enumerate(classes)
+        ]
+    )
+    ts = sql.epoch_us(_c("timestamp"))
+    packed = exp.Add(
+        this=exp.Mul(this=ts, expression=lit(funnel_pass.multiplier(len(classes)))),
+        expression=cls,
+    )
+    if sql.ch:  # each person's values in time order
+        lists: exp.Expr = exp.Anonymous(this="arraySort", expressions=[exp.ArrayAgg(this=packed)])
+    else:
+        lists = exp.ArrayAgg(
+            this=exp.Order(this=packed, expressions=[exp.Ordered(this=packed.copy())])
+        )
+    tree = (
+        exp.select(exp.alias_(lists, "l"))
+        .from_(events_from(source, project_id, person=uses_person(q)))
+        .where(_ev_where(q, sql, conds, arrays=False))
+        .group_by(_c("person_id"))
+    )
+    offsets, values = funnel_pass.fetch(source.query_arrow(sql.render(tree)).column(0))
+    _, end = q.date_range.utc_bounds()
+    level = funnel_pass.unordered_levels(offsets, values, mult, q.window_us, _epoch_us(end))
+    n = len(q.steps)
+    return [int(np.count_nonzero(level >= k + 1)) for k in range(n)] + [None] * (3 * (n - 1))
 
 
 def funnel(source: Source, project_id: int, query: FunnelQuery) -> FunnelResult:
