@@ -100,16 +100,22 @@ def unordered_walk(events: list[tuple[int, int]], mult: list[int], window: int, 
 
 
 @pytest.mark.parametrize("mult", [[1], [1, 1, 1], [2, 1], [3, 1, 2, 1]])
-def test_unordered_levels_equal_the_plain_walk(mult: list[int]) -> None:
+def test_unordered_levels_equal_the_plain_walk(
+    mult: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fp, "PARALLEL_FROM", 1)  # also split into ranges of persons
     rng = random.Random(len(mult) * 10 + mult[0])
     people = random_people(rng, 3000, len(mult))
     window, end = 25_000, 40_000
-    m = fp.multiplier(len(mult))
-    sorted_people = [sorted(e) for e in people]  # the engine sorts each person's values
-    offsets = np.cumsum([0] + [len(e) for e in sorted_people]).astype(np.int64)
-    values = np.array([t * m + c for e in sorted_people for t, c in e], dtype=np.int64)
-    level = fp.unordered_levels(offsets, values, mult, window, end)
-    assert level.tolist() == [unordered_walk(e, mult, window, end) for e in people]
+    offsets, values = packed(people, len(mult))
+    want = [unordered_walk(e, mult, window, end) for e in people]
+    for threads in (1, 3):
+        assert fp.unordered_levels(offsets, values, mult, window, end, threads).tolist() == want
+    # a window so long that person * span does not fit: the binary search per position
+    huge = 1 << 58
+    assert fp.unordered_levels(offsets, values, mult, huge, end).tolist() == [
+        unordered_walk(e, mult, huge, end) for e in people
+    ]
 
 
 def test_summary_is_counts_then_medians_and_means() -> None:

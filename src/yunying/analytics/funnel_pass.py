@@ -17,8 +17,9 @@ named events, without exclusions or breakdown, when the source can return Arrow 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -59,24 +60,8 @@ def chains(
     offsets: Ints, packed: Ints, steps: int, window_us: int, threads: int | None = None
 ) -> tuple[Ints, list[Ints]]:
     """Every person's chosen chain: its level (0 for a person without a start, else 1..steps)
-    and the time of each step (µs), -1 where the chain did not reach it within the window.
-    Persons are independent: large inputs are split into ``threads`` ranges of persons worked
-    on at once (numpy releases the GIL), by default one per CPU, at most four."""
-    threads = threads or min(4, os.cpu_count() or 1)
-    persons = len(offsets) - 1
-    if threads < 2 or len(packed) < PARALLEL_FROM:
-        return _chains(offsets, packed, steps, window_us)
-    # cut where the values, not the persons, are split evenly
-    cuts = np.searchsorted(offsets, np.linspace(0, len(packed), threads + 1)[1:-1])
-    bounds = [0, *sorted(set(int(c) for c in cuts) - {0, persons}), persons]
-    parts = list(zip(bounds[:-1], bounds[1:], strict=True))
-
-    def part(lo: int, hi: int) -> tuple[Ints, list[Ints]]:
-        o = offsets[lo : hi + 1]
-        return _chains(o - o[0], packed[o[0] : o[-1]], steps, window_us)
-
-    with ThreadPoolExecutor(len(parts)) as pool:
-        done = list(pool.map(lambda b: part(*b), parts))
+    and the time of each step (µs), -1 where the chain did not reach it within the window."""
+    done = _by_ranges(offsets, packed, threads, lambda o, p: _chains(o, p, steps, window_us))
     level = np.concatenate([d[0] for d in done])
     times = [np.concatenate([d[1][k] for d in done]) for k in range(steps)]
     return level, times
@@ -84,6 +69,29 @@ def chains(
 
 #: Below this many values one thread is faster than starting several.
 PARALLEL_FROM = 200_000
+
+T = TypeVar("T")
+
+
+def _by_ranges(
+    offsets: Ints, packed: Ints, threads: int | None, work: Callable[[Ints, Ints], T]
+) -> list[T]:
+    """``work(offsets, packed)`` on ranges of persons at once: persons are independent, numpy
+    releases the GIL. Large inputs are cut into ``threads`` ranges of about as many values, by
+    default one per CPU (at most four); results in person order."""
+    threads = threads or min(4, os.cpu_count() or 1)
+    persons = len(offsets) - 1
+    if threads < 2 or len(packed) < PARALLEL_FROM:
+        return [work(offsets, packed)]
+    cuts = np.searchsorted(offsets, np.linspace(0, len(packed), threads + 1)[1:-1])
+    bounds = [0, *sorted(set(int(c) for c in cuts) - {0, persons}), persons]
+
+    def part(lo: int, hi: int) -> T:
+        o = offsets[lo : hi + 1]
+        return work(o - o[0], packed[o[0] : o[-1]])
+
+    with ThreadPoolExecutor(len(bounds) - 1) as pool:
+        return list(pool.map(lambda b: part(*b), zip(bounds[:-1], bounds[1:], strict=True)))
 
 
 def _chains(offsets: Ints, packed: Ints, steps: int, window_us: int) -> tuple[Ints, list[Ints]]:
@@ -291,37 +299,65 @@ def _grouped_median(values: Ints, grp: Ints, n: Ints) -> list[float]:
 
 
 def unordered_levels(
-    offsets: Ints, packed: Ints, mult: list[int], window_us: int, end_us: int
+    offsets: Ints,
+    packed: Ints,
+    mult: list[int],
+    window_us: int,
+    end_us: int,
+    threads: int | None = None,
 ) -> Ints:
     """Unordered funnels: per person the best level over its anchors (any step event before the
     range's end) of ``sum over classes c of min(events of c in [t0, t0 + window], mult[c])``.
-    ``packed`` holds ``time * M + class`` (classes from 1), sorted within each person."""
+    ``packed`` holds ``time * M + class`` (classes from 1) per person, in any order."""
+    done = _by_ranges(
+        offsets, packed, threads, lambda o, p: _unordered(o, p, mult, window_us, end_us)
+    )
+    return np.concatenate(done)
+
+
+def _unordered(offsets: Ints, packed: Ints, mult: list[int], window_us: int, end_us: int) -> Ints:
+    """:func:`unordered_levels` for one range of persons."""
     classes = len(mult)
-    bits = multiplier(classes).bit_length() - 1
-    cls = packed & ((1 << bits) - 1)
-    ts = packed >> bits
     lengths = np.diff(offsets)
     persons = len(lengths)
     if not len(packed):
         return np.zeros(persons, np.int64)
     seg = np.repeat(np.arange(persons, dtype=np.int64), lengths)
+    order = np.argsort(packed, kind="stable")  # by time, then by person keeping time order
+    packed = packed[order[np.argsort(seg[order], kind="stable")]]
+    bits = multiplier(classes).bit_length() - 1
+    cls = packed & ((1 << bits) - 1)
+    ts = packed >> bits
     idx = np.arange(len(ts), dtype=np.int64)
     # counting from the anchor's own position leaves out events of the same instant sorted
     # before it, but the first of them is an anchor too, with all of them: the maximum is right.
-    # The window ends at the person's last event no later than t0 + window: a binary search
-    lo, hi = idx.copy(), offsets[seg + 1] - 1
-    limit = ts + window_us
-    active = np.flatnonzero(lo < hi)
-    while len(active):
-        a_lo, a_hi = lo[active], hi[active]
-        mid = (a_lo + a_hi + 1) >> 1
-        fits = ts[mid] <= limit[active]
-        lo[active] = np.where(fits, mid, a_lo)
-        hi[active] = np.where(fits, a_hi, mid - 1)
-        active = active[lo[active] < hi[active]]
+    # The window ends at the person's last event no later than t0 + window.
+    last = _window_ends(seg, ts, offsets[seg + 1] - 1, window_us)
     level = np.zeros(len(ts), np.int64)
     for c, m in enumerate(mult, start=1):
         cum = np.r_[0, np.cumsum(cls == c)]
-        level += np.minimum(cum[lo + 1] - cum[idx], m)
+        level += np.minimum(cum[last + 1] - cum[idx], m)
     level[ts >= end_us] = 0  # not an anchor
     return np.maximum.reduceat(level, offsets[:-1])
+
+
+def _window_ends(seg: Ints, ts: Ints, seg_last: Ints, window_us: int) -> Ints:
+    """For each position (values sorted by person, then time) the last position of the same
+    person no later than its time plus the window. One search on ``person * span + time`` when
+    that fits in 62 bits, else a binary search per position within its person."""
+    lo = int(ts.min())
+    span = int(ts.max()) - lo + window_us + 1
+    if (int(seg[-1]) + 1) * span < 1 << 62:
+        key = seg * span + (ts - lo)
+        return np.searchsorted(key, key + window_us, side="right") - 1
+    found, hi = np.arange(len(ts), dtype=np.int64), seg_last.copy()
+    limit = ts + window_us
+    active = np.flatnonzero(found < hi)
+    while len(active):
+        a_lo, a_hi = found[active], hi[active]
+        mid = (a_lo + a_hi + 1) >> 1
+        fits = ts[mid] <= limit[active]
+        found[active] = np.where(fits, mid, a_lo)
+        hi[active] = np.where(fits, a_hi, mid - 1)
+        active = active[found[active] < hi[active]]
+    return found

@@ -926,14 +926,8 @@ def _unordered_by_pass(
         this=exp.Mul(this=ts, expression=lit(funnel_pass.multiplier(len(classes)))),
         expression=cls,
     )
-    if sql.ch:  # each person's values in time order
-        lists: exp.Expr = exp.Anonymous(this="arraySort", expressions=[exp.ArrayAgg(this=packed)])
-    else:
-        lists = exp.ArrayAgg(
-            this=exp.Order(this=packed, expressions=[exp.Ordered(this=packed.copy())])
-        )
     tree = (
-        exp.select(exp.alias_(lists, "l"))
+        exp.select(exp.alias_(exp.ArrayAgg(this=packed), "l"))
         .from_(events_from(source, project_id, person=uses_person(q)))
         .where(_ev_where(q, sql, conds, arrays=False))
         .group_by(_c("person_id"))
