@@ -68,20 +68,26 @@ def test_exclusions_equal_reference(journeys: Dataset, order: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("attribution", "step"), [("first_touch", 0), ("last_touch", 0), ("step", 1), ("step", 2)]
-)
+    ("attribution", "step", "order"),
+    [
+        ("first_touch", 0, "ordered"), ("last_touch", 0, "ordered"), ("step", 1, "ordered"),
+        ("step", 2, "ordered"), ("first_touch", 0, "strict"), ("last_touch", 0, "strict"),
+        ("step", 1, "strict"),
+    ],
+)  # fmt: skip
 def test_breakdown_attribution_equals_reference(
-    journeys: Dataset, attribution: Any, step: int
+    journeys: Dataset, attribution: Any, step: int, order: Any
 ) -> None:
     excl = (FunnelExclusion("sign_up", from_step=0, to_step=1),)
     q = FunnelQuery(
         STEPS, RANGE, window=1, breakdown=prop("step"), breakdown_attribution=attribution,
-        attribution_step=step, exclusions=excl,
+        attribution_step=step, exclusions=excl, order=order,
     )  # fmt: skip
     got = both(journeys, funnel, q)
     chains = ref.funnel_chains(
-        journeys.events, MATCHES, LO, HI, timedelta(days=1), [(named("sign_up"), 0, 1)]
-    )
+        journeys.events, MATCHES, LO, HI, timedelta(days=1), [(named("sign_up"), 0, 1)],
+        strict=order == "strict",
+    )  # fmt: skip
 
     def value(chain: list[ref.Event]) -> str | None:
         if attribution == "first_touch":
@@ -97,7 +103,23 @@ def test_breakdown_attribution_equals_reference(
             row[k] += 1
     assert {b.value: [s.count for s in b.steps] for b in got.breakdowns} == want
     assert [sum(r[k] for r in want.values()) for k in range(3)] == got.counts
-    assert len(want) > 3
+    assert len(want) > 3 if order == "ordered" else len(want) > 1
+
+
+def test_strict_step_times_equal_reference(journeys: Dataset) -> None:
+    names = ["edit_video", "export_video"]
+    q = FunnelQuery(tuple(FunnelStep(n) for n in names), RANGE, window=1, order="strict")
+    got = both(journeys, funnel, q)
+    chains = ref.funnel_chains(
+        journeys.events, [named(n) for n in names], LO, HI, timedelta(days=1), strict=True
+    )
+    gaps = [(c[1]["timestamp"] - c[0]["timestamp"]).total_seconds() for c in chains.values()
+            if len(c) > 1]  # fmt: skip
+    assert got.counts == ref.step_counts(chains, 2) and gaps
+    ref.assert_close(
+        [got.steps[1].median_seconds_from_previous, got.steps[1].average_seconds_from_previous],
+        [ref.percentile(gaps, 0.5), sum(gaps) / len(gaps)],
+    )
 
 
 @pytest.mark.slow

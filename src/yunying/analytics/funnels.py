@@ -288,7 +288,8 @@ def _ev(
     costs a cast per event) and only step-1 events inside the range."""
     breakdown = sql.field_text(q.breakdown) if q.breakdown else _null("TEXT")
     pn = sql.period(_c("timestamp"), interval, q.date_range.timezone) if interval else lit(0)
-    person = _c("person_id") if arrays else sql.text(_c("person_id"))
+    raw = arrays or q.order == "strict"
+    person = _c("person_id") if raw else sql.text(_c("person_id"))
     cols: list[exp.Expr] = [
         exp.alias_(person, "person_id"),
         exp.alias_(sql.text(_c("uuid")), "uid"),
@@ -298,11 +299,9 @@ def _ev(
     ]
     cols += [exp.alias_(_flag(c), f"s{i}") for i, c in enumerate(conds)]
     relation = events_from(source, project_id, person=uses_person(q))
-    inner = exp.select(*cols).from_(relation).where(_ev_where(q, sql, conds, arrays))
-    if q.order != "strict":
-        return inner
-    rn = _row_number([_c("person_id")], [exp.Ordered(this=_c("ts")), exp.Ordered(this=_c("uid"))])
-    return exp.select("*", exp.alias_(rn, "rn")).from_(inner.subquery("x"))
+    if q.order == "strict":  # DuckDB orders uuids as their text: no cast needed to sort
+        cols.append(exp.alias_(sql.text(_c("uuid")) if sql.ch else _c("uuid"), "uo"))
+    return exp.select(*cols).from_(relation).where(_ev_where(q, sql, conds, arrays))
 
 
 def _ev_where(q: FunnelQuery, sql: Sql, conds: list[exp.Expr], arrays: bool) -> exp.Expr:
@@ -330,7 +329,8 @@ def _xev(
     start, end = q.date_range.utc_bounds()
     end_w = end + timedelta(microseconds=q.window_us)
     conds = [_cond(sql, x.event, x.filters) for x in q.exclusions]
-    person = _c("person_id") if arrays else sql.text(_c("person_id"))
+    raw = arrays or q.order == "strict"
+    person = _c("person_id") if raw else sql.text(_c("person_id"))
     cols: list[exp.Expr] = [
         exp.alias_(person, "person_id"),
         exp.alias_(sql.text(_c("uuid")), "uid"),
@@ -360,18 +360,77 @@ def _attributed(q: FunnelQuery, k: int) -> exp.Expr:
     return _c("b0")
 
 
-def _chain_ctes(q: FunnelQuery, end_us: int) -> list[tuple[str, exp.Query]]:
-    """Ordered/strict: f0..f{n-1}, the greedy chain from every step-1 event; then ``paths``, one
-    row per (start, level reached so far)."""
+def _strict_ctes(q: FunnelQuery, end_us: int, sql: Sql) -> list[tuple[str, exp.Query]]:
+    """Strict: each event paired with the n-1 events after it in the person's order (time, then
+    uuid) by ``LEAD`` in one window pass; a start's level is how many of them in a row match the
+    next steps inside the window. ``paths``: one row per start."""
     n = len(q.steps)
-    strict = q.order == "strict"
-    extra = [_c("rn", "ev").as_("r0")] if strict else []
+    order = exp.Order(expressions=[exp.Ordered(this=_c("ts")), exp.Ordered(this=_c("uo"))])
+
+    def lead(column: str, k: int) -> exp.Window:
+        return exp.Window(
+            this=exp.Anonymous(this="LEAD", expressions=[_c(column), lit(k)]),
+            partition_by=[_c("person_id")],
+            order=order.copy(),
+        )
+
+    # later steps' uuids only for exclusions, their values only for attribution past step 1
+    uuids = bool(q.exclusions)
+    values = q.breakdown is not None and (
+        q.breakdown_attribution == "last_touch"
+        or (q.breakdown_attribution == "step" and q.attribution_step > 0)
+    )
+    cols: list[exp.Expr] = [_c(c) for c in ("person_id", "pn", "b", "ts", "uo", "s0")]
+    for k in range(1, n):
+        cols += [exp.alias_(lead(f"s{k}", k), f"n{k}"), exp.alias_(lead("ts", k), f"x{k}")]
+        cols += [exp.alias_(lead("uo", k), f"o{k}")] if uuids else []
+        cols += [exp.alias_(lead("b", k), f"c{k}")] if values else []
+    seq = exp.select(*cols).from_("ev")
+    deadline = exp.Add(this=_c("ts"), expression=lit(q.window_us))
+    level: exp.Expr = lit(1)
+    for k in range(n - 1, 0, -1):  # 1 + (step 2 matches: 1 + (step 3 matches: ...))
+        ok = exp.and_(_c(f"n{k}").eq(1), exp.LTE(this=_c(f"x{k}"), expression=deadline.copy()))
+        level = exp.Case(
+            ifs=[exp.If(this=ok, true=exp.Add(this=lit(1), expression=level))], default=lit(1)
+        )
+    starts = (
+        exp.select("*", exp.alias_(level, "level"))
+        .from_("seq")
+        .where(exp.and_(_c("s0").eq(1), exp.LT(this=_c("ts"), expression=lit(end_us))))
+    )
+
+    def reached(k: int, value: exp.Expr) -> exp.Expr:
+        return exp.Case(ifs=[exp.If(this=exp.GT(this=_c("level"), expression=lit(k)), true=value)])
+
+    at = [_c("b")] + [_c(f"c{k}") for k in range(1, n)]
+    b: exp.Expr = _c("b")
+    if values and q.breakdown_attribution == "last_touch":
+        b = exp.Case(ifs=[exp.If(this=_c("level").eq(k + 1), true=at[k].copy()) for k in range(n)])
+    elif values:
+        b = reached(q.attribution_step, at[q.attribution_step])
+    times = [exp.alias_(_c("ts"), "t0")]
+    times += [exp.alias_(reached(k, _c(f"x{k}")), f"t{k}") for k in range(1, n)]
+    uids = [exp.alias_(sql.text(_c("uo")), "u0")]
+    uids += [
+        exp.alias_(reached(k, sql.text(_c(f"o{k}"))) if uuids else _null("TEXT"), f"u{k}")
+        for k in range(1, n)
+    ]
+    paths = exp.select("person_id", "pn", exp.alias_(b, "b"), "level", *times, *uids).from_(
+        "starts"
+    )
+    return [("seq", seq), ("starts", starts), ("paths", paths)]
+
+
+def _chain_ctes(q: FunnelQuery, end_us: int) -> list[tuple[str, exp.Query]]:
+    """Ordered: f0..f{n-1}, the greedy chain from every step-1 event; then ``paths``, one row
+    per (start, level reached so far)."""
+    n = len(q.steps)
     ctes: list[tuple[str, exp.Query]] = [
         (
             "f0",
             exp.select(
                 _c("person_id", "ev"), _c("pn", "ev"), _c("uid", "ev").as_("u0"),
-                _c("ts", "ev").as_("t0"), _c("b", "ev").as_("b0"), *extra,
+                _c("ts", "ev").as_("t0"), _c("b", "ev").as_("b0"),
             )
             .from_("ev")
             .where(exp.and_(_c("s0", "ev").eq(1), exp.LT(this=_c("ts", "ev"), expression=lit(end_us)))),
@@ -379,8 +438,6 @@ def _chain_ctes(q: FunnelQuery, end_us: int) -> list[tuple[str, exp.Query]]:
     ]  # fmt: skip
     for k in range(1, n):
         prev = [f"{x}{i}" for i in range(k) for x in ("u", "t", "b")]
-        if strict:
-            prev += [f"r{k - 1}"]
         carried = [_c("person_id", "f"), _c("pn", "f")] + [_c(x, "f") for x in prev]
         new = [_c("uid", "e").as_(f"u{k}"), _c("ts", "e").as_(f"t{k}"), _c("b", "e").as_(f"b{k}")]
         conds: list[exp.Expr] = [
@@ -390,12 +447,8 @@ def _chain_ctes(q: FunnelQuery, end_us: int) -> list[tuple[str, exp.Query]]:
                 expression=exp.Add(this=_c("t0", "f"), expression=lit(q.window_us)),
             ),
         ]
-        if strict:
-            new.append(_c("rn", "e").as_(f"r{k}"))
-            conds.append(_c("rn", "e").eq(exp.Add(this=_c(f"r{k - 1}", "f"), expression=lit(1))))
-        else:
-            conds.append(exp.GTE(this=_c("ts", "e"), expression=_c(f"t{k - 1}", "f")))
-            conds += [exp.NEQ(this=_c("uid", "e"), expression=_c(f"u{i}", "f")) for i in range(k)]
+        conds.append(exp.GTE(this=_c("ts", "e"), expression=_c(f"t{k - 1}", "f")))
+        conds += [exp.NEQ(this=_c("uid", "e"), expression=_c(f"u{i}", "f")) for i in range(k)]
         rn = _row_number(
             [_c("person_id", "f"), _c("u0", "f")],
             [exp.Ordered(this=_c("ts", "e")), exp.Ordered(this=_c("uid", "e"))],
@@ -411,7 +464,6 @@ def _chain_ctes(q: FunnelQuery, end_us: int) -> list[tuple[str, exp.Query]]:
             .where(exp.and_(*conds))
         )
         names = ["person_id", "pn"] + prev + [f"u{k}", f"t{k}", f"b{k}"]
-        names += [f"r{k}"] if strict else []
         ctes.append((f"f{k}", exp.select(*names).from_(cand.subquery("c")).where(_c("pick").eq(1))))
     paths: exp.Query | None = None
     for k in range(n):
@@ -712,11 +764,13 @@ def _prepared(
         ctes += _unordered_ctes(q, end_us, [dense[c] for c in classes])
     elif arrays:
         ctes += _array_ctes(q, end_us, interval)
+    elif q.order == "strict":
+        ctes += _strict_ctes(q, end_us, sql)
     else:
         ctes += _chain_ctes(q, end_us)
     scored: exp.Select = exp.select("*", lit(0).as_("excluded")).from_("paths")
     if q.exclusions:
-        ctes.append(("xev", _xev(source, project_id, q, sql, arrays)))
+        ctes.append(("xev", _xev(source, project_id, q, sql, arrays or q.order == "strict")))
         ctes += _exclusion_ctes(q)
         n = len(q.steps)
         cols = [_c(c, "p") for c in ("person_id", "pn", "b", "level")]
