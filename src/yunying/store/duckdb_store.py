@@ -586,12 +586,12 @@ class DuckDBEventStore:
 
     def _has_overrides(self, project_id: int) -> bool:
         """Whether any stored event of the project may carry another person than its id's."""
-        row = (
+        rows = (  # fetch to the end: an unfinished result would block this connection
             self._reader()
             .execute("SELECT 1 FROM person_overrides WHERE project_id = ? LIMIT 1", [project_id])
-            .fetchone()
+            .fetchall()
         )
-        return row is not None
+        return bool(rows)
 
     def scoped(self, relation: str, project_id: int) -> exp.Query:
         if relation == "events":
