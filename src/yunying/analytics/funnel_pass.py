@@ -1,4 +1,4 @@
-"""Ordered funnels as one pass over per-person sorted step times, in numpy.
+"""Funnels as one pass over per-person step times, in numpy.
 
 The engine does what it is good at: one scan of the step events and one ``GROUP BY`` person that
 packs each event as a single integer ``time_us * M + step`` (``M`` a power of two above the step
@@ -7,11 +7,13 @@ with disjoint steps the chain from a start at ``t0`` takes, for each step k, the
 event not before step k-1's, so step k is a minimum over the person's step-k times at or after a
 threshold — a segmented minimum (``np.minimum.reduceat``) per step for persons with one start.
 Persons with several starts are sorted and walked by binary search from each start, keeping the
-furthest chain (then the earliest start, which fixes its times). The same SQL runs on DuckDB and
-ClickHouse, so both engines give the same answer by construction.
+furthest chain (then the earliest start, which fixes its times). A first-touch breakdown takes
+the value of the chosen start. Unordered funnels sort each person's values and count each
+step's events in every anchor's window. The same SQL runs on DuckDB and ClickHouse, so both
+engines give the same answer by construction.
 
-Used by :func:`yunying.analytics.funnels.funnel` for ordered funnels whose steps are distinct
-named events, without exclusions or breakdown, when the source can return Arrow tables.
+Used by :func:`yunying.analytics.funnels.funnel` where ``_uses_pass`` says so (named, disjoint
+steps, no exclusions; docs/analytics.md "How it runs"), when the source returns Arrow tables.
 """
 
 from __future__ import annotations
