@@ -41,7 +41,7 @@ demo: $(STAMP)
 CONSOLE := src/yunying/console
 # Feature modules whose error messages (marked M_ where raised) the console shows translated.
 MESSAGE_SOURCES := src/yunying/errors.py src/yunying/analytics src/yunying/audience \
-	src/yunying/activities src/yunying/risk
+	src/yunying/activities src/yunying/risk src/yunying/state/projects.py
 i18n: $(STAMP)
 	$(BIN)/pybabel extract -F $(CONSOLE)/babel.cfg -k N_ -k M_ --no-location --sort-output \
 		--project Yunying -o $(CONSOLE)/locale/messages.pot $(CONSOLE) $(MESSAGE_SOURCES)

@@ -38,6 +38,27 @@ def test_init_then_project_create_prints_keys_once(tmp_path: Path) -> None:
     assert dup.exit_code == 1 and "already exists" in dup.output
 
 
+def test_project_update_renames_and_changes_the_time_zone(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    cli(d, "project", "create", "a")
+    cli(d, "project", "create", "b")
+    out = cli(
+        d, "project", "update", "a", "--rename", "剪辑", "--timezone", "Europe/Berlin", "--json"
+    )
+    assert out.exit_code == 0, out.output
+    assert orjson.loads(out.stdout)["timezone"] == "Europe/Berlin"
+    listed = {p["name"]: p for p in orjson.loads(cli(d, "project", "list", "--json").stdout)}
+    assert set(listed) == {"剪辑", "b"} and listed["剪辑"]["timezone"] == "Europe/Berlin"
+    for args, fragment in [
+        (["--rename", "b"], "already exists"),
+        (["--timezone", "Mars/Olympus"], "unknown time zone"),
+        (["--rename", "  "], "1 to 200"),
+    ]:
+        bad = cli(d, "project", "update", "剪辑", *args)
+        assert bad.exit_code == 1 and fragment in bad.output, (args, bad.output)
+    assert cli(d, "project", "update", "nope", "--timezone", "UTC").exit_code == 1
+
+
 def test_data_dir_comes_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -145,6 +145,33 @@ def project_create(
     console.print("  [yellow]the secret key is shown only once: store it now[/]")
 
 
+@project_app.command("update")
+def project_update(
+    name: str,
+    rename: Annotated[str | None, typer.Option(help="A new name for the project.")] = None,
+    timezone: Annotated[
+        str | None, typer.Option(help="A new IANA time zone (days of every analysis from now).")
+    ] = None,
+    json_out: JSONOut = False,
+    data_dir: DataDir = None,
+    events_url: EventsURL = None,
+    state_url: StateURL = None,
+) -> None:
+    """Rename a project or change its time zone."""
+    from yunying.state import get_project, open_state, update_project
+
+    settings = settings_of(data_dir, events_url, state_url)
+    try:
+        engine = open_state(settings.state_url)
+        p = update_project(engine, get_project(engine, name).id, name=rename, timezone=timezone)
+    except YunyingError as exc:
+        fail(str(exc))
+    if json_out:
+        print_json({"id": p.id, "name": p.name, "timezone": p.timezone})
+        return
+    console.print(f"[green]updated[/] project {p.name!r} (id {p.id}, time zone {p.timezone})")
+
+
 @project_app.command("list")
 def project_list(
     json_out: JSONOut = False,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -214,7 +214,8 @@ class ConsoleApp:
         locale, changed = self.locale_of(request, session)
         projects = list_projects(self.runtime.state)
         project = None
-        asked = request.query_params.get("project") or request.cookies.get(PROJECT_COOKIE)
+        cookie = request.cookies.get(PROJECT_COOKIE)
+        asked = request.query_params.get("project") or (unquote(cookie) if cookie else None)
         for p in projects:
             if p.name == asked:
                 project = p
@@ -407,10 +408,11 @@ def set_cookie(
     http_only: bool = True,
     days: int | None = None,
 ) -> None:
-    """A cookie with the console's flags: SameSite=Lax, Secure over HTTPS, HttpOnly by default."""
+    """A cookie with the console's flags: SameSite=Lax, Secure over HTTPS, HttpOnly by default.
+    The value is percent-encoded (project names are often Chinese; headers are Latin-1)."""
     response.set_cookie(
         name,
-        value,
+        quote(value, safe=""),
         max_age=None if days is None else days * 86_400,
         httponly=http_only,
         samesite="lax",

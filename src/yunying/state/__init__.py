@@ -10,6 +10,7 @@ from yunying.state.projects import (
     list_projects,
     project_by_secret_key,
     project_by_write_key,
+    update_project,
 )
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "open_state",
     "project_by_secret_key",
     "project_by_write_key",
+    "update_project",
     "upgrade",
 ]

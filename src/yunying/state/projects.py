@@ -17,12 +17,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from yunying.errors import Conflict, NotFound, YunyingError
+from yunying.errors import M_, Conflict, NotFound, YunyingError
 from yunying.state.models import projects
 
 
 class InvalidProject(YunyingError):
-    """A project's settings (name, time zone) are not acceptable."""
+    """A project's settings (name, time zone) are not acceptable; ``field`` names which."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -55,15 +59,27 @@ def _row(r: sa.Row[Any]) -> Project:
     return Project(r.id, r.name, r.write_key, r.secret_key_prefix, r.timezone, created)
 
 
-def create_project(engine: Engine, name: str, timezone: str = "Asia/Shanghai") -> NewProject:
-    """Create a project with fresh keys; raises :class:`Conflict` if the name is taken."""
+def _checked_name(name: str) -> str:
     name = name.strip()
     if not name or len(name) > 200:
-        raise InvalidProject("project name must be 1 to 200 characters")
+        raise InvalidProject(M_("project name must be 1 to 200 characters"), field="name")
+    return name
+
+
+def _checked_timezone(timezone: str) -> str:
+    timezone = timezone.strip()
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise InvalidProject(f"unknown time zone {timezone!r}") from exc
+        raise InvalidProject(
+            M_("unknown time zone {timezone!r}", timezone=timezone), field="timezone"
+        ) from exc
+    return timezone
+
+
+def create_project(engine: Engine, name: str, timezone: str = "Asia/Shanghai") -> NewProject:
+    """Create a project with fresh keys; raises :class:`Conflict` if the name is taken."""
+    name, timezone = _checked_name(name), _checked_timezone(timezone)
     write_key = "ywk_" + secrets.token_urlsafe(24)
     secret_key = "ysk_" + secrets.token_urlsafe(32)
     now = datetime.now(UTC)
@@ -81,6 +97,33 @@ def create_project(engine: Engine, name: str, timezone: str = "Asia/Shanghai") -
             )
         ).inserted_primary_key[0]  # type: ignore[index]
     return NewProject(Project(pid, name, write_key, secret_key[:8], timezone, now), secret_key)
+
+
+def update_project(
+    engine: Engine, project_id: int, *, name: str | None = None, timezone: str | None = None
+) -> Project:
+    """Rename a project or change its time zone (days, weeks and months of every analysis from
+    then on); raises :class:`Conflict` if another project has the name."""
+    values: dict[str, str] = {}
+    if name is not None:
+        values["name"] = _checked_name(name)
+    if timezone is not None:
+        values["timezone"] = _checked_timezone(timezone)
+    with engine.begin() as conn:
+        if "name" in values:
+            taken = conn.execute(
+                sa.select(projects.c.id).where(
+                    projects.c.name == values["name"], projects.c.id != project_id
+                )
+            ).first()
+            if taken:
+                raise Conflict(M_("a project named {name!r} already exists", name=values["name"]))
+        if values:
+            conn.execute(projects.update().where(projects.c.id == project_id).values(**values))
+        r = conn.execute(sa.select(projects).where(projects.c.id == project_id)).first()
+    if r is None:
+        raise NotFound(f"no project with id {project_id}")
+    return _row(r)
 
 
 def list_projects(engine: Engine) -> list[Project]:

@@ -7,6 +7,7 @@ may do what, and only the director's role manages keys and people.
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import available_timezones
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -22,8 +23,9 @@ from yunying.console.users import (
     list_users,
     update_user,
 )
-from yunying.console.web import ConsoleApp, Ctx, NavItem, redirect
+from yunying.console.web import PROJECT_COOKIE, ConsoleApp, Ctx, NavItem, redirect, set_cookie
 from yunying.errors import Conflict, NotFound
+from yunying.state import InvalidProject, update_project
 
 
 def register(console: ConsoleApp) -> None:
@@ -43,6 +45,7 @@ def register(console: ConsoleApp) -> None:
     ) -> Response:
         base = str(request.base_url).rstrip("/")
         items = snippets(base, ctx.project.write_key, ctx.project.name) if ctx.project else []
+        zones = sorted(available_timezones()) if ctx.can("keys") else []
         span = console.span(ctx.project) if ctx.project else None
         rule = budget_rule(state, ctx.project.id) if ctx.project else None
         return console.render(
@@ -55,12 +58,35 @@ def register(console: ConsoleApp) -> None:
             rule=rule,
             errors=ctx.field_errors(errors or []),
             form=form or {},
+            zones=zones,
         )
 
     @console.router.get("/settings/project")
     def project_settings(request: Request) -> Response:
         """Keys, time zone, budget rules and set-up code for every supported SDK."""
         return project_view(request, console.context(request, "keys"))
+
+    @console.router.post("/settings/project")
+    async def project_change(request: Request) -> Response:
+        """Rename the project or change its time zone (admins: the "keys" permission)."""
+        ctx = console.context(request, "keys")
+        form = await request.form()
+        console.check_csrf(ctx, form)
+        if ctx.project is None:
+            return redirect("/settings/project")
+        name, timezone = str(form.get("name") or ""), str(form.get("timezone") or "")
+        try:
+            changed = update_project(state, ctx.project.id, name=name, timezone=timezone)
+        except InvalidProject as exc:
+            problem = {"field": exc.field, "message": exc.message}
+            return project_view(request, ctx, [problem], 400, {"name": name, "timezone": timezone})
+        except Conflict as exc:
+            problem = {"field": "name", "message": exc.message}
+            return project_view(request, ctx, [problem], 400, {"name": name, "timezone": timezone})
+        response = redirect("/settings/project")
+        # the project is chosen by name: keep choosing it under its new name
+        set_cookie(request, response, PROJECT_COOKIE, changed.name, http_only=False, days=365)
+        return response
 
     @console.router.post("/settings/project/budget")
     async def budget_change(request: Request) -> Response:
