@@ -382,3 +382,24 @@ def test_array_pass_starts_and_window_edges(small: Any) -> None:
         ds.events, [named("A"), named("B"), named("C")], lo, hi, timedelta(hours=1)
     )
     assert result.counts == ref.step_counts(chains, 3)
+
+
+def test_tied_starts_pick_the_uuid_smaller_as_text(small: Any) -> None:
+    # the two uuids order one way as text (and as their big-endian bytes) and the other way
+    # reversed or with the top bit flipped: the breakdown must follow the text
+    low, high = "1fffffff-0000-4000-8000-0000000000ff", "f0000000-0000-4000-8000-000000000001"
+    raw = [
+        {"event": "A", "distinct_id": "p", "timestamp": iso(minutes(0)), "uuid": high,
+         "properties": {"src": "high"}},
+        {"event": "A", "distinct_id": "p", "timestamp": iso(minutes(0)), "uuid": low,
+         "properties": {"src": "low"}},
+        {"event": "B", "distinct_id": "p", "timestamp": iso(minutes(1)),
+         "uuid": "00000000-0000-4000-8000-000000000009", "properties": {}},
+    ]  # fmt: skip
+    ds = small(raw)
+    q = FunnelQuery((FunnelStep("A"), FunnelStep("B")), DAY, breakdown=prop("src"))
+    got = both(ds, funnel, q)
+    assert [(b.value, [s.count for s in b.steps]) for b in got.breakdowns] == [("low", [1, 1])]
+    # strict: in uuid order "low" comes first, so only the chain from "high" has B next
+    strict = both(ds, funnel, FunnelQuery(q.steps, DAY, order="strict", breakdown=prop("src")))
+    assert [(b.value, [s.count for s in b.steps]) for b in strict.breakdowns] == [("high", [1, 1])]

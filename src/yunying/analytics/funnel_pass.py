@@ -223,7 +223,7 @@ def summary(level: Ints, times: list[Ints], steps: int) -> list[Any]:
 
 def chosen_starts(starts: pa.Array, t0: Ints, level: Ints) -> tuple[pa.Array, NDArray[np.bool_]]:
     """The value of each person's chosen start, from ``starts`` (per person, the list of its
-    starts as ``(time µs, uuid text, value)``): the start at the chosen chain's time, the
+    starts as ``(time µs, uuid as text or 16 bytes, value)``): the start at the chosen chain's time, the
     smallest uuid among starts at that instant (their chains are the same). Also which persons
     have a start at all."""
     offsets = starts.offsets.to_numpy().astype(np.int64)
@@ -239,7 +239,10 @@ def chosen_starts(starts: pa.Array, t0: Ints, level: Ints) -> tuple[pa.Array, ND
     chosen[who[single]] = at[single]
     tied = at[~single]
     if len(tied):  # order the tied starts by person then uuid, keep each person's first
-        by = pa.table({"o": owner[tied], "u": flat.field(1).take(pa.array(tied)), "i": tied})
+        uuids = flat.field(1).take(pa.array(tied))
+        if isinstance(uuids, pa.ExtensionArray):  # 16 bytes (big-endian): they sort as text
+            uuids = uuids.storage
+        by = pa.table({"o": owner[tied], "u": uuids, "i": tied})
         by = by.sort_by([("o", "ascending"), ("u", "ascending")])
         o, i = by.column("o").to_numpy(), by.column("i").to_numpy()
         first = np.r_[True, o[1:] != o[:-1]]

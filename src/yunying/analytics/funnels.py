@@ -921,7 +921,9 @@ def _by_pass(
     )
     columns: list[exp.Expr] = [exp.alias_(exp.ArrayAgg(this=packed), "l")]
     if q.breakdown is not None:  # each start's time, uuid and value
-        parts = [ts.copy(), sql.text(_c("uuid")), sql.field_text(q.breakdown)]
+        # DuckDB hands uuids to Arrow as their 16 bytes, which order as their text
+        uuid = sql.text(_c("uuid")) if sql.ch else _c("uuid")
+        parts = [ts.copy(), uuid, sql.field_text(q.breakdown)]
         if sql.ch:
             tup = exp.Anonymous(this="tuple", expressions=parts)
             starts: exp.Expr = exp.Anonymous(

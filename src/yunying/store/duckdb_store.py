@@ -653,7 +653,10 @@ class DuckDBEventStore:
         return QueryResult(columns, rows)
 
     def query_arrow(self, sql: str) -> pa.Table:
-        result: pa.Table = self._reader().sql(sql).to_arrow_table()
+        """As :meth:`query`, as Arrow; UUID values come as 16 bytes (``arrow.uuid``), not text."""
+        con = self._reader()
+        con.execute("SET arrow_lossless_conversion = true")
+        result: pa.Table = con.sql(sql).to_arrow_table()
         return result
 
     def iter_query(self, sql: str, batch_rows: int = 10_000) -> Iterator[list[Any]]:
