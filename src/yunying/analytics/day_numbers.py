@@ -14,12 +14,11 @@ span; outside it the expression falls back to ``Sql.day_number``. ClickHouse kee
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from functools import lru_cache
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta
 
 from sqlglot import exp
 
+from yunying.analytics import local_periods
 from yunying.analytics.common import Sql, fn, lit
 
 DAY_US = 86_400_000_000
@@ -29,38 +28,12 @@ MAX_CHANGES = 40
 FLOOR = datetime(1970, 1, 3)
 #: How far back an open-ended span (``lo=None``) is made exact and fast.
 OPEN_SPAN = timedelta(days=3 * 366)
-_STEP = timedelta(hours=6)
-_US = timedelta(microseconds=1)
 
 
-def _offset_us(zone: ZoneInfo, t: datetime) -> int:
-    off = t.replace(tzinfo=UTC).astimezone(zone).utcoffset()
-    assert off is not None
-    return off // _US
-
-
-@lru_cache(maxsize=512)
 def offsets(tz: str, lo: datetime, hi: datetime) -> tuple[tuple[datetime, int], ...] | None:
     """The zone's UTC offsets (µs) over ``[lo, hi)`` (naive UTC) as (from, offset) pairs, the
     first from ``lo``; None with more than :data:`MAX_CHANGES` changes."""
-    zone = ZoneInfo(tz)
-    out = [(lo, _offset_us(zone, lo))]
-    t = lo
-    while t < hi:
-        u = min(t + _STEP, hi)
-        if _offset_us(zone, u) != out[-1][1]:
-            a, b = t, u  # the offset changes in (a, b]: the first instant with the new one
-            while b - a > _US:
-                m = a + (b - a) // 2
-                if _offset_us(zone, m) == out[-1][1]:
-                    a = m
-                else:
-                    b = m
-            out.append((b, _offset_us(zone, b)))
-            if len(out) > MAX_CHANGES + 1:
-                return None
-        t = u
-    return tuple(out)
+    return local_periods.offsets(tz, lo, hi, MAX_CHANGES + 1)
 
 
 def _hour(t: datetime) -> datetime:

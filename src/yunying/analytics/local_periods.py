@@ -14,6 +14,7 @@ back to ``Sql.period``. ClickHouse keeps ``Sql.period``: its conversions are alr
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from sqlglot import exp
@@ -36,9 +37,13 @@ def _offset_us(zone: ZoneInfo, t: datetime) -> int:
     return off // _US
 
 
-def offsets(tz: str, lo: datetime, hi: datetime) -> list[tuple[datetime, int]] | None:
+@lru_cache(maxsize=512)
+def offsets(
+    tz: str, lo: datetime, hi: datetime, limit: int = MAX_TRANSITIONS
+) -> tuple[tuple[datetime, int], ...] | None:
     """The zone's UTC offsets (microseconds) over ``[lo, hi)`` (naive UTC) as (from, offset)
-    pairs, the first from ``lo``; None when there are too many changes."""
+    pairs, the first from ``lo``; None with more than ``limit`` pairs. Shared with
+    :mod:`yunying.analytics.day_numbers`."""
     zone = ZoneInfo(tz)
     out = [(lo, _offset_us(zone, lo))]
     t = lo
@@ -53,10 +58,10 @@ def offsets(tz: str, lo: datetime, hi: datetime) -> list[tuple[datetime, int]] |
                 else:
                     b = m
             out.append((b, _offset_us(zone, b)))
-            if len(out) > MAX_TRANSITIONS:
+            if len(out) > limit:
                 return None
         t = u
-    return out
+    return tuple(out)
 
 
 class LocalPeriods:
@@ -66,7 +71,7 @@ class LocalPeriods:
         self.sql = sql
         self.tz = tz
         self.lo, self.hi = lo, hi
-        self.parts: list[tuple[datetime, int]] | None = None
+        self.parts: tuple[tuple[datetime, int], ...] | None = None
         if sql.dialect == "duckdb" and lo >= datetime(1970, 1, 3) and hi - lo <= MAX_SPAN:
             self.parts = offsets(tz, lo, hi)
 
