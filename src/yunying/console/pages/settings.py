@@ -6,6 +6,7 @@ may do what, and only the director's role manages keys and people.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 from zoneinfo import available_timezones
 
@@ -28,6 +29,12 @@ from yunying.errors import Conflict, NotFound
 from yunying.state import InvalidProject, update_project
 
 
+@lru_cache(maxsize=1)
+def _zones() -> list[str]:
+    """The IANA time zone names, for the project form's list (read once: about 600)."""
+    return sorted(available_timezones())
+
+
 def register(console: ConsoleApp) -> None:
     """Add the project and team pages."""
     state = console.runtime.state
@@ -45,7 +52,7 @@ def register(console: ConsoleApp) -> None:
     ) -> Response:
         base = str(request.base_url).rstrip("/")
         items = snippets(base, ctx.project.write_key, ctx.project.name) if ctx.project else []
-        zones = sorted(available_timezones()) if ctx.can("keys") else []
+        zones = _zones() if ctx.can("keys") else []
         span = console.span(ctx.project) if ctx.project else None
         rule = budget_rule(state, ctx.project.id) if ctx.project else None
         return console.render(
