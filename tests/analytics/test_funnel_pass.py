@@ -25,6 +25,7 @@ from yunying.analytics import (
 )
 from yunying.analytics import funnel_pass as fp
 from yunying.analytics.funnels import _uses_pass
+from yunying.analytics.metrics import _Scoped
 
 RANGE = DateRange(START, START + timedelta(days=DAYS - 1))
 
@@ -183,6 +184,7 @@ def test_pass_is_used_for_distinct_named_steps_without_exclusions(journeys: Data
         query = store.query
 
     assert not _uses_pass(FunnelQuery(abc, RANGE), Rows())
+    assert _uses_pass(FunnelQuery(abc, RANGE), _Scoped(store))  # the metrics' wrapper passes on
 
 
 @pytest.mark.parametrize(

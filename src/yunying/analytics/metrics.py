@@ -1276,6 +1276,9 @@ class _Scoped:
     def query(self, sql: str) -> QueryResult:
         return self.source.query(sql)
 
+    def __getattr__(self, name: str) -> Any:  # query_arrow, where the source has it
+        return getattr(self.source, name)
+
 
 def metric_batches(
     source: Source,
