@@ -16,6 +16,8 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlglot import exp
 
@@ -43,7 +45,7 @@ def _lit_ts(dt: datetime) -> exp.Expr:
 
 def _persons_table(
     runtime: Runtime, project_id: int, start: datetime, end: datetime, conversion_event: str
-) -> list[list[Any]]:
+) -> pa.Table:
     """Per person: first seen, first channel, converted since the start, conversion amount."""
     e = runtime.store.scoped("events", project_id).subquery("e")
     ts = exp.column("timestamp")
@@ -72,13 +74,54 @@ def _persons_table(
         .where(ts < _lit_ts(end))
         .group_by(exp.column("person_id"))
     )
-    return runtime.store.query(q.sql(dialect=runtime.store.dialect)).rows
+    return runtime.store.query_arrow(q.sql(dialect=runtime.store.dialect))
 
 
-def _week(v: Any) -> str:
-    dt = datetime.fromisoformat(v) if isinstance(v, str) else v
-    iso = dt.isocalendar()
-    return f"{iso[0]}-W{iso[1]:02d}"
+Strata = dict[tuple[str, str], list[float]]
+
+
+def _strata(
+    runtime: Runtime,
+    project_id: int,
+    start: datetime,
+    end: datetime,
+    conversion_event: str,
+    participants: set[str],
+) -> tuple[Strata, Strata, int]:
+    """Persons, conversions and conversion revenue per stratum (first-seen ISO week × first
+    channel) of participants and of everyone else, and the participants first seen since the
+    start, counted in Arrow (one row per person never reaches Python)."""
+    persons = _persons_table(runtime, project_id, start, end, conversion_event)
+    part: Strata = defaultdict(lambda: [0, 0, 0.0])
+    rest: Strata = defaultdict(lambda: [0, 0, 0.0])
+    if not persons.num_rows:
+        return part, rest, 0
+    first = persons.column("first_ts").cast(pa.timestamp("us"))  # UTC, as stored
+    member = pc.is_in(persons.column("pid"), value_set=pa.array(sorted(participants), pa.string()))
+    since = pc.greater_equal(
+        first, pa.scalar(start.astimezone(UTC).replace(tzinfo=None), first.type)
+    )
+    new_users = pc.sum(pc.and_(member, since).cast(pa.int64())).as_py() or 0
+    table = pa.table(
+        {
+            "week": pc.strftime(first, format="%G-W%V"),
+            "channel": pc.fill_null(persons.column("channel").cast(pa.string()), ""),
+            "member": member,
+            "converted": persons.column("converted").cast(pa.int64()),
+            "revenue": pc.fill_null(persons.column("revenue").cast(pa.float64()), 0.0),
+        }
+    )
+    groups = table.group_by(["week", "channel", "member"]).aggregate(
+        [("converted", "count"), ("converted", "sum"), ("revenue", "sum")]
+    )
+    for row in groups.to_pylist():
+        target = part if row["member"] else rest
+        target[(row["week"], row["channel"])] = [
+            row["converted_count"],
+            row["converted_sum"],
+            row["revenue_sum"],
+        ]
+    return part, rest, int(new_users)
 
 
 def activity_report(
@@ -146,22 +189,10 @@ def activity_report(
     cost_fen = sum(r["cost_fen"] for r in rewards.values())
 
     # persons: new users, conversion vs comparable group
-    persons = _persons_table(runtime, act.project_id, start, end, conversion_event)
     part_people = {p for p in participants.values() if p}
-    new_users = 0
-    strata_part: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0.0])
-    strata_rest: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0.0])
-    for pid, first_ts, channel, converted, revenue in persons:
-        first = datetime.fromisoformat(first_ts) if isinstance(first_ts, str) else first_ts
-        first = first if first.tzinfo else first.replace(tzinfo=UTC)
-        key = (_week(first), channel or "")
-        target = strata_part if pid in part_people else strata_rest
-        s = target[key]
-        s[0] += 1
-        s[1] += int(converted or 0)
-        s[2] += float(revenue or 0)
-        if pid in part_people and first >= start:
-            new_users += 1
+    strata_part, strata_rest, new_users = _strata(
+        runtime, act.project_id, start, end, conversion_event, part_people
+    )
     n_part = sum(int(s[0]) for s in strata_part.values())
     conv_part = sum(int(s[1]) for s in strata_part.values())
     rev_part = sum(s[2] for s in strata_part.values())
