@@ -404,6 +404,21 @@ def _transition_rows(
     )
 
 
+def _count_moves(rows: exp.Select) -> exp.Select:
+    """Persons per (day, stage before, stage after) of rows ``d, from_stage, stage``."""
+    return (
+        exp.select(
+            _c("d"),
+            _c("from_stage"),
+            _c("stage"),
+            exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
+            copy=False,
+        )
+        .from_(rows.subquery("t", copy=False), copy=False)
+        .group_by(_c("d"), _c("from_stage"), _c("stage"), copy=False)
+    )
+
+
 def stage_transitions(
     source: Source,
     project_id: int,
@@ -417,17 +432,7 @@ def stage_transitions(
     ps = stage_periods(date_range, interval)
     days = sorted({day_number(p.as_of) for p in ps} | {day_number(ps[0].previous_as_of)})
     rows = _transition_rows(source, project_id, settings, days, date_range.timezone)
-    tree = (
-        exp.select(
-            _c("d"),
-            _c("from_stage"),
-            _c("stage"),
-            exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
-            copy=False,
-        )
-        .from_(rows.subquery("t", copy=False), copy=False)
-        .group_by(_c("d"), _c("from_stage"), _c("stage"), copy=False)
-    )
+    tree = _count_moves(rows)
     by_day: dict[int, list[dict[str, Any]]] = {}
     for d, frm, to, n in run(source, tree):
         by_day.setdefault(as_int(d), []).append(
@@ -553,17 +558,7 @@ def _transition_counts_sql(
             copy=False,
         )
     )
-    return (
-        exp.select(
-            _c("d"),
-            _c("from_stage"),
-            _c("stage"),
-            exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
-            copy=False,
-        )
-        .from_(moves.subquery("t", copy=False), copy=False)
-        .group_by(_c("d"), _c("from_stage"), _c("stage"), copy=False)
-    )
+    return _count_moves(moves)
 
 
 def _when(cond: exp.Expr, value: exp.Expr, default: exp.Expr | None = None) -> exp.Case:
