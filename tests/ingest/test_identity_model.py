@@ -210,14 +210,14 @@ COMMON = settings(
 
 
 @pytest.mark.slow
-@settings(COMMON, max_examples=80)
+@settings(COMMON, max_examples=50)
 @given(histories())
 def test_writer_matches_the_reference_model(history: History) -> None:
     _check(history)
 
 
 @pytest.mark.slow
-@settings(COMMON, max_examples=20)
+@settings(COMMON, max_examples=12)
 @given(histories())
 def test_writer_on_clickhouse_matches_the_reference_model(history: History) -> None:
     pytest.importorskip("chdb")

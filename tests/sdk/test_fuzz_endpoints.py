@@ -20,7 +20,7 @@ from tests.conftest import LiveServer, rows
 from yunying.state import NewProject
 
 FUZZ = settings(
-    max_examples=40,
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
