@@ -581,6 +581,8 @@ class DuckDBEventStore:
         con = getattr(self._local, "con", None)
         if con is None:
             con = self._con.cursor()
+            # Arrow reads (query_arrow) get UUIDs as 16 bytes, not text; rows are unaffected
+            con.execute("SET arrow_lossless_conversion = true")
             self._local.con = con
         return con
 
@@ -654,9 +656,7 @@ class DuckDBEventStore:
 
     def query_arrow(self, sql: str) -> pa.Table:
         """As :meth:`query`, as Arrow; UUID values come as 16 bytes (``arrow.uuid``), not text."""
-        con = self._reader()
-        con.execute("SET arrow_lossless_conversion = true")
-        result: pa.Table = con.sql(sql).to_arrow_table()
+        result: pa.Table = self._reader().sql(sql).to_arrow_table()
         return result
 
     def iter_query(self, sql: str, batch_rows: int = 10_000) -> Iterator[list[Any]]:
