@@ -8,6 +8,7 @@ from typing import Any
 
 from tests.conftest import LiveServer
 from tests.console.conftest import console_of, csrf_of, demo_people, login
+from yunying.audience.segment_tables import segment_personas
 
 RULE = "type: event\nevent: edit_video\ncount: at_least\ntimes: 1\nwindow: {last_days: 30}\n"
 
@@ -100,6 +101,8 @@ def test_segment_editor(console_live: LiveServer, seeded: dict[str, Any]) -> Non
     assert r.status_code == 303
     detail = client.get(r.headers["location"])
     assert detail.status_code == 200 and 'id="members"' in detail.text
+    # the persona stored with the computation, over the 30 days up to it
+    assert 'id="persona"' in detail.text and "用户画像（" in detail.text
 
 
 def test_activity_lifecycle_and_review(console_live: LiveServer, seeded: dict[str, Any]) -> None:
@@ -138,9 +141,12 @@ def test_activity_lifecycle_and_review(console_live: LiveServer, seeded: dict[st
 def test_slow_pages_show_the_computing_state(
     console_live: LiveServer, seeded: dict[str, Any]
 ) -> None:
-    """With no time to wait, a cold 用户分层 page and a segment's persona answer "computing"."""
+    """With no time to wait, a cold 用户分层 page and a segment's persona (none stored with its
+    computation, as after an upgrade) answer "computing"."""
     console = console_of(console_live)
     client = login(console_live.url, "analyst")
+    with console_live.runtime.state.begin() as conn:
+        conn.execute(segment_personas.delete())
     console.cache.clear()
     console.compute_wait = 0.0
     try:

@@ -45,6 +45,23 @@ segment_sizes = sa.Table(
     sa.Index("ix_segment_sizes_segment", "segment_id", "computed_at"),
 )
 
+#: The persona of a segment's latest computation (``audience.segment_persona``): written with
+#: each computation, so the segment's page shows it without reading every event again.
+segment_personas = sa.Table(
+    "segment_personas",
+    metadata,
+    sa.Column(
+        "segment_id",
+        sa.Integer,
+        sa.ForeignKey("segments.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    sa.Column("computed_for", sa.DateTime(timezone=True), nullable=False),  # the computation
+    sa.Column("report", sa.JSON, nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False),  # how long the persona query took
+)
+
 segment_members = sa.Table(
     "segment_members",
     metadata,

@@ -50,6 +50,7 @@ from yunying.audience.rules import (
     rule_json,
     uses_scopes,
 )
+from yunying.audience.segment_persona import store_persona_quietly
 from yunying.audience.segment_tables import segment_members, segment_sizes, segments, tags
 from yunying.audience.tags import Tag, check_schedule
 from yunying.errors import M_, Conflict, NotFound, YunyingError
@@ -538,6 +539,7 @@ def compute_segment(
             _record(runtime.state, seg.id, at, None, f"{type(exc).__name__}: {exc}")
             raise
         _record(runtime.state, seg.id, at, len(ids), None)
+        store_persona_quietly(runtime, project, seg.id, at)
         return get_segment(runtime.state, project.id, seg.id)
 
 
@@ -716,6 +718,8 @@ def _record_node(
     else:
         seg = get_segment(runtime.state, project.id, int(ref))
         _record(runtime.state, seg.id, at, None if error else size, error)
+        if not error:
+            store_persona_quietly(runtime, project, seg.id, at)
         item = {"kind": "segment", "id": seg.id, "name": seg.name, "size": size}
     if error:
         return {"failed": {"kind": kind, "ref": ref, "error": error}}

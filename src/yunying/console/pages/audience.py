@@ -20,9 +20,9 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from yunying.analytics import DateRange, InvalidQuery
-from yunying.audience.persona import PersonaQuery, persona
 from yunying.audience.profile import PersonNotFound, person_events, person_profile
 from yunying.audience.rfm import rfm_report
+from yunying.audience.segment_persona import segment_persona, stored_persona
 from yunying.audience.segments import (
     DependencyCycle,
     InvalidSegment,
@@ -469,23 +469,20 @@ def register(console: ConsoleApp) -> None:
                 lambda: members_page(runtime, project, seg.scope, PAGE_SIZE, page * PAGE_SIZE),
             )
             try:
-                last = local_today(project.timezone)
-                q = PersonaQuery(
-                    "segment",
-                    DateRange(last - timedelta(days=29), last, project.timezone),
-                    str(seg.id),
-                )
-                settings = get_settings(runtime.state, project.id)
-                done, report = slow(
-                    console,
-                    ctx,
-                    lambda: console.cached(
-                        project,
-                        ("persona", seg.id, str(seg.last_computed_at), last),
-                        lambda: persona(runtime.store, project.id, q, settings),
-                    ),
-                )
-                computing = not done
+                computed_at = seg.last_computed_at
+                # stored with the computation; computed (and stored) here only when missing
+                report = stored_persona(runtime.state, seg.id, computed_at)
+                if report is None:
+                    done, report = slow(
+                        console,
+                        ctx,
+                        lambda: console.cached(
+                            project,
+                            ("persona", seg.id, str(computed_at)),
+                            lambda: segment_persona(runtime, project, seg.id, computed_at),
+                        ),
+                    )
+                    computing = not done
                 lift_chart = persona_chart(ctx, report) if report else None
             except (InvalidQuery, YunyingError) as exc:
                 persona_error = ctx.tr(exc)

@@ -1,0 +1,93 @@
+"""A segment's persona, computed with each computation of the segment and stored with it.
+
+The persona query reads every event of the project (first channel, latest OS, device and city
+of every person), about half a second on the demo data: too slow to run each time a segment's
+page opens. A segment's members are those of its latest computation, so its persona is taken
+at the same moment: over the :data:`PERSONA_DAYS` local days ending on the day of that
+computation, with the audience settings of then. The page reads the stored report; a
+computation without one (made before this table existed, or whose persona failed) gets it on
+first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from yunying.analytics.common import DateRange
+from yunying.audience.definitions import aware
+from yunying.audience.persona import PersonaQuery, default_range, persona
+from yunying.audience.segment_tables import segment_personas
+from yunying.audience.settings import get_settings
+from yunying.runtime import Runtime
+from yunying.state import Project
+
+log = logging.getLogger("yunying.audience")
+
+#: Local days the stored persona covers, ending on the day of the computation.
+PERSONA_DAYS = 30
+
+
+def persona_range(project: Project, computed_at: datetime) -> DateRange:
+    """The persona window of a computation made at ``computed_at``."""
+    day = aware(computed_at).astimezone(ZoneInfo(project.timezone)).date()
+    return default_range(day, project.timezone, PERSONA_DAYS)
+
+
+def store_persona(
+    runtime: Runtime, project: Project, seg_id: int, computed_at: datetime
+) -> dict[str, Any]:
+    """Compute the persona of the computation of segment ``seg_id`` made at ``computed_at`` and
+    store it in place of the previous one; the report."""
+    q = PersonaQuery("segment", persona_range(project, computed_at), str(seg_id))
+    started = time.perf_counter()
+    report = persona(runtime.store, project.id, q, get_settings(runtime.state, project.id))
+    seconds = time.perf_counter() - started
+    with runtime.state.begin() as conn:
+        conn.execute(segment_personas.delete().where(segment_personas.c.segment_id == seg_id))
+        conn.execute(
+            segment_personas.insert().values(
+                segment_id=seg_id, computed_for=computed_at, report=report, seconds=seconds
+            )
+        )
+    return report
+
+
+def store_persona_quietly(
+    runtime: Runtime, project: Project, seg_id: int, computed_at: datetime
+) -> None:
+    """:func:`store_persona` after a computation: a failure is logged, not raised (the members
+    are stored; the page computes the persona when it is first asked for)."""
+    try:
+        store_persona(runtime, project, seg_id, computed_at)
+    except Exception as exc:  # noqa: BLE001 - the segment itself was computed
+        log.warning("the persona of segment %s was not stored: %s", seg_id, exc)
+
+
+def stored_persona(engine: sa.Engine, seg_id: int, computed_at: datetime) -> dict[str, Any] | None:
+    """The stored persona of the computation at ``computed_at``, or None (none stored, or one of
+    an earlier computation)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(segment_personas.c.computed_for, segment_personas.c.report).where(
+                segment_personas.c.segment_id == seg_id
+            )
+        ).first()
+    if row is None or aware(row.computed_for) != aware(computed_at):
+        return None
+    report: dict[str, Any] = row.report
+    return report
+
+
+def segment_persona(
+    runtime: Runtime, project: Project, seg_id: int, computed_at: datetime
+) -> dict[str, Any]:
+    """The persona of the computation of ``seg_id`` at ``computed_at``: the stored one, else
+    computed now and stored."""
+    got = stored_persona(runtime.state, seg_id, computed_at)
+    return got if got is not None else store_persona(runtime, project, seg_id, computed_at)
