@@ -9,7 +9,7 @@ period of their first-ever such event, *returning* if also active in the previou
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from sqlglot import exp
@@ -86,6 +86,15 @@ def _c(name: str, table: str | None = None) -> exp.Column:
     return exp.column(name, table=table)
 
 
+def _counted_until(sql: Sql, q: LifecycleQuery, end: datetime) -> exp.Expr:
+    """The query's events (its event and filters) before ``end``: the only ones that count."""
+    return exp.and_(
+        sql.event_is(q.event),
+        sql.filters(q.filters),
+        exp.LT(this=_c("timestamp"), expression=sql.ts_literal(end)),
+    )
+
+
 def lifecycle_sql(source: Source, project_id: int, q: LifecycleQuery) -> exp.Select:
     """(period, status, persons) rows, periods as numbers."""
     sql = Sql(source.dialect)
@@ -114,13 +123,7 @@ def lifecycle_sql(source: Source, project_id: int, q: LifecycleQuery) -> exp.Sel
             ),
         )
         .from_(events_from(source, project_id, person=uses_person(q)))
-        .where(
-            exp.and_(
-                sql.event_is(q.event),
-                sql.filters(q.filters),
-                exp.LT(this=ts.copy(), expression=sql.ts_literal(end)),
-            )
-        )
+        .where(_counted_until(sql, q, end))
     )
     # one row per (person, active period), with the value on the period's first event
     active = exp.select("person_id", "pn", "b").from_(tagged.subquery("t")).where(_c("rn").eq(1))
@@ -224,13 +227,7 @@ def masks_sql(source: Source, project_id: int, q: LifecycleQuery) -> exp.Select:
             .as_("m"),
         )
         .from_(events_from(source, project_id, person=uses_person(q)))
-        .where(
-            exp.and_(
-                sql.event_is(q.event),
-                sql.filters(q.filters),
-                exp.LT(this=ts.copy(), expression=sql.ts_literal(end)),
-            )
-        )
+        .where(_counted_until(sql, q, end))
         .group_by(_c("person_id"))
     )  # fmt: skip
     first = exp.Case(
