@@ -1,5 +1,6 @@
-"""Local day numbers by offset arithmetic (``LocalDays``) equal DuckDB's time-zone conversion
-(``Sql.day_number`` / ``Sql.period``) across DST changes, inside the span and, guarded, outside."""
+"""Local day numbers by offset arithmetic (``LocalPeriods``, open-ended or not) equal DuckDB's
+time-zone conversion (``Sql.day_number`` / ``Sql.period``) across DST changes, inside the span
+and, guarded, outside."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from sqlglot import exp
 
 from yunying.analytics.common import Sql
-from yunying.analytics.day_numbers import LocalDays, offsets
+from yunying.analytics.local_periods import LocalPeriods, offsets
 
 ZONES = ("Asia/Shanghai", "UTC", "America/New_York", "Europe/London", "Australia/Lord_Howe",
          "America/Sao_Paulo", "Asia/Kolkata", "Pacific/Chatham")  # fmt: skip
@@ -21,7 +22,7 @@ ZONES = ("Asia/Shanghai", "UTC", "America/New_York", "Europe/London", "Australia
 def test_day_numbers_equal_time_zone_conversion(tz: str, open_ended: bool) -> None:
     sql = Sql("duckdb")
     lo, hi = datetime(2017, 10, 20, 13), datetime(2019, 4, 8, 7)
-    days = LocalDays(sql, tz, None if open_ended else lo, hi)
+    days = LocalPeriods(sql, tz, None if open_ended else lo, hi)
     assert days.fast
     con = duckdb.connect()
     # every 29 min 59.000007 s from 40 days before the span to 40 days after it
@@ -33,7 +34,7 @@ def test_day_numbers_equal_time_zone_conversion(tz: str, open_ended: bool) -> No
         [first, step, int((hi - first + timedelta(days=40)) / timedelta(microseconds=step))],
     )
     ts = exp.column("timestamp")
-    for interval in ("day", "week", "month"):
+    for interval in ("hour", "day", "week", "month"):
         slow = sql.period(ts.copy(), interval, tz)
         fast = days.period(ts.copy(), interval)
         guarded = days.period(ts.copy(), interval, bounded=False)
@@ -61,7 +62,7 @@ def test_offsets_and_engines() -> None:
     assert parts is not None
     assert [p[0] for p in parts[1:]] == [datetime(2024, 3, 10, 7), datetime(2024, 11, 3, 6)]
     assert [p[1] // 3_600_000_000 for p in parts] == [-5, -4, -5]
-    ch = LocalDays(Sql("clickhouse"), "UTC", datetime(2024, 1, 1), datetime(2024, 2, 1))
+    ch = LocalPeriods(Sql("clickhouse"), "UTC", datetime(2024, 1, 1), datetime(2024, 2, 1))
     assert not ch.fast
     ts = exp.column("timestamp")
     assert ch.day(ts).sql("clickhouse") == Sql("clickhouse").day_number(ts, "UTC").sql("clickhouse")

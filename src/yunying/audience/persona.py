@@ -35,7 +35,7 @@ from yunying.analytics.common import (
     lit,
     run,
 )
-from yunying.analytics.day_numbers import LocalDays
+from yunying.analytics.local_periods import LocalPeriods
 from yunying.audience.rfm import CLASS_CODES, CLASSES, amount_of, purchase_condition, rfm_sql
 from yunying.audience.settings import AudienceSettings
 from yunying.audience.stages import (
@@ -252,7 +252,7 @@ def facts_sql(
     sql = Sql(source.dialect)
     tz = q.date_range.timezone
     start, end = q.date_range.utc_bounds()
-    days = LocalDays(sql, tz, start, end)
+    days = LocalPeriods(sql, tz, start, end)
     in_window = sql.time_between(start, end)
     dims = [d for d in DIMENSIONS if d[0] in q.dimensions]
     props = [f"p{i}" for i in range(len(q.properties))]

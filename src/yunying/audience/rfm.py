@@ -36,7 +36,7 @@ from yunying.analytics.common import (
     lit,
     run,
 )
-from yunying.analytics.day_numbers import LocalDays
+from yunying.analytics.local_periods import LocalPeriods
 from yunying.audience.settings import AudienceSettings, RFMSettings
 from yunying.audience.stages import day_number, local_today, person_key
 
@@ -131,7 +131,7 @@ def rfm_sql(
     purchases = (
         exp.select(
             exp.alias_(person_key(sql, _c("person_id")), "person_id", copy=False),
-            exp.alias_(LocalDays(sql, timezone, start, end).day(ts), "day", copy=False),
+            exp.alias_(LocalPeriods(sql, timezone, start, end).day(ts), "day", copy=False),
             exp.alias_(amount_of(sql, settings.rfm_amount()), "amt", copy=False),
             copy=False,
         )

@@ -44,7 +44,7 @@ from yunying.analytics.common import (
     periods,
     run,
 )
-from yunying.analytics.day_numbers import LocalDays
+from yunying.analytics.local_periods import LocalPeriods
 from yunying.audience.settings import ActivitySettings, AudienceSettings, LifecycleSettings
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def _gaps_sql(
     last_day = EPOCH + timedelta(days=last)
     _, end = DateRange(last_day, last_day, timezone).utc_bounds()
     ts = _c("timestamp")
-    local = LocalDays(sql, timezone, None, end)
+    local = LocalPeriods(sql, timezone, None, end)
     act = (
         exp.select(
             exp.alias_(person_key(sql, _c("person_id")), "person_id", copy=False),
