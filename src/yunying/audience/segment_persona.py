@@ -48,13 +48,16 @@ def store_persona(
     started = time.perf_counter()
     report = persona(runtime.store, project.id, q, get_settings(runtime.state, project.id))
     seconds = time.perf_counter() - started
-    with runtime.state.begin() as conn:
-        conn.execute(segment_personas.delete().where(segment_personas.c.segment_id == seg_id))
-        conn.execute(
-            segment_personas.insert().values(
-                segment_id=seg_id, computed_for=computed_at, report=report, seconds=seconds
+    try:
+        with runtime.state.begin() as conn:
+            conn.execute(segment_personas.delete().where(segment_personas.c.segment_id == seg_id))
+            conn.execute(
+                segment_personas.insert().values(
+                    segment_id=seg_id, computed_for=computed_at, report=report, seconds=seconds
+                )
             )
-        )
+    except sa.exc.IntegrityError:  # stored at the same time by another process (or deleted)
+        log.info("the persona of segment %s was stored by another writer", seg_id)
     return report
 
 
