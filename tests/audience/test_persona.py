@@ -25,7 +25,7 @@ from tests.audience.reports_data import (
 )
 from tests.conftest import chdb_url, rows
 from yunying.analytics.common import DateRange, InvalidQuery
-from yunying.audience.persona import PersonaQuery, persona
+from yunying.audience.persona import PersonaQuery, persona, personas
 from yunying.audience.settings import AudienceSettings
 from yunying.config import load_settings
 from yunying.runtime import Runtime
@@ -200,6 +200,33 @@ def test_segment(ds: Dataset) -> None:
     q = PersonaQuery("segment", RANGE, "nope", top_events=0, dimensions=())
     empty = persona(ds.duck, ds.project_id, q, S)
     assert empty["group"]["persons"] == 0 and empty["revenue"]["group"]["arpu"] is None
+
+
+def test_several_groups_at_once(ds: Dataset) -> None:
+    """A batch of groups (one facts and one events query for all): each report is what the
+    reference says for that group alone, on both engines."""
+    duck_ids = person_ids(ds.duck, ds.project_id)
+    picked = sorted(d for d in duck_ids if d.endswith(("1", "5", "9")))
+    for store, pid in ds.both():
+        ids = person_ids(store, pid)
+        store.replace_person_values(
+            pid, "segment:43", pa.table({"person_id": sorted({ids[d] for d in picked})})
+        )
+    silent = {p for p, s in ref_stages(ds.events, S, RANGE.date_to).items() if s == "silent"}
+    qs = [
+        PersonaQuery("segment", RANGE, "43", properties=("plan",)),
+        PersonaQuery("everyone", RANGE, properties=("plan",)),
+        PersonaQuery("stage", RANGE, "silent", properties=("plan",)),
+    ]
+    got = personas(ds.duck, ds.project_id, qs, S)
+    assert_close(got, personas(ds.chdb, ds.ch_project_id, qs, S))
+    check(got[0], reference(ds, {duck_ids[d] for d in picked}, ["plan"]))
+    check(got[1], reference(ds, None, ["plan"]))
+    check(got[2], reference(ds, silent, ["plan"]))
+    assert got[0] == persona(ds.duck, ds.project_id, qs[0], S)
+    other = PersonaQuery("everyone", DateRange(RANGE.date_from, RANGE.date_to, "UTC"))
+    with pytest.raises(InvalidQuery, match="share window and fields"):
+        personas(ds.duck, ds.project_id, [qs[1], other], S)
 
 
 def test_refusals() -> None:

@@ -108,6 +108,7 @@ def test_a_batch_recompute_stores_each_persona_and_deleting_drops_it(tmp_path: P
     )
     report = S.recompute_all(rt, project, NOW, derived=False)
     assert not report.failed and report.query_seconds is not None  # the one-query path
+    assert report.persona_seconds is not None  # both personas together
     sizes = {}
     for seg in (S.get_segment(rt.state, pid, a.id), S.get_segment(rt.state, pid, b.id)):
         assert seg.last_computed_at is not None

@@ -242,11 +242,16 @@ def _json_texts(sql: Sql, keys: list[str]) -> tuple[list[exp.Expr], list[exp.Exp
 
 
 def facts_sql(
-    source: Source, project_id: int, q: PersonaQuery, settings: AudienceSettings
+    source: Source,
+    project_id: int,
+    q: PersonaQuery,
+    settings: AudienceSettings,
+    groups: list[PersonaQuery] | None = None,
 ) -> exp.Select:
-    """Persons counted by their combination of facts: (g, p0.., d_<dimension>.., bucket, payer,
-    n, days, revenue). ``g`` is 1 in the group; one scan of persons and one of events, and the
-    group's member query appears once. Each event's values are computed once (one parse of its
+    """Persons counted by their combination of facts: (g0.., p0.., d_<dimension>.., bucket,
+    payer, n, days, revenue). ``g<i>`` is 1 in the i-th of ``groups`` (default: ``q``'s own
+    group), which share ``q``'s window and fields; one scan of persons and one of events for
+    all of them, each group's member query appearing once. Each event's values are computed once (one parse of its
     properties on DuckDB, its local day by arithmetic) before the per-person aggregation, and
     active days are counted without a DISTINCT."""
     sql = Sql(source.dialect)
@@ -328,7 +333,14 @@ def facts_sql(
         .group_by(_c("pid"), copy=False)
         .having(exp.Max(this=_c("is_person")).eq(1), copy=False)
     )
-    members = members_sql(source, project_id, q, settings)
+    flags = [
+        exp.alias_(
+            _in_group(sql, members_sql(source, project_id, g, settings), _c("pid")),
+            f"g{i}",
+            copy=False,
+        )
+        for i, g in enumerate(groups or [q])
+    ]
     bucket = exp.Case(
         ifs=[
             exp.If(
@@ -345,22 +357,23 @@ def facts_sql(
     keys = [f"m_{c}" for c in [*props, *[f"d_{name}" for name, *_ in dims]]]
     tagged = exp.select(
         "*",
-        exp.alias_(_in_group(sql, members, _c("pid")), "g", copy=False),
+        *flags,
         exp.alias_(bucket, "bucket", copy=False),
         exp.alias_(
             _when(exp.GT(this=_c("m_buys"), expression=lit(0)), lit(1), lit(0)), "payer", copy=False
         ),
         copy=False,
     ).from_(per_person.subquery("pp", copy=False), copy=False)
+    gs = [str(f.alias) for f in flags]
     return (
         exp.select(
-            "g", *keys, "bucket", "payer",
+            *gs, *keys, "bucket", "payer",
             exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
             exp.alias_(exp.Sum(this=_c("m_adays")), "days", copy=False),
             exp.alias_(exp.Sum(this=_c("m_spent")), "revenue", copy=False),
         copy=False)
         .from_(tagged.subquery("t", copy=False), copy=False)
-        .group_by("g", *keys, "bucket", "payer", copy=False)
+        .group_by(*gs, *keys, "bucket", "payer", copy=False)
     )  # fmt: skip
 
 
@@ -368,6 +381,36 @@ def persona(
     source: Source, project_id: int, q: PersonaQuery, settings: AudienceSettings
 ) -> dict[str, Any]:
     """The persona report of ``q`` (JSON-ready)."""
+    return personas(source, project_id, [q], settings)[0]
+
+
+def personas(
+    source: Source, project_id: int, qs: list[PersonaQuery], settings: AudienceSettings
+) -> list[dict[str, Any]]:
+    """The persona reports of several groups over the same window and fields (the groups and
+    their values differ): one facts query and one top-events query for all of them, instead of
+    reading every event once per group (a batch of segments computed together)."""
+    if not qs:
+        return []
+    q = qs[0]
+    shared = ("date_range", "properties", "top_events", "values_limit", "dimensions")
+    for other in qs[1:]:
+        if any(getattr(other, f) != getattr(q, f) for f in shared):
+            raise InvalidQuery("personas computed together must share window and fields")
+    k = len(qs)
+    rows = run(source, facts_sql(source, project_id, q, settings, qs))
+    counted = _event_counts(source, project_id, qs, settings)
+    return [_report(qs[i], [[row[i], *row[k:]] for row in rows], counted, i) for i in range(k)]
+
+
+def _report(
+    q: PersonaQuery,
+    rows: list[list[Any]],
+    events: list[tuple[str, int, int, list[int], list[int]]],
+    index: int,
+) -> dict[str, Any]:
+    """The report of group ``q`` from its facts rows (g, values.., bucket, payer, n, days,
+    revenue) and the event counts of all the groups (``q`` is the ``index``-th)."""
     dims = [d for d in DIMENSIONS if d[0] in q.dimensions]
     fields = [(f"person.{k}", f"person property {k}") for k in q.properties]
     fields += [(name, label) for name, label, *_ in dims]
@@ -377,7 +420,7 @@ def persona(
     days = {0: 0, 1: 0}
     payers = {0: 0, 1: 0}
     revenue = {0: 0.0, 1: 0.0}
-    for row in run(source, facts_sql(source, project_id, q, settings)):
+    for row in rows:
         g = as_int(row[0])
         values = row[1 : 1 + len(fields)]
         bucket, payer, n, d, rev = row[1 + len(fields) :]
@@ -421,8 +464,8 @@ def persona(
         more = len(counted) > q.values_limit
         return {"field": name, "label": label, "values": values, "more": more}
 
-    distributions = [distribution(i) for i in range(len(fields))]
-    top = _top_events(source, project_id, q, settings, grp_n, pop_n)
+    distributions = [distribution(f) for f in range(len(fields))]
+    top = _top_events(q, events, index, grp_n, pop_n)
 
     def active(n: int, g: tuple[int, ...], total_days: int) -> dict[str, Any]:
         return {
@@ -465,59 +508,87 @@ def persona(
     }
 
 
-def _top_events(
-    source: Source,
-    project_id: int,
-    q: PersonaQuery,
-    settings: AudienceSettings,
-    grp_n: int,
-    pop_n: int,
-) -> list[dict[str, Any]]:
-    """The events of the window by group events, with rates, reach and lift."""
+def _event_counts(
+    source: Source, project_id: int, qs: list[PersonaQuery], settings: AudienceSettings
+) -> list[tuple[str, int, int, list[int], list[int]]]:
+    """Per event of the window (platform ``$`` events left out): events, persons, and for each
+    group its events and persons; one query for all the groups. Empty without top events."""
+    q = qs[0]
     if not q.top_events:
         return []
     sql = Sql(source.dialect)
     start, end = q.date_range.utc_bounds()
-    members = members_sql(source, project_id, q, settings)
-    ev_flag = _in_group(sql, members, _c("person_id"))
+    flags = [
+        exp.alias_(
+            _in_group(sql, members_sql(source, project_id, g, settings), _c("person_id")),
+            f"g{i}",
+            copy=False,
+        )
+        for i, g in enumerate(qs)
+    ]
     tagged = (
         exp.select(_c("event"), exp.alias_(person_key(sql, _c("person_id")), "pid", copy=False),
-                   exp.alias_(ev_flag, "g", copy=False), copy=False)
+                   *flags, copy=False)
         .from_(source.scoped("events", project_id).subquery("e", copy=False), copy=False)
         .where(exp.and_(sql.time_between(start, end),
                         exp.Not(this=exp.Like(this=_c("event"), expression=lit("$%"))), copy=False), copy=False)
     )  # fmt: skip
+    per_group: list[exp.Expr] = []
+    for i in range(len(qs)):
+        g = _c(f"g{i}")
+        per_group.append(exp.alias_(exp.Sum(this=g), f"ng{i}", copy=False))
+        per_group.append(
+            exp.alias_(
+                exp.Count(this=exp.Distinct(expressions=[_when(g.copy().eq(1), _c("pid"))])),
+                f"npg{i}",
+                copy=False,
+            )
+        )
     tree = (
         exp.select(
             _c("event"),
             exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
             exp.alias_(exp.Count(this=exp.Distinct(expressions=[_c("pid")])), "np", copy=False),
-            exp.alias_(exp.Sum(this=_c("g")), "ng", copy=False),
-            exp.alias_(
-                exp.Count(this=exp.Distinct(expressions=[_when(_c("g").eq(1), _c("pid"))])),
-                "npg",
-                copy=False,
-            ),
+            *per_group,
             copy=False,
         )
         .from_(tagged.subquery("t", copy=False), copy=False)
         .group_by(_c("event"), copy=False)
     )
-    counted = [
-        (str(e), as_int(n), as_int(np_), as_int(ng), as_int(npg))
-        for e, n, np_, ng, npg in run(source, tree)
+    return [
+        (
+            str(row[0]),
+            as_int(row[1]),
+            as_int(row[2]),
+            [as_int(v) for v in row[3::2]],
+            [as_int(v) for v in row[4::2]],
+        )
+        for row in run(source, tree)
     ]
-    counted.sort(key=lambda t: (-t[3], -t[1], t[0]))
+
+
+def _top_events(
+    q: PersonaQuery,
+    counted: list[tuple[str, int, int, list[int], list[int]]],
+    i: int,
+    grp_n: int,
+    pop_n: int,
+) -> list[dict[str, Any]]:
+    """The events of the window by the i-th group's events, with rates, reach and lift."""
+    ranked = sorted(
+        ((e, n, np_, ng[i], npg[i]) for e, n, np_, ng, npg in counted),
+        key=lambda t: (-t[3], -t[1], t[0]),
+    )
     top = []
-    for e, n, np_, ng, npg in counted[: q.top_events]:
-        gr, pr = _ratio(ng, grp_n), _ratio(n, pop_n)
+    for e, n, np_, ng_i, npg_i in ranked[: q.top_events]:
+        gr, pr = _ratio(ng_i, grp_n), _ratio(n, pop_n)
         top.append(
             {
                 "event": e,
-                "group_events": ng,
-                "group_persons": npg,
+                "group_events": ng_i,
+                "group_persons": npg_i,
                 "group_rate": gr,
-                "group_reach": _ratio(npg, grp_n),
+                "group_reach": _ratio(npg_i, grp_n),
                 "population_events": n,
                 "population_persons": np_,
                 "population_rate": pr,

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from yunying.analytics.common import DateRange
 from yunying.audience.definitions import aware
-from yunying.audience.persona import PersonaQuery, default_range, persona
+from yunying.audience.persona import PersonaQuery, default_range, personas
 from yunying.audience.segment_tables import segment_personas
 from yunying.audience.settings import get_settings
 from yunying.runtime import Runtime
@@ -39,37 +39,44 @@ def persona_range(project: Project, computed_at: datetime) -> DateRange:
     return default_range(day, project.timezone, PERSONA_DAYS)
 
 
-def store_persona(
-    runtime: Runtime, project: Project, seg_id: int, computed_at: datetime
-) -> dict[str, Any]:
-    """Compute the persona of the computation of segment ``seg_id`` made at ``computed_at`` and
-    store it in place of the previous one; the report."""
-    q = PersonaQuery("segment", persona_range(project, computed_at), str(seg_id))
+def store_personas(
+    runtime: Runtime, project: Project, seg_ids: list[int], computed_at: datetime
+) -> list[dict[str, Any]]:
+    """Compute the personas of the computations of segments ``seg_ids`` made together at
+    ``computed_at`` (one facts query and one events query for all of them) and store each in
+    place of the previous one; the reports."""
+    window = persona_range(project, computed_at)
+    qs = [PersonaQuery("segment", window, str(seg_id)) for seg_id in seg_ids]
     started = time.perf_counter()
-    report = persona(runtime.store, project.id, q, get_settings(runtime.state, project.id))
+    reports = personas(runtime.store, project.id, qs, get_settings(runtime.state, project.id))
     seconds = time.perf_counter() - started
-    try:
-        with runtime.state.begin() as conn:
-            conn.execute(segment_personas.delete().where(segment_personas.c.segment_id == seg_id))
-            conn.execute(
-                segment_personas.insert().values(
-                    segment_id=seg_id, computed_for=computed_at, report=report, seconds=seconds
+    for seg_id, report in zip(seg_ids, reports, strict=True):
+        try:
+            with runtime.state.begin() as conn:
+                conn.execute(
+                    segment_personas.delete().where(segment_personas.c.segment_id == seg_id)
                 )
-            )
-    except sa.exc.IntegrityError:  # stored at the same time by another process (or deleted)
-        log.info("the persona of segment %s was stored by another writer", seg_id)
-    return report
+                conn.execute(
+                    segment_personas.insert().values(
+                        segment_id=seg_id, computed_for=computed_at, report=report, seconds=seconds
+                    )
+                )
+        except sa.exc.IntegrityError:  # stored at the same time by another process (or deleted)
+            log.info("the persona of segment %s was stored by another writer", seg_id)
+    return reports
 
 
-def store_persona_quietly(
-    runtime: Runtime, project: Project, seg_id: int, computed_at: datetime
+def store_personas_quietly(
+    runtime: Runtime, project: Project, seg_ids: list[int], computed_at: datetime
 ) -> None:
-    """:func:`store_persona` after a computation: a failure is logged, not raised (the members
-    are stored; the page computes the persona when it is first asked for)."""
+    """:func:`store_personas` after a computation: a failure is logged, not raised (the members
+    are stored; the page computes a persona when it is first asked for)."""
+    if not seg_ids:
+        return
     try:
-        store_persona(runtime, project, seg_id, computed_at)
-    except Exception as exc:  # noqa: BLE001 - the segment itself was computed
-        log.warning("the persona of segment %s was not stored: %s", seg_id, exc)
+        store_personas(runtime, project, seg_ids, computed_at)
+    except Exception as exc:  # noqa: BLE001 - the segments themselves were computed
+        log.warning("the personas of segments %s were not stored: %s", seg_ids, exc)
 
 
 def stored_persona(engine: sa.Engine, seg_id: int, computed_at: datetime) -> dict[str, Any] | None:
@@ -93,4 +100,4 @@ def segment_persona(
     """The persona of the computation of ``seg_id`` at ``computed_at``: the stored one, else
     computed now and stored."""
     got = stored_persona(runtime.state, seg_id, computed_at)
-    return got if got is not None else store_persona(runtime, project, seg_id, computed_at)
+    return got if got is not None else store_personas(runtime, project, [seg_id], computed_at)[0]

@@ -59,7 +59,7 @@ segment_personas = sa.Table(
     ),
     sa.Column("computed_for", sa.DateTime(timezone=True), nullable=False),  # the computation
     sa.Column("report", sa.JSON, nullable=False),
-    sa.Column("seconds", sa.Float, nullable=False),  # how long the persona query took
+    sa.Column("seconds", sa.Float, nullable=False),  # its queries (shared within a batch)
 )
 
 segment_members = sa.Table(

@@ -50,7 +50,7 @@ from yunying.audience.rules import (
     rule_json,
     uses_scopes,
 )
-from yunying.audience.segment_persona import store_persona_quietly
+from yunying.audience.segment_persona import store_personas_quietly
 from yunying.audience.segment_tables import segment_members, segment_sizes, segments, tags
 from yunying.audience.tags import Tag, check_schedule
 from yunying.errors import M_, Conflict, NotFound, YunyingError
@@ -539,7 +539,7 @@ def compute_segment(
             _record(runtime.state, seg.id, at, None, f"{type(exc).__name__}: {exc}")
             raise
         _record(runtime.state, seg.id, at, len(ids), None)
-        store_persona_quietly(runtime, project, seg.id, at)
+        store_personas_quietly(runtime, project, [seg.id], at)
         return get_segment(runtime.state, project.id, seg.id)
 
 
@@ -625,6 +625,8 @@ class RecomputeReport:
     query_seconds: float | None = None
     #: Seconds writing all their members at once (None when written one by one).
     write_seconds: float | None = None
+    #: Seconds computing and storing the personas of those segments together (None when none).
+    persona_seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -635,6 +637,7 @@ class RecomputeReport:
             "seconds": round(self.seconds, 3),
             "query_seconds": self.query_seconds,
             "write_seconds": self.write_seconds,
+            "persona_seconds": self.persona_seconds,
         }
 
 
@@ -699,6 +702,11 @@ def _compute_batch(
         t = time.perf_counter()
         items[node] = _record_node(runtime, project, node, at, len(ids), error)
         items[node].setdefault("seconds", round(time.perf_counter() - t, 3))
+    if error is None:  # the personas of the batch's segments, by one pass for all of them
+        t = time.perf_counter()
+        segs = [int(ref) for kind, ref in batch if kind == "segment"]
+        store_personas_quietly(runtime, project, segs, at)
+        report.persona_seconds = round(time.perf_counter() - t, 3) if segs else None
 
 
 def _scope(node: Node) -> str:
@@ -718,8 +726,6 @@ def _record_node(
     else:
         seg = get_segment(runtime.state, project.id, int(ref))
         _record(runtime.state, seg.id, at, None if error else size, error)
-        if not error:
-            store_persona_quietly(runtime, project, seg.id, at)
         item = {"kind": "segment", "id": seg.id, "name": seg.name, "size": size}
     if error:
         return {"failed": {"kind": kind, "ref": ref, "error": error}}
