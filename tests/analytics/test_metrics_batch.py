@@ -183,12 +183,12 @@ def test_batch_requests(mb: Dataset) -> None:
 
 def test_metric_batches_equal_batch_per_request(mb: Dataset) -> None:
     """The dashboard's one call for both ranges (metric_batches) equals metric_batch of each
-    (range, interval) on both engines, sharing the activity and GMV queries: 6 queries."""
+    (range, interval) on both engines, sharing every query: 4 queries."""
     requests: list[tuple[DateRange, str | None]] = [(RANGE, "day"), (RANGE.previous(), None)]
     for store, pid in mb.both():
         counted = Counting(store)
         got = metric_batches(counted, pid, DASHBOARD + ("stickiness", "wau"), requests, config=CFG)
-        assert counted.queries == 2 + 2 + 1 + 1  # cohort and facts per range, activity, GMV
+        assert counted.queries == 1 + 1 + 1 + 1  # cohort, facts, activity, GMV: each for both
         for (dr, interval), results in zip(requests, got, strict=True):
             want = metric_batch(
                 store, pid, DASHBOARD + ("stickiness", "wau"), dr, interval=interval, config=CFG
@@ -202,3 +202,144 @@ def test_metric_batches_equal_batch_per_request(mb: Dataset) -> None:
     assert got[1] == metric_batch(mb.duck, mb.project_id, ["dau", "gmv"], RANGE)
     one = metric_batches(mb.duck, mb.project_id, ["mau"], [(RANGE, "day")])
     assert one == [metric_batch(mb.duck, mb.project_id, ["mau"], RANGE, interval="day")]
+
+
+# -- metric_batches: one cohort query and one facts query for disjoint ranges ----------------------
+
+SHARED = DASHBOARD + ("activation_rate", "ltv", "retention_d3", "retention_d30", "arppu",
+                      "repurchase_rate", "k_factor", "stickiness", "wau")  # fmt: skip
+EVERY = SHARED + ("churn_rate", "conversion_rate")  # these two run per range
+NY, UTC = "America/New_York", "UTC"  # New York's clocks moved on 2024-03-10, inside the data
+
+
+def _days(first: int, last: int, tz: str = TZ) -> DateRange:
+    """Days ``first`` .. ``last`` after START, in ``tz``."""
+    return DateRange(START + timedelta(days=first), START + timedelta(days=last), tz)
+
+
+BATCHES: dict[str, list[tuple[DateRange, str | None]]] = {
+    # the dashboard's two requests; the previous range reads installs from before START
+    "dashboard": [(RANGE, "day"), (RANGE.previous(), None)],
+    # later range first, other intervals, a partial first week and month
+    "week-month": [(_days(15, 27), "week"), (_days(1, 14), "month")],
+    # three ranges with gaps between them, each interval, one of a single day
+    "gaps": [(_days(-10, -3), None), (_days(4, 4), "day"), (_days(9, 20), "week")],
+    # time zones other than the data's, over New York's change of clocks
+    "new-york": [(_days(3, 12, NY), "day"), (_days(-7, 2, NY), "week")],
+    "utc": [(_days(14, 27, UTC), "day"), (_days(0, 13, UTC), None)],
+    # ranges with no events at all, and one over the data's last days
+    "empty": [(_days(60, 70), "day"), (_days(49, 59), None), (_days(25, 35), "week")],
+}
+
+
+def _results(got: dict[str, Any]) -> dict[str, Any]:
+    return {n: r.as_dict() for n, r in got.items()}
+
+
+@pytest.mark.parametrize("case", list(BATCHES))
+def test_metric_batches_equal_batch_per_range(mb: Dataset, case: str) -> None:
+    """Every metric of disjoint ranges, the cohort and facts ones from one query per family for
+    all the ranges, equals metric_batch of each range on its own, on both engines; both engines
+    agree."""
+    requests = BATCHES[case]
+    results = []
+    for store, pid in mb.both():
+        got = metric_batches(store, pid, EVERY, requests, config=CFG)
+        for (dr, interval), batch in zip(requests, got, strict=True):
+            want = metric_batch(store, pid, EVERY, dr, interval=interval, config=CFG)
+            ref.assert_close(_results(batch), _results(want), f"{store.dialect}:{dr}")
+        results.append([_results(g) for g in got])
+        counted = Counting(store)
+        metric_batches(counted, pid, SHARED, requests, config=CFG)
+        assert counted.queries == 4  # cohort, facts, activity and GMV, each for all the ranges
+    ref.assert_close(results[0], results[1])
+
+
+_LOCAL_DAYS = (
+    "dau",
+    "wau",
+    "mau",
+    "stickiness",
+    "retention_d1",
+    "retention_d3",
+    "retention_d7",
+    "retention_d30",
+)  # fmt: skip  (the references count local days in TZ only)
+
+
+def _want(name: str, events: list[Any], dr: DateRange, sub: DateRange | None = None) -> Any:
+    """The reference value of ``name`` over ``dr``, or of its day ``sub`` (cohort metrics: the
+    day's new users observed up to the range's end)."""
+    if sub is None:
+        return ref_value(name, reference(name, events, dr, CFG), dr)
+    if name in ("new_users", "activation_rate", "ltv") or name.startswith("retention_d"):
+        return ref_value(name, ref_cohort_metric(name, events, dr, CFG, cohort_range=sub), sub)
+    return ref_value(name, reference(name, events, sub, CFG), sub)
+
+
+@pytest.mark.parametrize("case", list(BATCHES))
+def test_metric_batches_equal_reference(mb: Dataset, case: str) -> None:
+    """The values of metric_batches, each range's and each of its days', against the
+    plain-Python references of test_metrics.py (independent of the SQL)."""
+    requests = BATCHES[case]
+    got = metric_batches(mb.duck, mb.project_id, SHARED, requests, config=CFG)
+    for (dr, interval), results in zip(requests, got, strict=True):
+        names = [n for n in SHARED if dr.timezone == TZ or n not in _LOCAL_DAYS]
+        for name in names:
+            want = _want(name, mb.events, dr)
+            if want is None:
+                assert results[name].value is None, (case, name)
+            else:
+                assert results[name].value == pytest.approx(want, abs=1e-9), (case, name)
+            if interval != "day":
+                continue
+            assert [p.key for p in results[name].periods] == [
+                (dr.date_from + timedelta(days=i)).isoformat() for i in range(dr.days)
+            ]
+            for i, p in enumerate(results[name].periods):
+                day = dr.date_from + timedelta(days=i)
+                want = _want(name, mb.events, dr, DateRange(day, day, dr.timezone))
+                if want is None:
+                    assert p.value is None, (case, name, p.key)
+                else:
+                    assert p.value == pytest.approx(want, abs=1e-9), (case, name, p.key)
+    if case == "empty":  # nothing happened in the first two ranges
+        for results in got[:2]:
+            assert results["new_users"].value == 0 and results["dau"].value == 0
+            assert results["paying_rate"].value is None and results["retention_d1"].value is None
+
+
+@pytest.mark.parametrize(
+    ("requests", "queries"),
+    [
+        ([(_days(0, 13), "day"), (_days(7, 20), None)], 2 + 2 * 2),  # overlapping days
+        ([(_days(0, 13), "day"), (_days(14, 27, NY), None)], 2 * 4),  # two time zones
+    ],
+    ids=["overlapping", "two-zones"],
+)
+def test_metric_batches_fall_back_per_range(
+    mb: Dataset, requests: list[tuple[DateRange, str | None]], queries: int
+) -> None:
+    """Ranges sharing days, or of different zones, run the cohort and facts queries per range
+    (and, across zones, the activity and GMV ones too): still metric_batch of each."""
+    for store, pid in mb.both():
+        counted = Counting(store)
+        got = metric_batches(counted, pid, DASHBOARD, requests, config=CFG)
+        assert counted.queries == queries
+        for (dr, interval), batch in zip(requests, got, strict=True):
+            want = metric_batch(store, pid, DASHBOARD, dr, interval=interval, config=CFG)
+            ref.assert_close(_results(batch), _results(want), f"{store.dialect}:{dr}")
+
+
+def test_metric_batches_requests(mb: Dataset) -> None:
+    with pytest.raises(InvalidQuery):
+        metric_batches(mb.duck, mb.project_id, ["dau"], [(RANGE, "hour"), (RANGE.previous(), None)])
+    with pytest.raises(InvalidQuery):
+        metric_batches(mb.duck, mb.project_id, ["dau_per_cat"], [(RANGE, None)])
+    assert metric_batches(mb.duck, mb.project_id, ["dau"], []) == []
+    assert metric_batches(
+        mb.duck, mb.project_id, [], [(RANGE, "day"), (RANGE.previous(), None)]
+    ) == [
+        {},
+        {},
+    ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from sqlglot import exp
@@ -275,6 +275,11 @@ def _flag(cond: exp.Expr) -> exp.Expr:
     return exp.Case(ifs=[exp.If(this=cond, true=lit(1))], default=lit(0))
 
 
+def _null_text() -> exp.Expr:
+    """``CAST(NULL AS TEXT)``, built without parsing the type's name."""
+    return exp.Cast(this=exp.null(), to=exp.DataType(this=exp.DataType.Type.TEXT))
+
+
 def _coalesce0(e: exp.Expr) -> exp.Expr:
     return exp.Coalesce(this=e, expressions=[lit(0)])
 
@@ -294,24 +299,17 @@ def _ranked(
     project_id: int,
     sql: Sql,
     cond: exp.Expr,
-    tz: str,
-    interval: str | None,
     breakdown: Field | None,
-    per_period: bool,
     extra: list[exp.Expr],
     ranked: bool = True,
-    days: LocalDays | None = None,
+    pn: exp.Expr | None = None,
+    within: exp.Expr | None = None,
 ) -> exp.Select:
-    """Events matching ``cond``, with pn (period number, 0 without interval), b (breakdown
-    value), us (µs since epoch) and, when ``ranked``, rn: the event's rank in time (uuid breaks
-    ties) within the person (and period when ``per_period``). ``days``: the span ``cond``
-    keeps events in (their periods by arithmetic)."""
-    ts = _c("timestamp")
-    pn: exp.Expr = lit(0)
-    if interval:
-        pn = days.period(ts, interval) if days is not None else sql.period(ts, interval, tz)
-    b = sql.field_text(breakdown) if breakdown else exp.cast(exp.null(), "TEXT", copy=False)
-    part = [_c("person_id")] + ([pn.copy()] if per_period else [])
+    """Events matching ``cond``, with pn (period number: ``pn``, else 0), b (breakdown value), us
+    (µs since epoch) and, when ``ranked``, rn: the event's rank in time (uuid breaks ties)
+    within the person (and the value of ``within``: the event's range, when there are several)."""
+    b = sql.field_text(breakdown) if breakdown else _null_text()
+    part = [_c("person_id")] + ([within.copy()] if within is not None else [])
     order = exp.Order(
         expressions=[exp.Ordered(this=_c("timestamp")), exp.Ordered(this=_uuid_order(sql))]
     )
@@ -321,7 +319,7 @@ def _ranked(
             _c("person_id"),
             exp.alias_(_c("timestamp"), "ts", copy=False),
             exp.alias_(sql.epoch_us(_c("timestamp")), "us", copy=False),
-            exp.alias_(pn, "pn", copy=False),
+            exp.alias_(lit(0) if pn is None else pn, "pn", copy=False),
             exp.alias_(b, "b", copy=False),
             *([exp.alias_(rn, "rn", copy=False)] if ranked else []),
             *extra,
@@ -332,24 +330,89 @@ def _ranked(
     )
 
 
+# A batch query computes one or several date ranges ("parts", each with its interval, all in one
+# time zone and disjoint): each event or new user is tagged with the part it falls in (rg, the
+# part's index), so that adjacent ranges (the dashboard's range and the one before it) are
+# computed in one pass over their events instead of one pass each.
+Part = tuple[DateRange, str | None]
+
+
+class _Parts:
+    """The UTC bounds, local day numbers and per-part values of disjoint ranges of one zone."""
+
+    def __init__(self, sql: Sql, parts: Sequence[Part]) -> None:
+        self.sql = sql
+        self.parts = list(parts)
+        self.bounds = [dr.utc_bounds() for dr, _ in parts]
+        self.start = min(b[0] for b in self.bounds)
+        self.end = max(b[1] for b in self.bounds)
+        self.days = LocalDays(sql, parts[0][0].timezone, self.start, self.end)
+        self.order = sorted(range(len(parts)), key=lambda i: self.bounds[i][0])
+
+    def inside(self, ts: exp.Expr) -> exp.Expr:
+        """``ts`` falls in one of the ranges (adjacent ones merged into one interval)."""
+        spans: list[list[datetime]] = []
+        for i in self.order:
+            lo, hi = self.bounds[i]
+            if spans and spans[-1][1] == lo:
+                spans[-1][1] = hi
+            else:
+                spans.append([lo, hi])
+        conds = [
+            exp.and_(
+                exp.GTE(this=ts.copy(), expression=self.sql.ts_literal(lo)),
+                exp.LT(this=ts.copy(), expression=self.sql.ts_literal(hi)),
+                copy=False,
+            )
+            for lo, hi in spans
+        ]
+        return exp.or_(*conds, copy=False) if len(conds) > 1 else conds[0]
+
+    def pick(self, ts: exp.Expr, values: list[exp.Expr]) -> exp.Expr:
+        """``values[i]`` for a ``ts`` inside part i (one value when they are all the same)."""
+        if all(v == values[0] for v in values[1:]):
+            return values[0]
+        last = self.order[-1]
+        ifs = [
+            exp.If(
+                this=exp.LT(this=ts.copy(), expression=self.sql.ts_literal(self.bounds[i][1])),
+                true=values[i],
+            )
+            for i in self.order[:-1]
+        ]
+        return exp.Case(ifs=ifs, default=values[last])
+
+    def rg(self, ts: exp.Expr) -> exp.Expr:
+        """The index of the part ``ts`` falls in."""
+        return self.pick(ts, [lit(i) for i in range(len(self.parts))])
+
+    def pn(self, ts: exp.Expr) -> exp.Expr:
+        """The period number of ``ts`` in its part's interval (0 for a part without)."""
+        return self.pick(
+            ts,
+            [self.days.period(ts, iv) if iv else lit(0) for _, iv in self.parts],
+        )
+
+    def with_interval(self) -> list[int]:
+        """The parts asked per period."""
+        return [i for i, (_, iv) in enumerate(self.parts) if iv]
+
+
 def _cohort(
     source: Source,
     project_id: int,
     sql: Sql,
-    dr: DateRange,
+    parts: _Parts,
     cfg: MetricConfig,
-    interval: str | None,
     breakdown: Field | None,
 ) -> exp.Select:
-    """New users of the range: person, first new-user event (µs, local day number), period and
-    the breakdown value on that event. Without a breakdown the first event is the person's
-    earliest time (no ranking needed); its day and period are taken only for the range's new
-    users (by arithmetic, :class:`LocalDays`)."""
-    start, end = dr.utc_bounds()
-    days = LocalDays(sql, dr.timezone, start, end)
+    """New users of the ranges: person, first new-user event (µs, local day number), its part
+    (rg), period, the part's last day number (ld) and the breakdown value on that event. Without
+    a breakdown the first event is the person's earliest time (no ranking needed); its day and
+    period are taken only for the ranges' new users (by arithmetic, :class:`LocalDays`)."""
     cond = exp.and_(
         sql.event_is(cfg.new_user_event),
-        exp.LT(this=_c("timestamp"), expression=sql.ts_literal(end)),
+        exp.LT(this=_c("timestamp"), expression=sql.ts_literal(parts.end)),
         copy=False,
     )
     firsts: exp.Select
@@ -358,7 +421,7 @@ def _cohort(
             exp.select(
                 _c("person_id"),
                 exp.alias_(exp.Min(this=_c("timestamp")), "ts", copy=False),
-                exp.alias_(exp.cast(exp.null(), "TEXT", copy=False), "b", copy=False),
+                exp.alias_(_null_text(), "b", copy=False),
                 copy=False,
             )
             .from_(events_from(source, project_id), copy=False)
@@ -366,24 +429,27 @@ def _cohort(
             .group_by(_c("person_id"), copy=False)
         )
     else:
-        ranked = _ranked(source, project_id, sql, cond, dr.timezone, None, breakdown, False, [])
+        ranked = _ranked(source, project_id, sql, cond, breakdown, [])
         firsts = (
             exp.select(_c("person_id"), _c("ts"), _c("b"), copy=False)
             .from_(ranked.subquery("r", copy=False), copy=False)
             .where(_c("rn").eq(lit(1)), copy=False)
         )
     ts = _c("ts")
+    last = [lit(period_number(dr.date_to, "day")) for dr, _ in parts.parts]
     return (
         exp.select(
             _c("person_id"),
             exp.alias_(sql.epoch_us(ts), "us", copy=False),
-            exp.alias_(days.day(ts.copy()), "cd", copy=False),
-            exp.alias_(days.period(ts.copy(), interval) if interval else lit(0), "pn", copy=False),
+            exp.alias_(parts.days.day(ts.copy()), "cd", copy=False),
+            exp.alias_(parts.rg(ts), "rg", copy=False),
+            exp.alias_(parts.pn(ts), "pn", copy=False),
+            exp.alias_(parts.pick(ts, last), "ld", copy=False),
             _c("b"),
             copy=False,
         )
         .from_(firsts.subquery("f", copy=False), copy=False)
-        .where(exp.GTE(this=ts.copy(), expression=sql.ts_literal(start)), copy=False)
+        .where(parts.inside(ts), copy=False)
     )
 
 
@@ -406,6 +472,37 @@ def _levels(levels: tuple[int, ...]) -> exp.Subquery:
     return q.subquery("l", copy=False)
 
 
+def _part_levels(parts: _Parts, breakdown: Field | None) -> list[tuple[int, ...]]:
+    """The levels each part computes: overall, per period (with an interval), per value."""
+    return [
+        (OVERALL,) + ((PER_PERIOD,) if iv else ()) + ((PER_VALUE,) if breakdown else ())
+        for _, iv in parts.parts
+    ]
+
+
+def _with_levels(q: exp.Select, parts: _Parts, breakdown: Field | None) -> exp.Select:
+    """``q`` (rows tagged with their part, rg) once per level its part computes (``lvl``)."""
+    per_part = _part_levels(parts, breakdown)
+    if all(lv == per_part[0] for lv in per_part):
+        return q.join(_levels(per_part[0]), join_type="cross", copy=False)
+    rows: exp.Query | None = None
+    for rg, levels in enumerate(per_part):
+        for n in levels:
+            row = exp.select(
+                exp.alias_(lit(rg), "l_rg", copy=False),
+                exp.alias_(lit(n), "lvl", copy=False),
+                copy=False,
+            )
+            rows = row if rows is None else exp.union(rows, row, distinct=False, copy=False)
+    assert rows is not None
+    return q.join(
+        rows.subquery("l", copy=False),
+        on=_c("l_rg", "l").eq(_c("rg")),
+        join_type="inner",
+        copy=False,
+    )
+
+
 def _level_pn(pn: exp.Expr) -> exp.Expr:
     """The period number of a row at its level: ``pn`` per period, 0 otherwise."""
     return exp.Case(ifs=[exp.If(this=_c("lvl").eq(lit(PER_PERIOD)), true=pn)], default=lit(0))
@@ -424,25 +521,23 @@ def _cohort_batch_sql(
     source: Source,
     project_id: int,
     names: list[str],
-    dr: DateRange,
+    parts: _Parts,
     cfg: MetricConfig,
-    interval: str | None,
     breakdown: Field | None,
-    levels: tuple[int, ...],
 ) -> exp.Select:
     """One query for every requested new-user cohort metric (new users, activation, LTV, any
-    retention_dN) at every level: rows (lvl, pn, b, new users, activated, LTV revenue, then per
-    requested N: retained, observable). The cohort (first new-user event, its period and
-    breakdown value) is computed once; each person carries one flag per retention day N."""
-    sql = Sql(source.dialect)
-    cohort = _cohort(source, project_id, sql, dr, cfg, interval, breakdown)
+    retention_dN) of every range at every level: rows (rg, lvl, pn, b, new users, activated, LTV
+    revenue, then per requested N: retained, observable). The cohort (first new-user event, its
+    range, period and breakdown value) is computed once; each person carries one flag per N."""
+    sql = parts.sql
+    cohort = _cohort(source, project_id, sql, parts, cfg, breakdown)
     ns = sorted({_retention_n(n) for n in names if _RETENTION.fullmatch(n)})
     a_us = sql.epoch_us(_c("timestamp", "a"))
     a_event = _c("event", "a")
     join_on = _c("person_id", "a").eq(_c("person_id", "c"))
     person = exp.alias_(_c("person_id", "c"), "person_id", copy=False)
     per_person: list[exp.Expr] = [
-        exp.alias_(_c(n, "c"), n, copy=False) for n in ("person_id", "cd", "pn", "b")
+        exp.alias_(_c(n, "c"), n, copy=False) for n in ("person_id", "cd", "rg", "pn", "ld", "b")
     ]
     hits: list[tuple[str, exp.Select]] = []
     if "activation_rate" in names:
@@ -451,7 +546,7 @@ def _cohort_batch_sql(
                 "h_act",
                 exp.select(person, exp.alias_(lit(1), "hit", copy=False), copy=False)
                 .distinct(copy=False)
-                .from_(exp.to_table("cohort").as_("c"), copy=False)
+                .from_(exp.to_table("cohort").as_("c", copy=False), copy=False)
                 .join(
                     events_from(source, project_id, "a"), on=join_on, join_type="inner", copy=False
                 )
@@ -494,7 +589,7 @@ def _cohort_batch_sql(
                     exp.alias_(exp.Sum(this=_c("amount", "a")), "rev", copy=False),
                     copy=False,
                 )
-                .from_(exp.to_table("cohort").as_("c"), copy=False)
+                .from_(exp.to_table("cohort").as_("c", copy=False), copy=False)
                 .join(
                     events_from(source, project_id, "a"), on=join_on, join_type="inner", copy=False
                 )
@@ -504,17 +599,22 @@ def _cohort_batch_sql(
         )
         per_person.append(exp.alias_(_coalesce0(_c("rev", "h_ltv")), "lrev", copy=False))
     if ns:
-        # retention: the persons' active local days in the range, D + N for each requested N
-        # (joined to the cohort before anything is grouped: only its persons' events count)
-        start, end = dr.utc_bounds()
-        days = LocalDays(sql, dr.timezone, start, end)
+        # retention: the persons' active local days D + N for each requested N, over the span
+        # of the ranges (joined to the cohort before anything is grouped: only its persons'
+        # events count); a day D + N after the person's range's end is not observed there
         returns = (
             exp.select(
-                _c("person_id"), exp.alias_(days.day(_c("timestamp")), "dn", copy=False), copy=False
+                _c("person_id"),
+                exp.alias_(parts.days.day(_c("timestamp")), "dn", copy=False),
+                copy=False,
             )
             .from_(events_from(source, project_id), copy=False)
             .where(
-                exp.and_(_in(sql, cfg.activity_events), sql.time_between(start, end), copy=False),
+                exp.and_(
+                    _in(sql, cfg.activity_events),
+                    sql.time_between(parts.start, parts.end),
+                    copy=False,
+                ),
                 copy=False,
             )
         )
@@ -530,7 +630,7 @@ def _cohort_batch_sql(
                     ),
                     copy=False,
                 )
-                .from_(exp.to_table("cohort").as_("c"), copy=False)
+                .from_(exp.to_table("cohort").as_("c", copy=False), copy=False)
                 .join(
                     returns.subquery("r", copy=False),
                     on=_c("person_id", "r").eq(_c("person_id", "c")),
@@ -545,7 +645,9 @@ def _cohort_batch_sql(
             exp.alias_(_coalesce0(_c(f"x{n}", "h_ret")), f"h{n}", copy=False) for n in ns
         ]
     carried = [str(e.alias) for e in per_person if e.alias not in ("person_id", "pn", "b")]
-    persons = exp.select(*per_person, copy=False).from_(exp.to_table("cohort").as_("c"), copy=False)
+    persons = exp.select(*per_person, copy=False).from_(
+        exp.to_table("cohort").as_("c", copy=False), copy=False
+    )
     for alias, hit in hits:
         persons = persons.join(
             hit.subquery(alias, copy=False),
@@ -553,16 +655,16 @@ def _cohort_batch_sql(
             join_type="left",
             copy=False,
         )
-    keyed = (
+    keyed = _with_levels(
         exp.select(
             _c("lvl"),
             exp.alias_(_level_pn(_c("pn")), "k_pn", copy=False),
             exp.alias_(_level_b(_c("b")), "k_b", copy=False),
             *(_c(n) for n in carried),
             copy=False,
-        )
-        .from_(persons.subquery("p", copy=False), copy=False)
-        .join(_levels(levels), join_type="cross", copy=False)
+        ).from_(persons.subquery("p", copy=False), copy=False),
+        parts,
+        breakdown,
     )
     values: list[exp.Expr] = [
         exp.alias_(exp.Count(this=exp.Star()), "n_new", copy=False),
@@ -572,7 +674,9 @@ def _cohort_batch_sql(
         exp.alias_(exp.Sum(this=_c("lrev")) if "ltv" in names else lit(0), "s_rev", copy=False),
     ]
     for n in ns:
-        seen = exp.LTE(this=_c("cd"), expression=lit(period_number(dr.date_to, "day") - n))
+        seen = exp.LTE(
+            this=exp.Add(this=_c("cd"), expression=lit(n)), expression=_c("ld")
+        )  # D + N inside the person's range
         values.append(
             exp.alias_(
                 exp.Sum(this=exp.Case(ifs=[exp.If(this=seen, true=_c(f"h{n}"))], default=lit(0))),
@@ -582,47 +686,45 @@ def _cohort_batch_sql(
         )
         values.append(exp.alias_(exp.Sum(this=_flag(seen.copy())), f"o{n}", copy=False))
     return (
-        exp.select(_c("lvl"), _c("k_pn"), _c("k_b"), *values, copy=False)
+        exp.select(_c("rg"), _c("lvl"), _c("k_pn"), _c("k_b"), *values, copy=False)
         .from_(keyed.subquery("k", copy=False), copy=False)
-        .group_by(_c("lvl"), _c("k_pn"), _c("k_b"), copy=False)
+        .group_by(_c("rg"), _c("lvl"), _c("k_pn"), _c("k_b"), copy=False)
         .with_("cohort", as_=cohort, copy=False)
     )
 
 
 _FACT_METRICS = ("paying_rate", "arpu", "arppu", "repurchase_rate", "k_factor")
+_FACT_VALUES = ("payer", "paid_n", "rev_p", "acc_n", "sent_n")
 
 
 def _facts_sql(
     source: Source,
     project_id: int,
-    dr: DateRange,
+    parts: _Parts,
     cfg: MetricConfig,
-    interval: str | None,
     breakdown: Field | None,
-    levels: tuple[int, ...],
 ) -> exp.Select:
-    """Per (lvl, pn, b): active users, payers, revenue, payers' revenue, repurchasers, accepted
-    and sent invitations, in one pass over the range's active events. Per period a person counts
-    in each period they were active in; per breakdown value each active person falls in the
-    value of their first active event of the range."""
-    sql = Sql(source.dialect)
-    start, end = dr.utc_bounds()
+    """Per (rg, lvl, pn, b): active users, payers, revenue, payers' revenue, repurchasers,
+    accepted and sent invitations, in one pass over the ranges' active events. Per period a
+    person counts in each period they were active in; per breakdown value each active person
+    falls in the value of their first active event of the range."""
+    sql = parts.sql
     revenue = exp.and_(
         exp.In(this=_c("event"), expressions=[lit(e) for e in cfg.revenue_events]),
         exp.Not(this=exp.Is(this=_c("amount"), expression=exp.null())),
         copy=False,
     )
     paid = exp.and_(revenue.copy(), exp.GT(this=_c("amount"), expression=lit(0)), copy=False)
+    ts = _c("timestamp")
+    rg = parts.rg(ts)
     base = _ranked(
         source,
         project_id,
         sql,
-        exp.and_(_in(sql, cfg.activity_events), sql.time_between(start, end), copy=False),
-        dr.timezone,
-        interval,
+        exp.and_(_in(sql, cfg.activity_events), parts.inside(ts), copy=False),
         breakdown,
-        False,
         [
+            exp.alias_(rg.copy(), "rg", copy=False),
             exp.alias_(_flag(paid), "paid", copy=False),
             exp.alias_(
                 exp.Case(ifs=[exp.If(this=revenue, true=_c("amount"))], default=lit(0.0)),
@@ -633,18 +735,20 @@ def _facts_sql(
             exp.alias_(_flag(_c("event").eq(lit(cfg.invite_sent_event))), "sent", copy=False),
         ],
         ranked=breakdown is not None,
-        days=LocalDays(sql, dr.timezone, start, end),
+        pn=parts.pn(ts),
+        within=rg if len(parts.parts) > 1 else None,
     )
     first_b: exp.Expr = (
         exp.Max(this=exp.Case(ifs=[exp.If(this=_c("rn").eq(lit(1)), true=_c("b"))]))
         if breakdown is not None
-        else exp.cast(exp.null(), "TEXT", copy=False)
+        else _null_text()
     )
-    # per person and period; aliases differ from the columns they aggregate (ClickHouse
+    # per person, range and period; aliases differ from the columns they aggregate (ClickHouse
     # resolves names to aliases)
     facts = (
         exp.select(
             _c("person_id"),
+            _c("rg"),
             _c("pn"),
             exp.alias_(first_b, "fb", copy=False),
             exp.alias_(exp.Max(this=_c("paid")), "is_payer", copy=False),
@@ -655,68 +759,77 @@ def _facts_sql(
             copy=False,
         )
         .from_(base.subquery("e", copy=False), copy=False)
-        .group_by(_c("person_id"), _c("pn"), copy=False)
+        .group_by(_c("person_id"), _c("rg"), _c("pn"), copy=False)
     )
     # per level: the period level's rows are the per-person-and-period facts as they are; the
-    # overall and per-value levels take each person once (their periods summed when there is an
-    # interval, else the facts already are per person)
-    facts_of = "facts" if interval else None
-    parts: list[exp.Query] = []
-    if PER_PERIOD in levels:
-        parts.append(
-            exp.select(
-                exp.alias_(lit(PER_PERIOD), "lvl"),
-                exp.alias_(_c("pn"), "k_pn"),
-                exp.alias_(exp.cast(exp.null(), "TEXT"), "k_b"),
-                exp.alias_(_c("is_payer"), "payer"),
-                exp.alias_(_c("n_paid"), "paid_n"),
-                exp.alias_(_c("p_rev"), "rev_p"),
-                exp.alias_(_c("n_acc"), "acc_n"),
-                exp.alias_(_c("n_sent"), "sent_n"),
-            ).from_(exp.to_table("facts") if facts_of else facts.subquery("f"))
-        )
-    others = tuple(lv for lv in levels if lv != PER_PERIOD)
-    if others:
-        per_person: exp.Expr
-        if interval:
-            per_person = (
-                exp.select(
-                    _c("person_id"),
-                    exp.alias_(exp.Max(this=_c("fb")), "k_fb"),
-                    exp.alias_(exp.Max(this=_c("is_payer")), "m_payer"),
-                    exp.alias_(exp.Sum(this=_c("n_paid")), "s_paid"),
-                    exp.alias_(exp.Sum(this=_c("p_rev")), "s_rev"),
-                    exp.alias_(exp.Sum(this=_c("n_acc")), "s_acc"),
-                    exp.alias_(exp.Sum(this=_c("n_sent")), "s_sent"),
+    # overall and per-value levels take each person once per range (their periods summed when
+    # there is an interval, else the facts already are per person)
+    periodic = parts.with_interval()
+    facts_of = bool(periodic)
+    parts_sql: list[exp.Query] = []
+    if periodic:
+        per_period = exp.select(
+            _c("rg"),
+            exp.alias_(lit(PER_PERIOD), "lvl", copy=False),
+            exp.alias_(_c("pn"), "k_pn", copy=False),
+            exp.alias_(_null_text(), "k_b", copy=False),
+            *(
+                exp.alias_(_c(c), a, copy=False)
+                for c, a in zip(
+                    ("is_payer", "n_paid", "p_rev", "n_acc", "n_sent"), _FACT_VALUES, strict=True
                 )
-                .from_(exp.to_table("facts"))
-                .group_by(_c("person_id"))
-                .subquery("pp")
+            ),
+            copy=False,
+        ).from_(exp.to_table("facts"), copy=False)
+        if len(periodic) < len(parts.parts):
+            per_period = per_period.where(
+                exp.In(this=_c("rg"), expressions=[lit(i) for i in periodic]), copy=False
             )
-            cols = ("k_fb", "m_payer", "s_paid", "s_rev", "s_acc", "s_sent")
-        else:
-            per_person = facts.subquery("pp")
-            cols = ("fb", "is_payer", "n_paid", "p_rev", "n_acc", "n_sent")
-        parts.append(
+        parts_sql.append(per_period)
+    others = (OVERALL,) + ((PER_VALUE,) if breakdown is not None else ())
+    per_person: exp.Expr
+    if facts_of:
+        per_person = (
             exp.select(
-                _c("lvl"),
-                exp.alias_(lit(0), "k_pn"),
-                exp.alias_(_level_b(_c(cols[0])), "k_b"),
-                *(
-                    exp.alias_(_c(c), a)
-                    for c, a in zip(
-                        cols[1:], ("payer", "paid_n", "rev_p", "acc_n", "sent_n"), strict=True
-                    )
-                ),
+                _c("person_id"),
+                _c("rg"),
+                exp.alias_(exp.Max(this=_c("fb")), "k_fb", copy=False),
+                exp.alias_(exp.Max(this=_c("is_payer")), "m_payer", copy=False),
+                exp.alias_(exp.Sum(this=_c("n_paid")), "s_paid", copy=False),
+                exp.alias_(exp.Sum(this=_c("p_rev")), "s_rev", copy=False),
+                exp.alias_(exp.Sum(this=_c("n_acc")), "s_acc", copy=False),
+                exp.alias_(exp.Sum(this=_c("n_sent")), "s_sent", copy=False),
+                copy=False,
             )
-            .from_(per_person)
-            .join(_levels(others), join_type="cross")
+            .from_(exp.to_table("facts"), copy=False)
+            .group_by(_c("person_id"), _c("rg"), copy=False)
+            .subquery("pp", copy=False)
         )
-    people: exp.Query = parts[0]
-    for part in parts[1:]:
-        people = exp.union(people, part, distinct=False)
+        cols = ("k_fb", "m_payer", "s_paid", "s_rev", "s_acc", "s_sent")
+    else:
+        per_person = facts.subquery("pp", copy=False)
+        cols = ("fb", "is_payer", "n_paid", "p_rev", "n_acc", "n_sent")
+    parts_sql.append(
+        exp.select(
+            _c("rg"),
+            _c("lvl"),
+            exp.alias_(lit(0), "k_pn", copy=False),
+            exp.alias_(_level_b(_c(cols[0])), "k_b", copy=False),
+            *(
+                exp.alias_(_c(c), a, copy=False)
+                for c, a in zip(cols[1:], _FACT_VALUES, strict=True)
+            ),
+            copy=False,
+        )
+        .from_(per_person, copy=False)
+        .join(_levels(others), join_type="cross", copy=False)
+    )
+    people: exp.Query = parts_sql[0]
+    for part in parts_sql[1:]:
+        people = exp.union(people, part, distinct=False, copy=False)
     tree = (
         exp.select(
+            _c("rg"),
             _c("lvl"),
             _c("k_pn"),
             _c("k_b"),
@@ -743,9 +856,9 @@ def _facts_sql(
             copy=False,
         )
         .from_(people.subquery("p", copy=False), copy=False)
-        .group_by(_c("lvl"), _c("k_pn"), _c("k_b"), copy=False)
+        .group_by(_c("rg"), _c("lvl"), _c("k_pn"), _c("k_b"), copy=False)
     )
-    return tree.with_("facts", as_=facts) if facts_of else tree
+    return tree.with_("facts", as_=facts, copy=False) if facts_of else tree
 
 
 def _churn_sql(
@@ -763,10 +876,7 @@ def _churn_sql(
         project_id,
         sql,
         exp.and_(active, sql.time_between(p_start, p_end), copy=False),
-        dr.timezone,
-        None,
         breakdown,
-        False,
         [],
     )
     firsts = (
@@ -817,15 +927,14 @@ def _num(v: Any) -> float:
 
 def _clipped(dr: DateRange, interval: str) -> list[tuple[str, DateRange]]:
     """Each period of ``interval`` overlapping the range, as (label, its days inside the range)."""
-    out: list[tuple[str, DateRange]] = []
-    for p in periods(dr, interval):
-        days = [
-            dr.date_from + timedelta(days=i)
-            for i in range(dr.days)
-            if period_number(dr.date_from + timedelta(days=i), interval) == p.number
-        ]
-        out.append((p.label, DateRange(days[0], days[-1], dr.timezone)))
-    return out
+    days: dict[int, list[date]] = {}
+    for i in range(dr.days):
+        day = dr.date_from + timedelta(days=i)
+        days.setdefault(period_number(day, interval), []).append(day)
+    return [
+        (p.label, DateRange(days[p.number][0], days[p.number][-1], dr.timezone))
+        for p in periods(dr, interval)
+    ]
 
 
 TREND_METRICS = ("dau", "wau", "mau", "stickiness", "gmv")
@@ -853,17 +962,16 @@ def _activity_sql(
     dr: DateRange,
     cfg: MetricConfig,
     breakdown: Field | None,
-    windows: tuple[int, ...],
+    longest: int,
 ) -> exp.Select:
-    """Persons active in the last W local days (DAU: W = 1, WAU: 7, MAU: 30) for every
-    requested W in one pass: rows (W, b, day, delta) whose running sum over the days is the
-    count of that day. A person's active days (per breakdown value, as in trends: a person
-    counts in every value they had an active event with) each cover W days; each active day
-    adds the days it covers beyond those of the person's previous active day, as one
-    segment: +1 where it starts, -1 after it ends."""
+    """Persons' active local days (per breakdown value, as in trends: a person counts in every
+    value they had an active event with) counted per (b, day, gap): gap is the days since the
+    person's previous active day, capped at ``longest`` (the longest window W asked). From these
+    counts :func:`_activity_daily` gets the persons active in the last W days of each day
+    (DAU: W = 1, WAU: 7, MAU: 30) for every W up to ``longest`` without another pass."""
     sql = Sql(source.dialect)
-    start, end = dr.extended_back(max(windows) - 1).utc_bounds()
-    b = sql.field_text(breakdown) if breakdown else exp.cast(exp.null(), "TEXT", copy=False)
+    start, end = dr.extended_back(longest - 1).utc_bounds()
+    b = sql.field_text(breakdown) if breakdown else _null_text()
     active = (
         exp.select(
             _c("person_id"),
@@ -880,62 +988,43 @@ def _activity_sql(
             copy=False,
         )
     )
-    previous = exp.Window(
-        this=exp.Max(this=_c("dn")),
-        partition_by=[_c("person_id"), _c("b")],
-        order=exp.Order(expressions=[exp.Ordered(this=_c("dn"))]),
-        spec=exp.WindowSpec(
-            kind="ROWS", start="1", start_side="PRECEDING", end="1", end_side="PRECEDING"
-        ),
+    order = exp.Order(expressions=[exp.Ordered(this=_c("dn"))])
+    previous: exp.Expr
+    if sql.ch:  # the previous row's day (ClickHouse has no plain LAG)
+        previous = _coalesce0(
+            exp.Window(
+                this=exp.Max(this=_c("dn")),
+                partition_by=[_c("person_id"), _c("b")],
+                order=order,
+                spec=exp.WindowSpec(
+                    kind="ROWS", start="1", start_side="PRECEDING", end="1", end_side="PRECEDING"
+                ),
+            )
+        )
+    else:
+        previous = exp.Window(
+            this=exp.Lag(this=_c("dn"), offset=lit(1), default=lit(0)),
+            partition_by=[_c("person_id"), _c("b")],
+            order=order,
+        )
+    gap = exp.Least(
+        this=exp.Sub(this=_c("dn"), expression=_c("prev")),
+        expressions=[lit(longest)],
+        ignore_nulls=True,
     )
     days = exp.select(
-        _c("b"), _c("dn"), exp.alias_(_coalesce0(previous), "prev", copy=False), copy=False
+        _c("b"), _c("dn"), exp.alias_(previous, "prev", copy=False), copy=False
     ).from_(active.subquery("a", copy=False), copy=False)
-    kinds: exp.Query | None = None
-    for w in windows:
-        for edge in (0, 1):
-            row = exp.select(
-                exp.alias_(lit(w), "w", copy=False),
-                exp.alias_(lit(edge), "edge", copy=False),
-                copy=False,
-            )
-            kinds = row if kinds is None else exp.union(kinds, row, distinct=False, copy=False)
-    assert kinds is not None
-    covered = exp.Add(this=_c("prev"), expression=_c("w"))
-    day = exp.Case(
-        ifs=[
-            exp.If(
-                this=_c("edge").eq(lit(0)),
-                true=exp.Greatest(this=_c("dn"), expressions=[covered]),
-            )
-        ],
-        default=exp.Add(this=_c("dn"), expression=_c("w")),
-    )
-    edges = (
+    return (
         exp.select(
-            _c("w"),
             _c("b"),
-            exp.alias_(day, "day", copy=False),
-            exp.alias_(
-                exp.Case(ifs=[exp.If(this=_c("edge").eq(lit(0)), true=lit(1))], default=lit(-1)),
-                "delta",
-                copy=False,
-            ),
+            _c("dn"),
+            exp.alias_(gap, "gap", copy=False),
+            exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
             copy=False,
         )
         .from_(days.subquery("d", copy=False), copy=False)
-        .join(kinds.subquery("k", copy=False), join_type="cross", copy=False)
-    )
-    return (
-        exp.select(
-            _c("w"),
-            _c("b"),
-            _c("day"),
-            exp.alias_(exp.Sum(this=_c("delta")), "n", copy=False),
-            copy=False,
-        )
-        .from_(edges.subquery("e", copy=False), copy=False)
-        .group_by(_c("w"), _c("b"), _c("day"), copy=False)
+        .group_by(_c("b"), _c("dn"), exp.column("gap"), copy=False)
     )
 
 
@@ -951,33 +1040,43 @@ def _activity_daily(
     breakdown: Field | None,
 ) -> dict[str, Daily]:
     """DAU/WAU/MAU of each day of the range (per breakdown value), from one query."""
-    windows = tuple(sorted({_WINDOWS[k] for k in keys}))
-    tree = _activity_sql(source, project_id, dr, cfg, breakdown, windows)
-    deltas: dict[tuple[int, str | None], dict[int, float]] = {}
-    for w, b, day, n in run(source, tree):
-        per = deltas.setdefault((int(w), _key(b)), {})
-        per[int(day)] = per.get(int(day), 0.0) + _num(n)
+    windows = sorted({_WINDOWS[k] for k in keys})
+    tree = _activity_sql(source, project_id, dr, cfg, breakdown, windows[-1])
+    counts: dict[str | None, list[tuple[int, int, float]]] = {}
     first = period_number(dr.date_from, "day")
+    for b, dn, gap, n in run(source, tree):
+        counts.setdefault(_key(b), []).append((int(dn) - first, int(gap), _num(n)))
     out: dict[str, Daily] = {k: {} for k in keys}
-    for (w, b), per in sorted(
-        deltas.items(), key=lambda kv: (kv[0][0], kv[0][1] is None, kv[0][1] or "")
-    ):
-        running, values = 0.0, []
-        steps = sorted(per.items())
-        i = 0
-        for d in range(first, first + dr.days):
-            while i < len(steps) and steps[i][0] <= d:
-                running += steps[i][1]
-                i += 1
-            values.append(running)
-        if any(values):  # a value active on no day of the range has no line (as in trends)
-            for k in keys:
-                if _WINDOWS[k] == w:
-                    out[k][b] = values
+    for w in windows:
+        for b in sorted(counts, key=lambda v: (v is None, v or "")):
+            values = _window_counts(counts[b], w, dr.days)
+            if any(values):  # a value active on no day of the range has no line (as in trends)
+                for k in keys:
+                    if _WINDOWS[k] == w:
+                        out[k][b] = values
     if breakdown is None:
         for k in keys:
             out[k].setdefault(None, [0.0] * dr.days)
     return out
+
+
+def _window_counts(counts: list[tuple[int, int, float]], w: int, n_days: int) -> list[float]:
+    """Persons active in the last ``w`` days of each of ``n_days`` days, from (day index, gap,
+    persons) counts: an active day covers days ``day .. day + w - 1``, and adds those not
+    already covered by the person's previous active day (``gap`` days before): one segment,
+    +1 where it starts, -1 after it ends."""
+    steps = [0.0] * (n_days + 1)
+    for day, gap, n in counts:
+        begin, end = day + max(0, w - gap), day + w
+        if end <= 0 or begin >= n_days:
+            continue
+        steps[max(begin, 0)] += n
+        steps[min(end, n_days)] -= n
+    running, values = 0.0, []
+    for step in steps[:n_days]:
+        running += step
+        values.append(running)
+    return values
 
 
 def _gmv_daily(
@@ -1062,31 +1161,32 @@ def _cohort_batch(
     source: Source,
     project_id: int,
     names: list[str],
-    dr: DateRange,
+    parts: _Parts,
     cfg: MetricConfig,
-    interval: str | None,
     breakdown: Field | None,
-    levels: tuple[int, ...],
-) -> Batch:
-    """Cells of the new-user cohort metrics at every level, from one query."""
-    tree = _cohort_batch_sql(source, project_id, names, dr, cfg, interval, breakdown, levels)
+) -> list[Batch]:
+    """Cells of the new-user cohort metrics of each range at every level, from one query."""
+    tree = _cohort_batch_sql(source, project_id, names, parts, cfg, breakdown)
     ns = sorted({_retention_n(n) for n in names if _RETENTION.fullmatch(n)})
-    out: Batch = {(name, level): {} for name in names for level in levels}
+    out: list[Batch] = [
+        {(name, level): {} for name in names for level in levels}
+        for levels in _part_levels(parts, breakdown)
+    ]
     for row in run(source, tree):
-        level, cell = int(row[0]), (int(row[1]), _key(row[2]))
-        n_new, n_act, s_rev = _num(row[3]), _num(row[4]), _num(row[5])
-        by_n = {n: (_num(row[6 + 2 * i]), _num(row[7 + 2 * i])) for i, n in enumerate(ns)}
+        cells, level, cell = out[int(row[0])], int(row[1]), (int(row[2]), _key(row[3]))
+        n_new, n_act, s_rev = _num(row[4]), _num(row[5]), _num(row[6])
+        by_n = {n: (_num(row[7 + 2 * i]), _num(row[8 + 2 * i])) for i, n in enumerate(ns)}
         for name in names:
             if name == "new_users":
-                out[(name, level)][cell] = (n_new, 1.0)
+                cells[(name, level)][cell] = (n_new, 1.0)
             elif name == "activation_rate":
-                out[(name, level)][cell] = (n_act, n_new)
+                cells[(name, level)][cell] = (n_act, n_new)
             elif name == "ltv":
-                out[(name, level)][cell] = (s_rev, n_new)
+                cells[(name, level)][cell] = (s_rev, n_new)
             else:
                 retained, observable = by_n[_retention_n(name)]
                 if observable:  # cells of persons whose day D + N is inside the range only
-                    out[(name, level)][cell] = (retained, observable)
+                    cells[(name, level)][cell] = (retained, observable)
     return out
 
 
@@ -1094,32 +1194,37 @@ def _facts_batch(
     source: Source,
     project_id: int,
     names: list[str],
-    dr: DateRange,
+    parts: _Parts,
     cfg: MetricConfig,
-    interval: str | None,
     breakdown: Field | None,
-    levels: tuple[int, ...],
-) -> tuple[Batch, Totals]:
+) -> list[tuple[Batch, Totals]]:
     """Cells of the active-user facts metrics (paying rate, ARPU, ARPPU, repurchase, K-factor)
-    at every level, from one query; the overall totals of invitations and active users."""
-    tree = _facts_sql(source, project_id, dr, cfg, interval, breakdown, levels)
-    out: Batch = {(name, level): {} for name in names for level in levels}
-    totals: dict[str, float] = {}
-    for level, pn, b, users, payers, rev, payer_rev, rep, acc, sent in run(source, tree):
+    of each range at every level, from one query; the overall totals of invitations and active
+    users."""
+    tree = _facts_sql(source, project_id, parts, cfg, breakdown)
+    out: list[Batch] = [
+        {(name, level): {} for name in names for level in levels}
+        for levels in _part_levels(parts, breakdown)
+    ]
+    totals: list[dict[str, float]] = [{} for _ in parts.parts]
+    for rg, level, pn, b, users, payers, rev, payer_rev, rep, acc, sent in run(source, tree):
         u, p = _num(users), _num(payers)
+        values = {
+            "paying_rate": (p, u),
+            "arpu": (_num(rev), u),
+            "arppu": (_num(payer_rev), p),
+            "repurchase_rate": (_num(rep), p),
+            "k_factor": (_num(acc), u),
+        }
+        cells = out[int(rg)]
         for name in names:
-            out[(name, int(level))][(int(pn), _key(b))] = {
-                "paying_rate": (p, u),
-                "arpu": (_num(rev), u),
-                "arppu": (_num(payer_rev), p),
-                "repurchase_rate": (_num(rep), p),
-                "k_factor": (_num(acc), u),
-            }[name]
+            cells[(name, int(level))][(int(pn), _key(b))] = values[name]
         if int(level) == OVERALL:
-            totals["sent"] = totals.get("sent", 0.0) + _num(sent)
-            totals["accepted"] = totals.get("accepted", 0.0) + _num(acc)
-            totals["users"] = totals.get("users", 0.0) + u
-    return out, {name: totals for name in names}
+            raw = totals[int(rg)]
+            raw["sent"] = raw.get("sent", 0.0) + _num(sent)
+            raw["accepted"] = raw.get("accepted", 0.0) + _num(acc)
+            raw["users"] = raw.get("users", 0.0) + u
+    return [(batch, {name: raw for name in names}) for batch, raw in zip(out, totals, strict=True)]
 
 
 def _funnel_cells(
@@ -1172,6 +1277,12 @@ def _range_cells(
     return cells, {}
 
 
+def _families(names: list[str]) -> tuple[list[str], list[str]]:
+    """The new-user cohort metrics and the active-user facts metrics among ``names``."""
+    cohort = [n for n in names if n in _COHORT_METRICS or _RETENTION.fullmatch(n)]
+    return cohort, [n for n in names if n in _FACT_METRICS]
+
+
 def _batch_cells(
     source: Source,
     project_id: int,
@@ -1181,9 +1292,11 @@ def _batch_cells(
     interval: str | None,
     breakdown: Field | None,
     plain_daily: dict[str, Daily] | None = None,
+    done: tuple[Batch, Totals] | None = None,
 ) -> tuple[Batch, Totals]:
     """The cells of every metric in ``names`` at every level: one query (or trends pass) per
-    family of metrics sharing an underlying query, covering all the levels at once."""
+    family of metrics sharing an underlying query, covering all the levels at once. ``done``:
+    the cohort and facts cells, already computed (:func:`metric_batches`)."""
     levels = (
         (OVERALL,)
         + ((PER_PERIOD,) if interval else ())
@@ -1191,14 +1304,18 @@ def _batch_cells(
     )
     out: Batch = {}
     totals: Totals = {}
-    cohort = [n for n in names if n in _COHORT_METRICS or _RETENTION.fullmatch(n)]
-    if cohort:
-        out.update(_cohort_batch(source, project_id, cohort, dr, cfg, interval, breakdown, levels))
-    facts = [n for n in names if n in _FACT_METRICS]
-    if facts:
-        got, raw = _facts_batch(source, project_id, facts, dr, cfg, interval, breakdown, levels)
-        out.update(got)
-        totals.update(raw)
+    cohort, facts = _families(names)
+    if done is not None:
+        out.update(done[0])
+        totals.update(done[1])
+    elif cohort or facts:
+        parts = _Parts(Sql(source.dialect), [(dr, interval)])
+        if cohort:
+            out.update(_cohort_batch(source, project_id, cohort, parts, cfg, breakdown)[0])
+        if facts:
+            got, raw = _facts_batch(source, project_id, facts, parts, cfg, breakdown)[0]
+            out.update(got)
+            totals.update(raw)
     trend = [n for n in names if n in TREND_METRICS]
     if trend:
         out.update(
@@ -1225,6 +1342,11 @@ def _batch_cells(
     return out, totals
 
 
+def _check_interval(interval: str | None) -> None:
+    if interval is not None and interval not in METRIC_INTERVALS:
+        raise InvalidQuery(f"unknown interval {interval!r}; use {', '.join(METRIC_INTERVALS)}")
+
+
 def metric_batch(
     source: Source,
     project_id: int,
@@ -1235,6 +1357,7 @@ def metric_batch(
     breakdown: Field | None = None,
     config: MetricConfig | None = None,
     _plain_daily: dict[str, Daily] | None = None,
+    _done: tuple[Batch, Totals] | None = None,
 ) -> dict[str, MetricResult]:
     """Compute several catalog metrics over ``date_range`` at once: name -> exactly what
     :func:`metric` returns for it. Metrics that share an underlying query share one run of it:
@@ -1245,12 +1368,19 @@ def metric_batch(
     breakdown values together. Churn and conversion run as :func:`metric` runs them."""
     cfg = config or MetricConfig()
     definitions = {name: metric_definition(name) for name in names}
-    if interval is not None and interval not in METRIC_INTERVALS:
-        raise InvalidQuery(f"unknown interval {interval!r}; use {', '.join(METRIC_INTERVALS)}")
+    _check_interval(interval)
     if not definitions:
         return {}
     cells, totals = _batch_cells(
-        source, project_id, list(definitions), date_range, cfg, interval, breakdown, _plain_daily
+        source,
+        project_id,
+        list(definitions),
+        date_range,
+        cfg,
+        interval,
+        breakdown,
+        _plain_daily,
+        _done,
     )
     return {
         name: _result(name, d, date_range, interval, breakdown, cells, totals.get(name, {}))
@@ -1280,6 +1410,42 @@ class _Scoped:
         return getattr(self.source, name)
 
 
+def _disjoint(ranges: list[DateRange]) -> bool:
+    """Whether no two of the ranges share a day."""
+    ordered = sorted(ranges, key=lambda dr: dr.date_from)
+    return all(a.date_to < b.date_from for a, b in zip(ordered, ordered[1:], strict=False))
+
+
+def _shared_cells(
+    source: Source,
+    project_id: int,
+    names: list[str],
+    requests: Sequence[Part],
+    cfg: MetricConfig,
+) -> list[tuple[Batch, Totals]] | None:
+    """The cohort and facts cells of every request from one query per family tagging rows by
+    request, when the requests' ranges are disjoint days of one zone (else None)."""
+    if len(requests) < 2 or len({dr.timezone for dr, _ in requests}) > 1:
+        return None
+    if not _disjoint([dr for dr, _ in requests]):
+        return None
+    cohort, facts = _families(names)
+    out: list[tuple[Batch, Totals]] = [({}, {}) for _ in requests]
+    parts = _Parts(Sql(source.dialect), requests)
+    if cohort:
+        for (cells, _), got in zip(
+            out, _cohort_batch(source, project_id, cohort, parts, cfg, None), strict=True
+        ):
+            cells.update(got)
+    if facts:
+        for (cells, totals), (got, raw) in zip(
+            out, _facts_batch(source, project_id, facts, parts, cfg, None), strict=True
+        ):
+            cells.update(got)
+            totals.update(raw)
+    return out
+
+
 def metric_batches(
     source: Source,
     project_id: int,
@@ -1292,12 +1458,15 @@ def metric_batches(
     one time zone (the dashboard: a range by day and the range before it), without breakdown:
     exactly what ``metric_batch`` returns for each. A day's DAU/WAU/MAU and GMV do not depend
     on the range it is asked in, so the activity counts and GMV of every request come from one
-    activity query and one trends query over the days covering them all; the other families
-    run per request."""
+    activity query and one trends query over the days covering them all; when the ranges share
+    no day, the new-user cohort metrics of all of them come from one query and the active-user
+    facts from another, their rows tagged with their range. Other families run per request."""
     cfg = config or MetricConfig()
     names = list(dict.fromkeys(names))
     for name in names:
         metric_definition(name)
+    for _, interval in requests:
+        _check_interval(interval)
     source = _Scoped(source)
     keys = list(dict.fromkeys(k for n in names if n in TREND_METRICS for k in _TREND_SERIES[n]))
     zones = {dr.timezone for dr, _ in requests}
@@ -1315,8 +1484,9 @@ def metric_batches(
             shared.update(_activity_daily(source, project_id, activity, span, cfg, None))
         if "gmv" in keys:
             shared["gmv"] = _gmv_daily(source, project_id, span, cfg, None)
+    done = _shared_cells(source, project_id, names, requests, cfg)
     out = []
-    for dr, interval in requests:
+    for i, (dr, interval) in enumerate(requests):
         plain: dict[str, Daily] | None = None
         if shared is not None and span is not None:
             first = (dr.date_from - span.date_from).days
@@ -1326,7 +1496,14 @@ def metric_batches(
             }
         out.append(
             metric_batch(
-                source, project_id, names, dr, interval=interval, config=cfg, _plain_daily=plain
+                source,
+                project_id,
+                names,
+                dr,
+                interval=interval,
+                config=cfg,
+                _plain_daily=plain,
+                _done=None if done is None else done[i],
             )
         )
     return out
