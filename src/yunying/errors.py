@@ -47,6 +47,33 @@ def M_(template: str, /, **params: Any) -> Message:
     return Message(template, params)
 
 
+def message_record(text: str | None) -> dict[str, Any] | None:
+    """A marked message as JSON-ready data (template, parameters, English text), to be stored
+    beside its text and shown later in the reader's language; None for unmarked text."""
+    if not isinstance(text, Message):
+        return None
+
+    def value(v: Any) -> Any:
+        if isinstance(v, Message):
+            return message_record(v)
+        return v if v is None or isinstance(v, (bool, int, float)) else str(v)
+
+    params = {k: value(v) for k, v in text.params.items()}
+    return {"template": text.template, "params": params, "text": str(text)}
+
+
+def message_from_record(record: Mapping[str, Any] | None, text: str | None) -> str | None:
+    """The :class:`Message` a :func:`message_record` was made of, else ``text`` as it is."""
+    if not record or "template" not in record:
+        return text
+
+    def value(v: Any) -> Any:
+        return message_from_record(v, v.get("text")) if isinstance(v, Mapping) else v
+
+    params = {k: value(v) for k, v in (record.get("params") or {}).items()}
+    return Message(str(record["template"]), params, str(record.get("text", text or "")))
+
+
 def message_of(err: BaseException | str) -> str:
     """The message of an error as given (a :class:`Message` when the raise site marked it)."""
     if isinstance(err, BaseException):

@@ -573,3 +573,26 @@ def test_fallback_quadrature_stays_finite_for_small_a(a: float) -> None:
     assert math.isfinite(alive_purchases) and 0.0 < alive_purchases < (0.24 + x) * t / (4.4 + T)
     _, p_alive, expected = bgnbd_by_integration(model, x, t_x, T, t)
     assert alive_purchases * p_alive == pytest.approx(expected, rel=1e-6)
+
+
+def test_notes_keep_their_templates(duck: Installation) -> None:
+    """A fit's notes are English text, with their templates beside them for the console."""
+    from yunying.console.i18n import translate
+    from yunying.errors import message_from_record
+
+    result = fit_clv(
+        duck.runtime.store,
+        duck.runtime.state,
+        duck.project,
+        ClvRequest("purchase", CAL_END, "week", amount_field="no_such_amount"),
+    )
+    assert result["warnings"] == [
+        "fewer than two repeat customers with a positive 'no_such_amount': no spend model, so "
+        "no predicted value"
+    ]
+    stored = latest_model(duck.runtime.state, duck.project, "purchase")
+    [record] = stored["warning_messages"]
+    note = message_from_record(record, stored["warnings"][0])
+    zh = {"fewer than two repeat customers with a positive {field!r}: no spend model, so no "
+          "predicted value": "有正值 {field!r} 的复购客户少于两位"}  # fmt: skip
+    assert translate(note, lambda s: zh.get(s, s)) == "有正值 'no_such_amount' 的复购客户少于两位"

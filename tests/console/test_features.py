@@ -4,11 +4,17 @@ and starting an activity, the kill switch confirmation and deciding a held revie
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from tests.conftest import LiveServer
 from tests.console.conftest import console_of, csrf_of, demo_people, login
+from yunying.audience import definitions
+from yunying.audience import segments as S
+from yunying.audience.rules import InvalidRule
 from yunying.audience.segment_tables import segment_personas
+from yunying.errors import M_
+from yunying.state import get_project
 
 RULE = "type: event\nevent: edit_video\ncount: at_least\ntimes: 1\nwindow: {last_days: 30}\n"
 
@@ -207,3 +213,28 @@ def test_refused_saves_name_their_field(console_live: LiveServer, seeded: dict[s
     r = client.post("/tags/save", data={"csrf_token": token, "action": "save",
                                         "name": "heavy_editor", "rules": rule})  # fmt: skip
     assert r.status_code == 400 and 'data-field-error="name"' in r.text
+
+
+def test_a_failed_computation_reads_in_the_page_language(
+    console_live: LiveServer, seeded: dict[str, Any]
+) -> None:
+    """The stored failure of a segment keeps its message's template: the Chinese page shows
+    the Chinese message, the English page and the API the English one."""
+    rt = console_live.runtime
+    seg_id = int(seeded["segment"])
+    failure = definitions.failure(
+        InvalidRule(M_("give either last_days or from/to/after/before, not both"))
+    )
+    S._record(rt.state, seg_id, datetime.now(UTC), None, failure)
+    try:
+        client = login(console_live.url, "analyst")
+        page = client.get(f"/segments/{seg_id}").text
+        assert "last_days 与 from/to/after/before 只能二选一" in page
+        assert "give either last_days" not in page
+        listing = client.get("/segments").text
+        assert 'title="last_days 与 from/to/after/before 只能二选一"' in listing
+        english = client.get(f"/segments/{seg_id}?lang=en").text
+        assert "give either last_days or from/to/after/before, not both" in english
+    finally:
+        seg = S.get_segment(rt.state, get_project(rt.state).id, seg_id)
+        S._record(rt.state, seg_id, datetime.now(UTC), seg.size or 0, None)

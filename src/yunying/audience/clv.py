@@ -61,7 +61,7 @@ from yunying.analytics.common import (
     run,
 )
 from yunying.audience.clv_tables import clv_models
-from yunying.errors import M_, NotFound, YunyingError
+from yunying.errors import M_, NotFound, YunyingError, message_record
 from yunying.state import Project
 from yunying.store.base import EventStore
 
@@ -818,9 +818,11 @@ def fit_clv(
     warnings: list[str] = []
     model, est = fit_bgnbd(data.x, data.t_x, data.T)
     if not est.converged:
-        warnings.append(f"BG/NBD optimiser did not report convergence: {est.message}")
+        warnings.append(
+            M_("BG/NBD optimiser did not report convergence: {detail}", detail=est.message)
+        )
     if est.at_bound:
-        warnings.append("a BG/NBD parameter reached its search bound; the fit is degenerate")
+        warnings.append(M_("a BG/NBD parameter reached its search bound; the fit is degenerate"))
     spend_model: GammaGamma | None = None
     spend_est: Estimate | None = None
     spenders = (data.spend_x > 0) & np.isfinite(data.spend_m) & (data.spend_m > 0)
@@ -829,17 +831,23 @@ def fit_clv(
         pass
     elif int(spenders.sum()) < 2:
         warnings.append(
-            f"fewer than two repeat customers with a positive {request.amount_field!r}: no spend "
-            "model, so no predicted value"
+            M_(
+                "fewer than two repeat customers with a positive {field!r}: no spend model, so "
+                "no predicted value",
+                field=request.amount_field,
+            )
         )
     else:
         spend_model, spend_est = fit_gamma_gamma(data.spend_x, data.spend_m)
         if not spend_est.converged:
             warnings.append(
-                f"Gamma-Gamma optimiser did not report convergence: {spend_est.message}"
+                M_(
+                    "Gamma-Gamma optimiser did not report convergence: {detail}",
+                    detail=spend_est.message,
+                )
             )
         if spend_model.q <= 1:
-            warnings.append("Gamma-Gamma q ≤ 1: the mean spend is infinite for new customers")
+            warnings.append(M_("Gamma-Gamma q ≤ 1: the mean spend is infinite for new customers"))
         if int(spenders.sum()) > 2:
             with np.errstate(all="ignore"):
                 c = np.corrcoef(data.spend_x[spenders], data.spend_m[spenders])[0, 1]
@@ -884,6 +892,8 @@ def fit_clv(
         "predictions": summary,
         "scopes": list(SCOPES),
         "warnings": warnings,
+        # the same notes as template and parameters, for the console's catalogs
+        "warning_messages": [message_record(w) for w in warnings],
     }
     with state.begin() as conn:
         result = conn.execute(

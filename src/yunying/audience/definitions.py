@@ -10,6 +10,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from yunying.errors import Message, message_of, message_record
+
 
 def aware(ts: datetime) -> datetime:
     """A stored timestamp as an aware UTC datetime (SQLite hands back naive ones)."""
@@ -42,6 +44,16 @@ def name_taken(conn: sa.Connection, table: sa.Table, project_id: int, name: str)
     return conn.execute(query).first() is not None
 
 
+def failure(exc: BaseException) -> str:
+    """What a failed computation records: ``Type: message`` in English, keeping the message's
+    template (a :class:`~yunying.errors.Message`) so the console can show it translated."""
+    message = message_of(exc)
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(message, Message):
+        return Message(message.template, message.params, text)
+    return text
+
+
 def record(
     conn: sa.Connection,
     table: sa.Table,
@@ -51,7 +63,7 @@ def record(
     error: str | None,
 ) -> None:
     """Remember a computation (size) or its failure (error, size unchanged)."""
-    values: dict[str, Any] = {"last_error": error}
+    values: dict[str, Any] = {"last_error": error, "last_error_message": message_record(error)}
     if error is None:
         values.update(last_computed_at=at, size=size)
     conn.execute(table.update().where(table.c.id == row_id).values(**values))

@@ -28,6 +28,7 @@ segments = sa.Table(
     sa.Column("last_computed_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("size", sa.Integer, nullable=True),
     sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_error_message", sa.JSON, nullable=True),  # its template, for translation
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("project_id", "name", name="uq_segments_project_name"),
@@ -86,6 +87,7 @@ tags = sa.Table(
     sa.Column("last_computed_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("size", sa.Integer, nullable=True),
     sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_error_message", sa.JSON, nullable=True),  # its template, for translation
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("project_id", "name", name="uq_tags_project_name"),

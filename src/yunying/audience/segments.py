@@ -53,7 +53,7 @@ from yunying.audience.rules import (
 from yunying.audience.segment_persona import store_personas_quietly
 from yunying.audience.segment_tables import segment_members, segment_sizes, segments, tags
 from yunying.audience.tags import Tag, check_schedule
-from yunying.errors import M_, Conflict, NotFound, YunyingError
+from yunying.errors import M_, Conflict, NotFound, YunyingError, message_from_record
 from yunying.runtime import Runtime
 from yunying.state import Project, list_projects
 
@@ -141,7 +141,7 @@ def _row(r: Any) -> Segment:
         r.source,
         None if r.last_computed_at is None else aware(r.last_computed_at),
         r.size,
-        r.last_error,
+        message_from_record(r.last_error_message, r.last_error),  # translatable where marked
         aware(r.created_at),
         aware(r.updated_at),
     )
@@ -536,7 +536,7 @@ def compute_segment(
                 ids = pa.array(_static_ids(runtime.state, seg.id), pa.string())
             runtime.store.replace_person_values(project.id, seg.scope, _ids_table(ids))
         except Exception as exc:
-            _record(runtime.state, seg.id, at, None, f"{type(exc).__name__}: {exc}")
+            _record(runtime.state, seg.id, at, None, definitions.failure(exc))
             raise
         _record(runtime.state, seg.id, at, len(ids), None)
         store_personas_quietly(runtime, project, [seg.id], at)
@@ -561,7 +561,7 @@ def compute_tag(
             ids = run_rule(runtime, project, tag.rules, now)
             runtime.store.replace_person_values(project.id, tag.scope, _ids_table(ids))
         except Exception as exc:
-            tagmod.record_tag(runtime.state, tag.id, at, None, f"{type(exc).__name__}: {exc}")
+            tagmod.record_tag(runtime.state, tag.id, at, None, definitions.failure(exc))
             raise
         tagmod.record_tag(runtime.state, tag.id, at, len(ids), None)
         return tagmod.get_tag(runtime.state, project.id, tag.id)
@@ -696,7 +696,7 @@ def _compute_batch(
         runtime.store.replace_person_values_many(project.id, scopes)
     except Exception as exc:
         log.warning("storing %d definitions failed: %s", len(batch), exc)
-        error = f"{type(exc).__name__}: {exc}"
+        error = definitions.failure(exc)
     report.write_seconds = round(time.perf_counter() - t, 3)
     for node, ids in zip(batch, found, strict=True):
         t = time.perf_counter()

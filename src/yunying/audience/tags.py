@@ -17,7 +17,7 @@ from yunying.audience import definitions
 from yunying.audience.definitions import aware, iso
 from yunying.audience.rules import TAG_NAME, InvalidRule, parse_rule, rule_json
 from yunying.audience.segment_tables import tags
-from yunying.errors import M_, Conflict, NotFound, YunyingError
+from yunying.errors import M_, Conflict, NotFound, YunyingError, message_from_record
 from yunying.state import Project
 
 
@@ -77,7 +77,7 @@ def _row(r: Any) -> Tag:
         r.schedule_minutes,
         None if r.last_computed_at is None else aware(r.last_computed_at),
         r.size,
-        r.last_error,
+        message_from_record(r.last_error_message, r.last_error),  # translatable where marked
         aware(r.created_at),
         aware(r.updated_at),
     )

@@ -30,7 +30,7 @@ from yunying.audience.clv import (
 from yunying.console.data import N_, Table, top_predicted
 from yunying.console.pages.audience import csv_denied
 from yunying.console.web import ConsoleApp, Ctx, NavItem, csv_response, redirect
-from yunying.errors import M_
+from yunying.errors import M_, message_from_record
 
 log = logging.getLogger("yunying.console")
 TOP = 20
@@ -153,11 +153,19 @@ def register(console: ConsoleApp) -> None:
                 ],
                 "layout": {"height": 220, "margin": {"t": 10, "b": 40, "l": 50, "r": 10}},
             }
+        notes = []
+        if model is not None:  # the fit's notes in the page's language where they were marked
+            records = model.get("warning_messages") or []
+            for i, text in enumerate(model.get("warnings") or []):
+                notes.append(
+                    ctx.tr(message_from_record(records[i] if i < len(records) else None, text))
+                )
         return console.render(
             ctx,
             "clv.html",
             status,
             model=model,
+            notes=notes,
             top=top,
             chart=chart,
             bands=band_rows(model) if model else [],
