@@ -238,3 +238,28 @@ def test_a_failed_computation_reads_in_the_page_language(
     finally:
         seg = S.get_segment(rt.state, get_project(rt.state).id, seg_id)
         S._record(rt.state, seg_id, datetime.now(UTC), seg.size or 0, None)
+
+
+def test_the_persona_downloads_as_csv(console_live: LiveServer, seeded: dict[str, Any]) -> None:
+    """The persona on a segment's page comes as CSV too: every dimension value, top event,
+    active-day bucket and revenue figure shown, segment next to everyone."""
+    import csv
+    import io
+
+    seg_id = int(seeded["segment"])
+    client = login(console_live.url, "analyst")
+    r = client.get(f"/segments/{seg_id}?format=csv&table=persona")
+    assert r.status_code == 200 and "persona.csv" in r.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(r.text.lstrip("\ufeff"))))
+    sections = {row["section"] for row in rows}
+    assert {"distribution", "active_days", "revenue"} <= sections
+    seg = S.get_segment(console_live.runtime.state, get_project(console_live.runtime.state).id,
+                        seg_id)  # fmt: skip
+    persons = next(row for row in rows if row["section"] == "revenue" and row["name"] == "persons")
+    assert int(persons["segment"]) == seg.size
+    buckets = [row for row in rows if row["section"] == "active_days" and row["name"] == "bucket"]
+    assert sum(int(b["segment"]) for b in buckets) == seg.size
+    assert sum(int(b["everyone"]) for b in buckets) == int(persons["everyone"])
+    # viewers download nothing
+    viewer = login(console_live.url, "viewer")
+    assert "segment,everyone" not in viewer.get(f"/segments/{seg_id}?format=csv&table=persona").text

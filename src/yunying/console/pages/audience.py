@@ -439,6 +439,10 @@ def register(console: ConsoleApp) -> None:
         except NotFound:
             return console.render(ctx, "message.html", 404, message=ctx.gettext("No such segment."))
         if ctx.param("format") == "csv" and ctx.can("export"):
+            computed_at = seg.last_computed_at
+            if ctx.param("table") == "persona" and ctx.can("explore") and computed_at:
+                stored = segment_persona(runtime, project, seg.id, computed_at)
+                return csv_response(persona_table(stored), f"segment-{seg.id}-persona.csv")
             rows = tuple(tuple(r) for r in export_rows(runtime, project, seg.scope))
             return csv_response(Table(rows[0], rows[1:]), f"segment-{seg.id}.csv")
         history = size_history(runtime.state, seg.id, 200)
@@ -678,6 +682,31 @@ def register(console: ConsoleApp) -> None:
         return console.render(
             ctx, "person.html", q=key, profile=profile, events=events, error=error
         )
+
+
+def persona_table(report: dict[str, Any]) -> Table:
+    """A persona as one CSV: each dimension's values (segment and everyone, shares, lift), the
+    top events (their rates and reach), active-day buckets and revenue, one row each."""
+    head = ("section", "name", "value", "segment", "segment_share", "everyone",
+            "everyone_share", "lift")  # fmt: skip
+    rows: list[tuple[Any, ...]] = []
+    for dist in report["distributions"]:
+        for v in dist["values"]:
+            rows.append(("distribution", dist["field"], v["value"], v["group"], v["group_share"],
+                         v["population"], v["population_share"], v["lift"]))  # fmt: skip
+    for e in report["top_events"]:
+        rows.append(("event_rate", e["event"], None, e["group_rate"], e["group_reach"],
+                     e["population_rate"], e["population_reach"], e["lift"]))  # fmt: skip
+    group, everyone = report["active_days"]["group"], report["active_days"]["population"]
+    for mine, all_ in zip(group["buckets"], everyone["buckets"], strict=True):
+        rows.append(("active_days", "bucket", mine["bucket"], mine["persons"], mine["share"],
+                     all_["persons"], all_["share"], None))  # fmt: skip
+    rows.append(("active_days", "average", None, group["average"], None, everyone["average"],
+                 None, None))  # fmt: skip
+    money_g, money_p = report["revenue"]["group"], report["revenue"]["population"]
+    for key in ("persons", "payers", "revenue", "paying_rate", "arpu", "arppu"):
+        rows.append(("revenue", key, None, money_g[key], None, money_p[key], None, None))
+    return Table(head, tuple(rows))
 
 
 def persona_chart(ctx: Ctx, report: dict[str, Any]) -> dict[str, Any] | None:
