@@ -279,6 +279,16 @@ def _null_text() -> exp.Expr:
     return exp.Cast(this=exp.null(), to=exp.DataType(this=exp.DataType.Type.TEXT))
 
 
+def _filtered(agg: exp.Expr, cond: exp.Expr) -> exp.Expr:
+    """``agg FILTER (WHERE cond)``: the aggregate over the rows where ``cond`` holds."""
+    return exp.Filter(this=agg, expression=exp.Where(this=cond))
+
+
+def _count_if(cond: exp.Expr) -> exp.Expr:
+    """The number of rows where ``cond`` holds (0 when none)."""
+    return _filtered(exp.Count(this=exp.Star()), cond)
+
+
 def _coalesce0(e: exp.Expr) -> exp.Expr:
     return exp.Coalesce(this=e, expressions=[lit(0)])
 
@@ -708,12 +718,6 @@ def _facts_sql(
     person counts in each period they were active in; per breakdown value each active person
     falls in the value of their first active event of the range."""
     sql = parts.sql
-    revenue = exp.and_(
-        exp.In(this=_c("event"), expressions=[lit(e) for e in cfg.revenue_events]),
-        exp.Not(this=exp.Is(this=_c("amount"), expression=exp.null())),
-        copy=False,
-    )
-    paid = exp.and_(revenue.copy(), exp.GT(this=_c("amount"), expression=lit(0)), copy=False)
     ts = _c("timestamp")
     rg = parts.rg(ts)
     base = _ranked(
@@ -724,14 +728,8 @@ def _facts_sql(
         breakdown,
         [
             exp.alias_(rg.copy(), "rg", copy=False),
-            exp.alias_(_flag(paid), "paid", copy=False),
-            exp.alias_(
-                exp.Case(ifs=[exp.If(this=revenue, true=_c("amount"))], default=lit(0.0)),
-                "rev",
-                copy=False,
-            ),
-            exp.alias_(_flag(_c("event").eq(lit(cfg.invite_accepted_event))), "acc", copy=False),
-            exp.alias_(_flag(_c("event").eq(lit(cfg.invite_sent_event))), "sent", copy=False),
+            exp.alias_(_c("event"), "ev", copy=False),
+            exp.alias_(_c("amount"), "amt", copy=False),
         ],
         ranked=breakdown is not None,
         pn=parts.pn(ts),
@@ -742,19 +740,36 @@ def _facts_sql(
         if breakdown is not None
         else _null_text()
     )
-    # per person, range and period; aliases differ from the columns they aggregate (ClickHouse
-    # resolves names to aliases)
+
+    def revenue() -> exp.Expr:
+        return exp.and_(
+            exp.In(this=_c("ev"), expressions=[lit(e) for e in cfg.revenue_events]),
+            exp.Not(this=exp.Is(this=_c("amt"), expression=exp.null())),
+            copy=False,
+        )
+
+    def paid() -> exp.Expr:
+        return exp.and_(revenue(), exp.GT(this=_c("amt"), expression=lit(0)), copy=False)
+
+    # per person, range and period, each sum over the events it is about only (FILTER: most
+    # events are neither revenue nor invitations); aliases differ from the columns they
+    # aggregate (ClickHouse resolves names to aliases)
     facts = (
         exp.select(
             _c("person_id"),
             _c("rg"),
             _c("pn"),
             exp.alias_(first_b, "fb", copy=False),
-            exp.alias_(exp.Max(this=_c("paid")), "is_payer", copy=False),
-            exp.alias_(exp.Sum(this=_c("paid")), "n_paid", copy=False),
-            exp.alias_(exp.Sum(this=_c("rev")), "p_rev", copy=False),
-            exp.alias_(exp.Sum(this=_c("acc")), "n_acc", copy=False),
-            exp.alias_(exp.Sum(this=_c("sent")), "n_sent", copy=False),
+            exp.alias_(_flag(exp.GT(this=_count_if(paid()), expression=lit(0))), "is_payer"),
+            exp.alias_(_count_if(paid()), "n_paid", copy=False),
+            exp.alias_(
+                exp.Coalesce(
+                    this=_filtered(exp.Sum(this=_c("amt")), revenue()), expressions=[lit(0.0)]
+                ),
+                "p_rev",
+            ),
+            exp.alias_(_count_if(_c("ev").eq(lit(cfg.invite_accepted_event))), "n_acc"),
+            exp.alias_(_count_if(_c("ev").eq(lit(cfg.invite_sent_event))), "n_sent"),
             copy=False,
         )
         .from_(base.subquery("e", copy=False), copy=False)
