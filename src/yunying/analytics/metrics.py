@@ -41,8 +41,8 @@ from yunying.analytics.common import (
     periods,
     uses_person,
 )
-from yunying.analytics.day_numbers import LocalDays
 from yunying.analytics.funnels import FunnelQuery, FunnelStep, funnel
+from yunying.analytics.local_periods import LocalPeriods
 from yunying.analytics.trends import Series, TrendsQuery, trends
 from yunying.store.base import QueryResult
 
@@ -355,7 +355,7 @@ class _Parts:
         self.bounds = [dr.utc_bounds() for dr, _ in parts]
         self.start = min(b[0] for b in self.bounds)
         self.end = max(b[1] for b in self.bounds)
-        self.days = LocalDays(sql, parts[0][0].timezone, self.start, self.end)
+        self.days = LocalPeriods(sql, parts[0][0].timezone, self.start, self.end)
         self.order = sorted(range(len(parts)), key=lambda i: self.bounds[i][0])
 
     def inside(self, ts: exp.Expr) -> exp.Expr:
@@ -418,7 +418,7 @@ def _cohort(
     """New users of the ranges: person, first new-user event (µs, local day number), its part
     (rg), period, the part's last day number (ld) and the breakdown value on that event. Without
     a breakdown the first event is the person's earliest time (no ranking needed); its day and
-    period are taken only for the ranges' new users (by arithmetic, :class:`LocalDays`)."""
+    period are taken only for the ranges' new users (by arithmetic, :class:`LocalPeriods`)."""
     cond = exp.and_(
         sql.event_is(cfg.new_user_event),
         exp.LT(this=_c("timestamp"), expression=sql.ts_literal(parts.end)),
@@ -998,7 +998,7 @@ def _activity_sql(
             _c("person_id"),
             *([exp.alias_(sql.field_text(breakdown), "b", copy=False)] if breakdown else []),
             exp.alias_(
-                LocalDays(sql, dr.timezone, start, end).day(_c("timestamp")), "dn", copy=False
+                LocalPeriods(sql, dr.timezone, start, end).day(_c("timestamp")), "dn", copy=False
             ),
             copy=False,
         )

@@ -171,8 +171,8 @@ def dashboard(store: Source, project: Project, dr: DateRange) -> Dashboard:
 
     One :func:`~yunying.analytics.metrics.metric_batches` call for both ranges: metrics that
     share an underlying query (the new-user cohort and its retention, paying facts) run it once
-    per range, and the active-user counts and revenue of both ranges come from one query each,
-    six queries in all."""
+    for both ranges (rows tagged by range), and the active-user counts and revenue of both
+    ranges come from one query each, four queries in all."""
     names = [spec.metric for spec in KPIS]
     now, before = metric_batches(store, project.id, names, [(dr, "day"), (dr.previous(), None)])
     kpis = tuple(
