@@ -251,9 +251,9 @@ def facts_sql(
     """Persons counted by their combination of facts: (g0.., p0.., d_<dimension>.., bucket,
     payer, n, days, revenue). ``g<i>`` is 1 in the i-th of ``groups`` (default: ``q``'s own
     group), which share ``q``'s window and fields; one scan of persons and one of events for
-    all of them, each group's member query appearing once. Each event's values are computed once (one parse of its
-    properties on DuckDB, its local day by arithmetic) before the per-person aggregation, and
-    active days are counted without a DISTINCT."""
+    all of them, each group's member query appearing once. Each event's values are computed
+    once (one parse of its properties on DuckDB, its local day by arithmetic) before the
+    per-person aggregation, and active days are counted without a DISTINCT."""
     sql = Sql(source.dialect)
     tz = q.date_range.timezone
     start, end = q.date_range.utc_bounds()
