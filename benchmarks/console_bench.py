@@ -110,9 +110,7 @@ def seed_features(rt: Any) -> dict[str, str]:
     with rt.state.connect() as conn:
         SEGMENT_COMPUTE["persona_seconds"] = round(
             conn.execute(
-                sa.select(segment_personas.c.seconds).where(
-                    segment_personas.c.segment_id == seg.id
-                )
+                sa.select(segment_personas.c.seconds).where(segment_personas.c.segment_id == seg.id)
             ).scalar_one(),
             3,
         )
