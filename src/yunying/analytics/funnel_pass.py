@@ -313,7 +313,9 @@ def unordered_levels(
 ) -> Ints:
     """Unordered funnels: per person the best level over its anchors (any step event before the
     range's end) of ``sum over classes c of min(events of c in [t0, t0 + window], mult[c])``.
-    ``packed`` holds ``time * M + class`` (classes from 1) per person, in any order."""
+    ``packed`` holds ``time * M + class`` (classes from 1) per person, ascending within each
+    person: the engine sorts each person's list (``list_sort`` / ``arraySort``), in parallel and
+    far cheaper than sorting all the values here."""
     done = _by_ranges(
         offsets, packed, threads, lambda o, p: _unordered(o, p, mult, window_us, end_us)
     )
@@ -328,8 +330,6 @@ def _unordered(offsets: Ints, packed: Ints, mult: list[int], window_us: int, end
     if not len(packed):
         return np.zeros(persons, np.int64)
     seg = np.repeat(np.arange(persons, dtype=np.int64), lengths)
-    order = np.argsort(packed, kind="stable")  # by time, then by person keeping time order
-    packed = packed[order[np.argsort(seg[order], kind="stable")]]
     bits = multiplier(classes).bit_length() - 1
     cls = packed & ((1 << bits) - 1)
     ts = packed >> bits

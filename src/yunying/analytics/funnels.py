@@ -982,8 +982,12 @@ def _unordered_by_pass(
         this=exp.Mul(this=ts, expression=lit(funnel_pass.multiplier(len(classes)))),
         expression=cls,
     )
+    # each person's list sorted by the engine (in parallel), as unordered_levels needs it
+    ordered = exp.Anonymous(
+        this="arraySort" if sql.ch else "list_sort", expressions=[exp.ArrayAgg(this=packed)]
+    )
     tree = (
-        exp.select(exp.alias_(exp.ArrayAgg(this=packed), "l"))
+        exp.select(exp.alias_(ordered, "l"))
         .from_(events_from(source, project_id, person=uses_person(q)))
         .where(_ev_where(q, sql, conds, arrays=False))
         .group_by(_c("person_id"))
