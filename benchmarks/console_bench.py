@@ -66,13 +66,10 @@ PAGES = {
 }
 
 
-#: The bench segment's computation: seconds in all, and of them its persona's.
-SEGMENT_COMPUTE: dict[str, float] = {}
-
-
-def seed_features(rt: Any) -> dict[str, str]:
+def seed_features(rt: Any) -> tuple[dict[str, str], dict[str, float]]:
     """A computed segment, a running activity with a held claim, and a demo user to look up
-    (created once per data directory; later runs find them by name)."""
+    (created once per data directory; later runs find them by name); and the segment's
+    computation of this run: seconds in all, and of them its persona's."""
     import sqlalchemy as sa
     from sqlglot import exp
 
@@ -106,9 +103,9 @@ def seed_features(rt: Any) -> dict[str, str]:
     # computed on every run, as a schedule would: its persona is stored with the computation
     started = time.perf_counter()
     compute_segment(rt, project, seg.id)
-    SEGMENT_COMPUTE["seconds"] = round(time.perf_counter() - started, 3)
+    computed = {"seconds": round(time.perf_counter() - started, 3)}
     with rt.state.connect() as conn:
-        SEGMENT_COMPUTE["persona_seconds"] = round(
+        computed["persona_seconds"] = round(
             conn.execute(
                 sa.select(segment_personas.c.seconds).where(segment_personas.c.segment_id == seg.id)
             ).scalar_one(),
@@ -136,7 +133,8 @@ def seed_features(rt: Any) -> dict[str, str]:
         with contextlib.suppress(ClvError):  # too few repeat buyers: the page's empty state
             end = date.today() - timedelta(days=1)
             fit_clv(rt.store, rt.state, project, ClvRequest("purchase_membership", end))
-    return {"segment": str(seg.id), "activity": str(act.id), "person": person, "tag": str(tag.id)}
+    ids = {"segment": str(seg.id), "activity": str(act.id), "person": person, "tag": str(tag.id)}
+    return ids, computed
 
 
 def main() -> None:
@@ -182,7 +180,7 @@ def main() -> None:
     except NotFound:
         create_user(rt.state, "bench", password, "admin")
 
-    ids = seed_features(rt)
+    ids, segment_compute = seed_features(rt)
     app = create_app(rt)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -241,15 +239,15 @@ def main() -> None:
     load = (round(load_start, 2), round(os.getloadavg()[0], 2))
     out = {"users": args.users, "days": args.days, "events": events, "runs": args.runs,
            "cold_runs": args.cold_runs, "load_average": load,
-           "segment_compute": SEGMENT_COMPUTE, "pages": rows}  # fmt: skip
+           "segment_compute": segment_compute, "pages": rows}  # fmt: skip
     if args.json:
         print(json.dumps(out, indent=2))
         return
     print(f"{args.users:,} users × {args.days} days, {events:,} events; cold = median of "
           f"{args.cold_runs}, warm = median of {args.runs}; load average {load[0]} at the "
           f"start, {load[1]} at the end")  # fmt: skip
-    print(f"segment computation {SEGMENT_COMPUTE['seconds']:.3f} s, of which its stored "
-          f"persona {SEGMENT_COMPUTE['persona_seconds']:.3f} s")  # fmt: skip
+    print(f"segment computation {segment_compute['seconds']:.3f} s, of which its stored "
+          f"persona {segment_compute['persona_seconds']:.3f} s")  # fmt: skip
     print(f"{'page':32} {'cold ms':>10} {'cold CPU':>10} {'warm ms':>9} {'warm CPU':>9}")
     for row in rows:
         print(f"{row['page']:32} {row['cold_ms']:>10,.1f} {row['cold_cpu_ms']:>10,.1f} "
