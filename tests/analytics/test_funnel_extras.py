@@ -106,20 +106,26 @@ def test_breakdown_attribution_equals_reference(
     assert len(want) > 3 if order == "ordered" else len(want) > 1
 
 
-def test_strict_step_times_equal_reference(journeys: Dataset) -> None:
-    names = ["edit_video", "export_video"]
+@pytest.mark.parametrize(
+    "names", [["edit_video", "export_video"], ["app_install", "edit_video", "export_video"]]
+)
+def test_strict_step_times_equal_reference(journeys: Dataset, names: list[str]) -> None:
     q = FunnelQuery(tuple(FunnelStep(n) for n in names), RANGE, window=1, order="strict")
     got = both(journeys, funnel, q)
     chains = ref.funnel_chains(
         journeys.events, [named(n) for n in names], LO, HI, timedelta(days=1), strict=True
     )
-    gaps = [(c[1]["timestamp"] - c[0]["timestamp"]).total_seconds() for c in chains.values()
-            if len(c) > 1]  # fmt: skip
-    assert got.counts == ref.step_counts(chains, 2) and gaps
-    ref.assert_close(
-        [got.steps[1].median_seconds_from_previous, got.steps[1].average_seconds_from_previous],
-        [ref.percentile(gaps, 0.5), sum(gaps) / len(gaps)],
-    )
+    assert got.counts == ref.step_counts(chains, len(names)) and got.counts[-1] > 0
+    for k in range(1, len(names)):
+        reached = [c for c in chains.values() if len(c) > k]
+        gaps = [(c[k]["timestamp"] - c[k - 1]["timestamp"]).total_seconds() for c in reached]
+        firsts = [(c[k]["timestamp"] - c[0]["timestamp"]).total_seconds() for c in reached]
+        step = got.steps[k]
+        ref.assert_close(
+            [step.median_seconds_from_previous, step.average_seconds_from_previous,
+             step.median_seconds_from_first],
+            [ref.percentile(gaps, 0.5), sum(gaps) / len(gaps), ref.percentile(firsts, 0.5)],
+        )  # fmt: skip
 
 
 @pytest.mark.slow

@@ -88,6 +88,83 @@ def test_chains_equal_the_plain_walk(steps: int, monkeypatch: pytest.MonkeyPatch
             assert times[k].tolist() == [w[1][k] for w in want], (threads, k)
 
 
+def strict_walk(events: list[tuple[int, int]], steps: int, window: int) -> tuple[int, list[int]]:
+    """One person's events (time, step; 0 for other events) in the person's order: from every
+    start, the run of events right after it matching steps 2, 3, ... inside the window; the
+    furthest, then earliest. Returns (level, times with -1 beyond the level)."""
+    best: tuple[int, list[int]] = (0, [-1] * steps)
+    for i, (t0, s) in enumerate(events):
+        if s != 1:
+            continue
+        chain = [t0]
+        for t, sk in events[i + 1 : i + steps]:
+            if sk != len(chain) + 1 or t > t0 + window:
+                break
+            chain.append(t)
+        if len(chain) > best[0]:
+            best = (len(chain), chain + [-1] * (steps - len(chain)))
+    return best
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 5])
+def test_strict_chains_equal_the_plain_walk(steps: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fp, "PARALLEL_FROM", 1)  # also split into ranges of persons
+    rng = random.Random(100 + steps)
+    people = random_people(rng, 3000, steps)
+    for events in people:  # other events (step 0) too, distinct times: no ties
+        events += [(rng.randrange(-40, 60) * 1000, 0) for _ in range(rng.randint(0, 4))]
+        events[:] = [(t * 16 + i, s) for i, (t, s) in enumerate(events)]
+        events.sort()
+    people += [[(k * 16_000, k + 1) for k in range(steps)] for _ in range(5)]  # straight runs
+    window = 25_000 * 16
+    want = [strict_walk(e, steps, window) for e in people]
+    for events in people[::2]:  # lists in any order: the pass sorts those that need it
+        rng.shuffle(events)
+    offsets, values = packed(people, steps)
+    for threads in (1, 3):
+        got = fp.strict_chains(offsets, values, steps, window, threads=threads)
+        assert got is not None
+        assert got[0].tolist() == [w[0] for w in want], threads
+        for k in range(steps):
+            assert got[1][k].tolist() == [w[1][k] for w in want], (threads, k)
+    assert max(w[0] for w in want) == steps  # the data reach the last step
+
+
+def test_sort_within_sorts_each_persons_values_only() -> None:
+    rng = random.Random(5)
+    lists = [[rng.randrange(-50, 50) for _ in range(rng.randint(1, 6))] for _ in range(2000)]
+    lists += [[], [3, 1]]  # an empty list before the last one
+    offsets = np.cumsum([0] + [len(v) for v in lists]).astype(np.int64)
+    values = np.array([x for v in lists for x in v], np.int64)
+    got, near = fp.sort_within(offsets, values, bits=2)
+    want = [x for v in lists for x in sorted(v)]
+    assert got.tolist() == want
+    # positions whose next value is the same person's and less than 2**2 above
+    ends = set((offsets[1:] - 1).tolist())
+    assert near.tolist() == [
+        i for i in range(len(want) - 1) if i not in ends and want[i + 1] - want[i] < 4
+    ]
+    assert len(near) > 100
+    ordered = np.sort(values)  # already sorted lists come back as they are
+    assert fp.sort_within(offsets, ordered)[0] is ordered
+
+
+def test_strict_chains_refuse_ties_next_to_a_step_unless_exact() -> None:
+    # person 2 has a step and another event at one instant: sorted by value, the step may not
+    # be where the person's order (by uuid) puts it
+    people = [[(10, 1), (20, 2)], [(10, 0), (10, 0), (20, 1)], [(5, 0), (30, 1), (30, 2)]]
+    offsets, values = packed(people, 2)
+    assert fp.strict_chains(offsets, values, 2, 100) is None
+    assert fp.strict_chains(offsets[:3], values[: offsets[2]], 2, 100) is not None  # 0-0 tie
+    assert fp.strict_chains(*packed([[(30, 2), (5, 0), (30, 1)]], 2), 2, 100) is None  # unsorted
+    # in the exact order the caller vouches for, B right after A counts
+    got = fp.strict_chains(offsets, values, 2, 100, exact=True)
+    assert got is not None and got[0].tolist() == [2, 1, 2]
+    reordered = np.r_[values[:-2], values[-1], values[-2]]  # B before A at the same instant
+    got = fp.strict_chains(offsets, reordered, 2, 100, exact=True)
+    assert got is not None and got[0].tolist() == [2, 1, 1]
+
+
 def unordered_walk(events: list[tuple[int, int]], mult: list[int], window: int, end: int) -> int:
     """One person's unordered level: the best over anchors (any event before ``end``) of the
     classes' events in [t0, t0 + window], each class counted up to its multiplicity."""
@@ -163,7 +240,10 @@ def test_pass_is_used_for_distinct_named_steps_without_exclusions(journeys: Data
     store = journeys.duck
     assert _uses_pass(FunnelQuery(abc, RANGE), store)
     assert _uses_pass(FunnelQuery(abc, RANGE), journeys.chdb)
-    assert not _uses_pass(FunnelQuery(abc, RANGE, order="strict"), store)
+    assert _uses_pass(FunnelQuery(abc, RANGE, order="strict"), store)
+    strict_by = FunnelQuery(abc, RANGE, order="strict", breakdown=col("channel"))
+    assert not _uses_pass(strict_by, store)
+    assert not _uses_pass(FunnelQuery(abc[:2] + abc[:1], RANGE, order="strict"), store)
     assert _uses_pass(FunnelQuery(abc, RANGE, order="unordered"), store)
     aba = (FunnelStep("A"), FunnelStep("B"), FunnelStep("A"))  # A twice: one class, twice
     assert _uses_pass(FunnelQuery(aba, RANGE, order="unordered"), store)

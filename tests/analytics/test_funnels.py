@@ -201,6 +201,25 @@ def test_person_merged_mid_journey(small: Any) -> None:
     assert counts(ds, ["A", "B"]) == [1, 1]
 
 
+def test_strict_ties_follow_the_uuid_order(small: Any) -> None:
+    # uuids that order one way as text and another as raw or sign-flipped bytes
+    low, high = "1fffffff-0000-4000-8000-00000000000", "f0000000-0000-4000-8000-00000000000"
+
+    def at(name: str, who: str, uid: str) -> dict[str, Any]:
+        return {"event": name, "distinct_id": who, "timestamp": iso(T0), "uuid": uid,
+                "properties": {}}  # fmt: skip
+
+    ds = small(
+        [
+            at("A", "ab", low + "1"), at("B", "ab", high + "1"),  # B right after A
+            at("A", "ba", high + "2"), at("B", "ba", low + "2"),  # B before A: nothing after A
+            at("A", "noise", low + "3"), at("X", "noise", low + "4"), at("B", "noise", high + "3"),
+        ]
+    )  # fmt: skip
+    assert counts(ds, ["A", "B"], "strict") == [3, 1]
+    assert counts(ds, ["A", "B"]) == [3, 3]  # ordered: the same instant is not before
+
+
 def test_strict_breaks_on_any_event_between(small: Any) -> None:
     ds = small(
         [

@@ -9,8 +9,12 @@ threshold — a segmented minimum (``np.minimum.reduceat``) per step for persons
 Persons with several starts are sorted and walked by binary search from each start, keeping the
 furthest chain (then the earliest start, which fixes its times). A first-touch breakdown takes
 the value of the chosen start. Unordered funnels sort each person's values and count each
-step's events in every anchor's window. The same SQL runs on DuckDB and ClickHouse, so both
-engines give the same answer by construction.
+step's events in every anchor's window. Strict funnels read every event of the person (step 0
+for events matching no step), sorted, and from each start follow the run of the next events.
+Sorting is by numpy, only for the persons whose list the engine did not hand over in order.
+Persons are worked on in ranges small enough for every temporary array to stay in the cache.
+The same SQL runs on DuckDB and ClickHouse, so both engines give the same answer by
+construction.
 
 Used by :func:`yunying.analytics.funnels.funnel` where ``_uses_pass`` says so (named, disjoint
 steps, no exclusions; docs/analytics.md "How it runs"), when the source returns Arrow tables.
@@ -21,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
@@ -71,6 +75,8 @@ def chains(
 
 #: Below this many values one thread is faster than starting several.
 PARALLEL_FROM = 200_000
+#: Values per range of persons worked on at once (see :func:`_by_ranges`).
+CHUNK = 1 << 17
 
 T = TypeVar("T")
 
@@ -78,22 +84,27 @@ T = TypeVar("T")
 def _by_ranges(
     offsets: Ints, packed: Ints, threads: int | None, work: Callable[[Ints, Ints], T]
 ) -> list[T]:
-    """``work(offsets, packed)`` on ranges of persons at once: persons are independent, numpy
-    releases the GIL. Large inputs are cut into ``threads`` ranges of about as many values, by
-    default one per CPU (at most four); results in person order."""
+    """``work(offsets, packed)`` on ranges of persons of about ``CHUNK`` values each, on
+    ``threads`` threads (default one per CPU, at most four): persons are independent and numpy
+    releases the GIL. Small ranges keep every temporary array in the CPU cache and out of the
+    allocator's fresh pages, which costs more than the arithmetic. Results in person order."""
     threads = threads or min(4, os.cpu_count() or 1)
     persons = len(offsets) - 1
-    if threads < 2 or len(packed) < PARALLEL_FROM:
+    if len(packed) <= CHUNK:
         return [work(offsets, packed)]
-    cuts = np.searchsorted(offsets, np.linspace(0, len(packed), threads + 1)[1:-1])
+    parts = -(-len(packed) // CHUNK)
+    cuts = np.searchsorted(offsets, np.linspace(0, len(packed), parts + 1)[1:-1])
     bounds = [0, *sorted(set(int(c) for c in cuts) - {0, persons}), persons]
 
     def part(lo: int, hi: int) -> T:
         o = offsets[lo : hi + 1]
         return work(o - o[0], packed[o[0] : o[-1]])
 
-    with ThreadPoolExecutor(len(bounds) - 1) as pool:
-        return list(pool.map(lambda b: part(*b), zip(bounds[:-1], bounds[1:], strict=True)))
+    ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
+    if threads < 2 or len(packed) < PARALLEL_FROM:
+        return [part(*b) for b in ranges]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda b: part(*b), ranges))
 
 
 def _chains(offsets: Ints, packed: Ints, steps: int, window_us: int) -> tuple[Ints, list[Ints]]:
@@ -169,10 +180,7 @@ def _multiple(
     binary search in each step's sorted positions, keep the furthest chain, then the earliest
     start (same start time, same chain)."""
     lengths = offsets[persons + 1] - offsets[persons]
-    pos = np.repeat(offsets[persons] - np.cumsum(np.r_[0, lengths[:-1]]), lengths) + np.arange(
-        lengths.sum()
-    )
-    owner = np.repeat(np.arange(len(persons)), lengths)
+    pos, owner = _positions(offsets, persons)
     order = np.lexsort((step[pos], ts[pos], owner))
     s_step, s_ts, s_owner = step[pos][order], ts[pos][order], owner[order]
     ends = np.cumsum(lengths)
@@ -202,6 +210,110 @@ def _multiple(
     level[target] = lv[first]
     for k in range(steps):
         times[k][target] = chain[k][first]
+
+
+def strict_chains(
+    offsets: Ints,
+    packed: Ints,
+    steps: int,
+    window_us: int,
+    exact: bool = False,
+    threads: int | None = None,
+) -> tuple[Ints, list[Ints]] | None:
+    """Strict funnels: as :func:`chains`, from lists of *every* event of each person (``time_us
+    * M + step``, 0 for an event matching no step) in the person's order. A start's chain is the
+    run of events right after it matching steps 2, 3, ... inside the window; the person keeps
+    the furthest, then earliest. ``None`` when two events of one person share an instant and
+    one of them is a step: then the order of the lists (by step number within an instant) may
+    not be the person's order (by uuid), and the caller must send lists in that order, saying
+    so by ``exact``."""
+    done = _by_ranges(offsets, packed, threads, lambda o, p: _strict(o, p, steps, window_us, exact))
+    if any(d is None for d in done):
+        return None
+    parts = cast(list[tuple[Ints, list[Ints]]], done)
+    level = np.concatenate([d[0] for d in parts])
+    times = [np.concatenate([d[1][k] for d in parts]) for k in range(steps)]
+    return level, times
+
+
+def sort_within(offsets: Ints, packed: Ints, bits: int = 0) -> tuple[Ints, Ints]:
+    """Each person's values in ascending order, and the positions ``i`` where value ``i + 1``
+    belongs to the same person and is less than ``2**bits`` above (candidates for events at one
+    instant, the step below the time). Engines mostly hand the lists over sorted already (events
+    are written about in time order and grouping keeps it), so only the persons whose list is
+    not are sorted, here: far cheaper than the engine sorting every list."""
+    if len(packed) < 2:
+        return packed, np.zeros(0, np.int64)
+    gap = np.diff(packed)
+    joins = offsets[1:-1] - 1  # the last value of one person, the first of the next
+    gap[joins[joins >= 0]] = 1 << bits
+    near = np.flatnonzero(gap < 1 << bits)
+    down = gap[near] < 0
+    if not down.any():
+        return packed, near
+    whose = np.searchsorted(offsets, near, side="right") - 1
+    persons = np.unique(whose[down])
+    pos, owner = _positions(offsets, persons)
+    values = packed[pos]
+    values = values[np.lexsort((values, owner))]
+    out = packed.copy()
+    out[pos] = values
+    inside = np.flatnonzero(owner[1:] == owner[:-1])
+    again = pos[inside[values[inside + 1] - values[inside] < 1 << bits]]
+    return out, np.union1d(near[~np.isin(whose, persons)], again)
+
+
+def _positions(offsets: Ints, persons: Ints) -> tuple[Ints, Ints]:
+    """The positions of the given persons' values, and for each the index of its person in
+    ``persons``."""
+    lengths = offsets[persons + 1] - offsets[persons]
+    starts = np.repeat(offsets[persons] - np.cumsum(np.r_[0, lengths[:-1]]), lengths)
+    return starts + np.arange(lengths.sum()), np.repeat(np.arange(len(persons)), lengths)
+
+
+def _strict(
+    offsets: Ints, packed: Ints, steps: int, window_us: int, exact: bool
+) -> tuple[Ints, list[Ints]] | None:
+    """:func:`strict_chains` for one range of persons."""
+    persons = len(offsets) - 1
+    level = np.zeros(persons, np.int64)
+    times = [np.full(persons, -1, np.int64) for _ in range(steps)]
+    if not len(packed):
+        return level, times
+    bits = multiplier(steps).bit_length() - 1
+    mask = (1 << bits) - 1
+    if not exact:
+        packed, near = sort_within(offsets, packed, bits)
+        a, b = packed[near], packed[near + 1]
+        if ((a >> bits == b >> bits) & ((a | b) & mask > 0)).any():
+            return None  # a step event at the instant of another event of the person
+    step = packed & mask
+    starts = np.flatnonzero(step == 1)  # in person order, then time order
+    if not len(starts):
+        return level, times
+    owner = np.searchsorted(offsets, starts, side="right") - 1
+    end = offsets[owner + 1]  # one past the owner's last event
+    t0 = packed[starts] >> bits
+    deadline = t0 + window_us
+    lv = np.ones(len(starts), np.int64)
+    alive = np.ones(len(starts), bool)
+    chain = [t0]
+    top = len(packed) - 1
+    for k in range(1, steps):
+        at = np.minimum(starts + k, top)
+        t = packed[at] >> bits
+        alive &= (starts + k < end) & (step[at] == k + 1) & (t <= deadline)
+        lv += alive
+        chain.append(np.where(alive, t, -1))
+    # per person the furthest chain, then the earliest start: the largest level * S - index
+    n = len(starts)
+    heads = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    best = n - 1 - np.maximum.reduceat(lv * n + (n - 1 - np.arange(n)), heads) % n
+    who = owner[heads]
+    level[who] = lv[best]
+    for k in range(steps):
+        times[k][who] = chain[k][best]
+    return level, times
 
 
 def summary(level: Ints, times: list[Ints], steps: int) -> list[Any]:
@@ -313,9 +425,8 @@ def unordered_levels(
 ) -> Ints:
     """Unordered funnels: per person the best level over its anchors (any step event before the
     range's end) of ``sum over classes c of min(events of c in [t0, t0 + window], mult[c])``.
-    ``packed`` holds ``time * M + class`` (classes from 1) per person, ascending within each
-    person: the engine sorts each person's list (``list_sort`` / ``arraySort``), in parallel and
-    far cheaper than sorting all the values here."""
+    ``packed`` holds ``time * M + class`` (classes from 1) per person, in any order: each
+    range of persons is put in order by :func:`sort_within`."""
     done = _by_ranges(
         offsets, packed, threads, lambda o, p: _unordered(o, p, mult, window_us, end_us)
     )
@@ -329,6 +440,7 @@ def _unordered(offsets: Ints, packed: Ints, mult: list[int], window_us: int, end
     persons = len(lengths)
     if not len(packed):
         return np.zeros(persons, np.int64)
+    packed = sort_within(offsets, packed)[0]
     seg = np.repeat(np.arange(persons, dtype=np.int64), lengths)
     bits = multiplier(classes).bit_length() - 1
     cls = packed & ((1 << bits) - 1)

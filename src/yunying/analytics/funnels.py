@@ -886,9 +886,9 @@ def _step_results(q: FunnelQuery, row: list[Any], offset: int) -> tuple[FunnelSt
 def _uses_pass(q: FunnelQuery, source: Source) -> bool:
     """Whether the numpy pass (:mod:`yunying.analytics.funnel_pass`) computes this funnel: a
     source that returns Arrow, every step a named event, no exclusions; ordered with steps of
-    different events and a breakdown (if any) on the first touch, or unordered without a
-    breakdown where the steps of one event share their conditions (so every event is in one
-    class)."""
+    different events and a breakdown (if any) on the first touch, strict with steps of different
+    events and no breakdown, or unordered without a breakdown where the steps of one event share
+    their conditions (so every event is in one class)."""
     events = [s.event for s in q.steps]
     if None in events or q.exclusions or not callable(getattr(source, "query_arrow", None)):
         return False
@@ -896,11 +896,11 @@ def _uses_pass(q: FunnelQuery, source: Source) -> bool:
         sql = Sql(source.dialect)
         conds = {sql.render(_cond(sql, s.event, s.filters)) for s in q.steps}
         return q.breakdown is None and len(conds) == len(set(events))
-    return (
-        q.order == "ordered"
-        and len(set(events)) == len(events)
-        and (q.breakdown is None or q.breakdown_attribution == "first_touch")
-    )
+    if len(set(events)) != len(events):
+        return False
+    if q.order == "strict":
+        return q.breakdown is None
+    return q.breakdown is None or q.breakdown_attribution == "first_touch"
 
 
 def _by_pass(
@@ -913,6 +913,8 @@ def _by_pass(
     n = len(q.steps)
     if q.order == "unordered":
         return _unordered_by_pass(source, project_id, q, sql, conds), []
+    if q.order == "strict":
+        return _strict_by_pass(source, project_id, q, sql, conds), []
     # the step of each event: conditions are disjoint (distinct event names)
     step = exp.Case(ifs=[exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds)])
     ts = sql.epoch_us(_c("timestamp"))
@@ -982,12 +984,8 @@ def _unordered_by_pass(
         this=exp.Mul(this=ts, expression=lit(funnel_pass.multiplier(len(classes)))),
         expression=cls,
     )
-    # each person's list sorted by the engine (in parallel), as unordered_levels needs it
-    ordered = exp.Anonymous(
-        this="arraySort" if sql.ch else "list_sort", expressions=[exp.ArrayAgg(this=packed)]
-    )
     tree = (
-        exp.select(exp.alias_(ordered, "l"))
+        exp.select(exp.alias_(exp.ArrayAgg(this=packed), "l"))
         .from_(events_from(source, project_id, person=uses_person(q)))
         .where(_ev_where(q, sql, conds, arrays=False))
         .group_by(_c("person_id"))
@@ -997,6 +995,59 @@ def _unordered_by_pass(
     level = funnel_pass.unordered_levels(offsets, values, mult, q.window_us, _epoch_us(end))
     n = len(q.steps)
     return [int(np.count_nonzero(level >= k + 1)) for k in range(n)] + [None] * (3 * (n - 1))
+
+
+def _strict_by_pass(
+    source: ArrowSource, project_id: int, q: FunnelQuery, sql: Sql, conds: list[exp.Expr]
+) -> list[Any]:
+    """The overall row of a strict funnel by the pass: every event of each person in the range
+    and the window after it, as one list (``time_us * M + step``, step 0 for other events and
+    for step-1 events past the range, which cannot start a chain), sorted by numpy where it is
+    not already. When two events of a person share an instant next to a step, the lists are
+    fetched again in the person's exact order (time, then uuid), sorted by the engine."""
+    n = len(q.steps)
+    _, end = q.date_range.utc_bounds()
+    first = exp.and_(conds[0].copy(), exp.LT(this=_c("timestamp"), expression=sql.ts_literal(end)))
+    ifs = [exp.If(this=first, true=lit(1))]
+    ifs += [exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds) if k]
+    step = exp.Case(ifs=ifs, default=lit(0))
+    ts = sql.epoch_us(_c("timestamp"))
+    packed = exp.Add(
+        this=exp.Mul(this=ts, expression=lit(funnel_pass.multiplier(n))), expression=step
+    )
+    by_value = exp.ArrayAgg(this=packed)  # funnel_pass sorts the lists that need it
+    if sql.ch:  # sort (time, uuid as text, value) tuples, keep the values
+        x = exp.to_identifier("x")
+        tup = exp.Anonymous(this="tuple", expressions=[ts.copy(), sql.text(_c("uuid")), packed])
+        by_order: exp.Expr = exp.Anonymous(
+            this="arrayMap",
+            expressions=[
+                exp.Lambda(
+                    this=exp.Anonymous(this="tupleElement", expressions=[x, lit(3)]),
+                    expressions=[x.copy()],
+                ),
+                exp.Anonymous(this="arraySort", expressions=[exp.ArrayAgg(this=tup)]),
+            ],
+        )
+    else:  # DuckDB orders uuids as their text
+        order = [exp.Ordered(this=_c("timestamp")), exp.Ordered(this=_c("uuid"))]
+        by_order = exp.ArrayAgg(this=exp.Order(this=packed.copy(), expressions=order))
+    relation = events_from(source, project_id, person=uses_person(q))
+    where = _ev_where(q, sql, conds, arrays=False)
+    chains = None
+    for exact, lists in ((False, by_value), (True, by_order)):
+        tree = (
+            exp.select(exp.alias_(lists, "l"))
+            .from_(relation.copy())
+            .where(where.copy())
+            .group_by(_c("person_id"))
+        )
+        offsets, values = funnel_pass.fetch(source.query_arrow(sql.render(tree)).column(0))
+        chains = funnel_pass.strict_chains(offsets, values, n, q.window_us, exact=exact)
+        if chains is not None:
+            break
+    assert chains is not None  # the exact lists are always taken
+    return funnel_pass.summary(*chains, n)
 
 
 def funnel(source: Source, project_id: int, query: FunnelQuery) -> FunnelResult:
