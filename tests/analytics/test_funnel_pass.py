@@ -3,6 +3,7 @@ plain-Python chain walk, and through funnel() against the reference chains on bo
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 from datetime import timedelta
@@ -21,6 +22,7 @@ from yunying.analytics import (
     FunnelStep,
     col,
     funnel,
+    funnels,
     prop,
 )
 from yunying.analytics import funnel_pass as fp
@@ -165,6 +167,32 @@ def test_strict_chains_refuse_ties_next_to_a_step_unless_exact() -> None:
     assert got is not None and got[0].tolist() == [2, 1, 1]
 
 
+def test_coded_chains_carry_the_chosen_starts_code() -> None:
+    rng = random.Random(11)
+    people = random_people(rng, 3000, 3)
+    coded: list[list[tuple[int, int]]] = []
+    want_codes = []
+    for events in people:  # distinct instants for starts; every start gets a code 1..5
+        events[:] = [(t * 16 + i, s) for i, (t, s) in enumerate(events)]
+        codes = {t: rng.randint(1, 5) for t, s in events if s == 1}
+        coded.append([((t << 3 | codes.get(t, 0)), s) for t, s in events])
+        level, times = walk(events, 3, 25_000 * 16)
+        want_codes.append(codes[times[0]] if level else -1)
+    offsets, values = packed(coded, 3)
+    for threads in (1, 3):
+        got = fp.coded_chains(offsets, values, 3, 25_000 * 16, code_bits=3, threads=threads)
+        assert got is not None
+        assert got[2].tolist() == want_codes
+        assert got[0].tolist() == fp.chains(*packed(people, 3), 3, 25_000 * 16)[0].tolist()
+    assert len(set(want_codes)) == 6
+    # two starts of one person at one instant with different codes: the uuid would decide
+    tie = [[((10 << 3 | 1), 1), ((10 << 3 | 2), 1), ((20 << 3), 2)]]
+    assert fp.coded_chains(*packed(tie, 2), 2, 100, code_bits=3) is None
+    same = [[((10 << 3 | 2), 1), ((10 << 3 | 2), 1), ((20 << 3), 2)]]
+    got = fp.coded_chains(*packed(same, 2), 2, 100, code_bits=3)
+    assert got is not None and got[2].tolist() == [2]
+
+
 def unordered_walk(events: list[tuple[int, int]], mult: list[int], window: int, end: int) -> int:
     """One person's unordered level: the best over anchors (any event before ``end``) of the
     classes' events in [t0, t0 + window], each class counted up to its multiplicity."""
@@ -291,3 +319,45 @@ def test_funnel_by_the_pass_equals_the_reference_chains(
         assert step.median_seconds_from_previous == pytest.approx(statistics.median(gaps))
         assert step.average_seconds_from_previous == pytest.approx(statistics.fmean(gaps))
         assert step.median_seconds_from_first == pytest.approx(statistics.median(firsts))
+
+
+@pytest.mark.parametrize("coded", [True, False])
+@pytest.mark.parametrize("by", ["channel", "step"])
+def test_first_touch_breakdown_by_the_pass_equals_the_reference(
+    journeys: Dataset, by: str, coded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes: list[bool] = []
+    real = fp.coded_chains
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        done = real(*args, **kw)
+        outcomes.append(done is not None)
+        return done
+
+    monkeypatch.setattr(fp, "coded_chains", spy)
+    if not coded:  # the lists of (time, uuid, value) per start
+        monkeypatch.setattr(funnels, "CODED_VALUES", -1)
+    names = ["edit_video", "export_video", "purchase_membership"]  # several starts per person
+    breakdown = col("channel") if by == "channel" else prop("step")
+    q = FunnelQuery(tuple(FunnelStep(n) for n in names), RANGE, window=2, breakdown=breakdown)
+    got = both(journeys, funnel, q)
+    lo, hi = ref.bounds(RANGE.date_from, RANGE.date_to, TZ)
+    chains = ref.funnel_chains(journeys.events, [named(n) for n in names], lo, hi, timedelta(2))
+
+    def value(start: ref.Event) -> str | None:
+        if by == "channel":
+            return start["channel"]
+        v = json.loads(start["properties"]).get("step")
+        return None if v is None else str(v)
+
+    want: dict[str | None, list[int]] = {}
+    for chain in chains.values():
+        row = want.setdefault(value(chain[0]), [0] * len(names))
+        for k in range(len(chain)):
+            row[k] += 1
+    assert {b.value: [s.count for s in b.steps] for b in got.breakdowns} == want
+    assert len(want) > 3
+    if not coded:
+        assert outcomes == []
+    elif by == "channel":  # one value per person: never a tie between values
+        assert outcomes == [True, True]  # DuckDB and ClickHouse

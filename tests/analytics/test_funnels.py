@@ -17,6 +17,7 @@ from yunying.analytics import (
     InvalidQuery,
     col,
     funnel,
+    funnel_pass,
     prop,
 )
 
@@ -187,6 +188,37 @@ def test_furthest_step_over_all_starts(small: Any) -> None:
         (FunnelStep("A"), FunnelStep("B"), FunnelStep("C")), DAY, window=1, window_unit="hour"))  # fmt: skip
     assert result.steps[1].median_seconds_from_previous == 300
     assert result.steps[2].median_seconds_from_first == 600
+
+
+def test_first_touch_is_the_value_of_the_chosen_start(
+    small: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "later": the first A leads nowhere within the hour, the second (src b) completes
+    ds = small(
+        [
+            ev("A", "later", T0, 1, src="a"), ev("A", "later", T0 + timedelta(hours=2), 2, src="b"),
+            ev("B", "later", T0 + timedelta(hours=2, minutes=5), 3),
+            ev("A", "first", T0, 4, src="a"), ev("A", "first", T0 + timedelta(minutes=1), 5, src="b"),
+            ev("B", "first", T0 + timedelta(minutes=2), 6),
+            ev("A", "unset", T0, 7),
+        ]
+    )  # fmt: skip
+    outcomes: list[bool] = []
+    real = funnel_pass.coded_chains
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        done = real(*args, **kw)
+        outcomes.append(done is not None)
+        return done
+
+    monkeypatch.setattr(funnel_pass, "coded_chains", spy)
+    q = FunnelQuery((FunnelStep("A"), FunnelStep("B")), DAY, window=1, window_unit="hour",
+                    breakdown=prop("src"))  # fmt: skip
+    got = both(ds, q)
+    assert {b.value: [s.count for s in b.steps] for b in got.breakdowns} == {
+        "a": [1, 1], "b": [1, 1], None: [1, 0]
+    }  # fmt: skip
+    assert outcomes == [True, True]  # the values travelled as numbers, on both engines
 
 
 def test_person_merged_mid_journey(small: Any) -> None:

@@ -73,6 +73,28 @@ def chains(
     return level, times
 
 
+def coded_chains(
+    offsets: Ints,
+    packed: Ints,
+    steps: int,
+    window_us: int,
+    code_bits: int,
+    threads: int | None = None,
+) -> tuple[Ints, list[Ints], Ints] | None:
+    """:func:`chains` from values ``(time << code_bits | code) * M + step`` where each start
+    carries a small code (its breakdown value's number), plus each person's chosen start's
+    code (-1 without a start). ``None`` when a person has starts with different codes at one
+    instant: which one is chosen then depends on uuids, which the values do not hold."""
+    done = _by_ranges(
+        offsets, packed, threads, lambda o, p: _chains(o, p, steps, window_us, code_bits)
+    )
+    if any(d[3] for d in done):
+        return None
+    level = np.concatenate([d[0] for d in done])
+    times = [np.concatenate([d[1][k] for d in done]) for k in range(steps)]
+    return level, times, np.concatenate([d[2] for d in done])
+
+
 #: Below this many values one thread is faster than starting several.
 PARALLEL_FROM = 200_000
 #: Values per range of persons worked on at once (see :func:`_by_ranges`).
@@ -107,29 +129,38 @@ def _by_ranges(
         return list(pool.map(lambda b: part(*b), ranges))
 
 
-def _chains(offsets: Ints, packed: Ints, steps: int, window_us: int) -> tuple[Ints, list[Ints]]:
-    """:func:`chains` for one range of persons."""
+def _chains(
+    offsets: Ints, packed: Ints, steps: int, window_us: int, code_bits: int = 0
+) -> tuple[Ints, list[Ints], Ints, bool]:
+    """:func:`chains` / :func:`coded_chains` for one range of persons: level, times, chosen
+    codes and whether a choice between codes was a tie."""
     bits = multiplier(steps).bit_length() - 1
     step = (packed & ((1 << bits) - 1)).astype(np.int8)
-    ts = packed >> bits  # arithmetic shift: floor division, right for times before 1970 too
+    # arithmetic shift: floor division, right for times before 1970 too
+    ts = packed >> (bits + code_bits)
     lengths = np.diff(offsets)
     persons = len(lengths)
     level = np.zeros(persons, np.int64)
     times = [np.full(persons, -1, np.int64) for _ in range(steps)]
+    codes = np.full(persons, -1, np.int64)
     if not len(packed):
-        return level, times
+        return level, times, codes, False
     seg = np.repeat(np.arange(persons, dtype=np.int64), lengths)
     # each step's values in flat (so person) order
     where = [np.flatnonzero(step == k) for k in range(1, steps + 1)]
     starts = np.bincount(seg[where[0]], minlength=persons)
     level += starts > 0
+    code = (packed >> bits) & ((1 << code_bits) - 1) if code_bits else None
+    if code is not None:
+        codes[seg[where[0]]] = code[where[0]]  # right for one start; _multiple sets the others
     one = starts == 1
     if one.any():
         _single(ts, seg, where, one, window_us, level, times)
     many = np.flatnonzero(starts > 1)
+    tied = False
     if len(many):
-        _multiple(offsets, step, ts, many, steps, window_us, level, times)
-    return level, times
+        tied = _multiple(offsets, step, ts, many, steps, window_us, level, times, code, codes)
+    return level, times, codes, tied
 
 
 def _single(
@@ -175,10 +206,13 @@ def _multiple(
     window_us: int,
     level: Ints,
     times: list[Ints],
-) -> None:
+    code: Ints | None = None,
+    codes: Ints | None = None,
+) -> bool:
     """Persons with several starts: sort their values, follow the chain from every start by
     binary search in each step's sorted positions, keep the furthest chain, then the earliest
-    start (same start time, same chain)."""
+    start (same start time, same chain). With start codes, set the chosen one's in ``codes``
+    and say whether a person has starts with different codes at one instant."""
     lengths = offsets[persons + 1] - offsets[persons]
     pos, owner = _positions(offsets, persons)
     order = np.lexsort((step[pos], ts[pos], owner))
@@ -210,6 +244,12 @@ def _multiple(
     level[target] = lv[first]
     for k in range(steps):
         times[k][target] = chain[k][first]
+    if code is None or codes is None:
+        return False
+    c = code[pos][order][cand]  # starts in (person, time) order
+    codes[target] = c[first]
+    same = (who[1:] == who[:-1]) & (t0[1:] == t0[:-1])
+    return bool((same & (c[1:] != c[:-1])).any())
 
 
 def strict_chains(
@@ -367,13 +407,13 @@ def grouped_summary(
     level: Ints, times: list[Ints], steps: int, group: Ints, groups: int
 ) -> list[list[Any]]:
     """:func:`summary` for each group (``group`` numbers persons' groups 0..groups-1, -1 for
-    none): the medians by sorting each step's times within groups, all groups at once."""
-    rows: list[list[Any]] = [[] for _ in range(groups)]
+    none): counts from one histogram of (group, level); per step the medians from one ordering
+    of its times by group."""
     member = group >= 0
-    for k in range(steps):
-        counts = np.bincount(group[member & (level >= k + 1)], minlength=groups)
-        for g in range(groups):
-            rows[g].append(int(counts[g]))
+    cell = group[member] * (steps + 1) + level[member]
+    hist = np.bincount(cell, minlength=groups * (steps + 1)).reshape(groups, steps + 1)
+    at_least = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # persons at level l or further
+    rows: list[list[Any]] = [at_least[g, 1:].tolist() for g in range(groups)]
     for k in range(1, steps):
         reached = np.flatnonzero(member & (level > k))
         grp = group[reached]
@@ -382,8 +422,7 @@ def grouped_summary(
         first = at - times[0][reached]
         n = np.bincount(grp, minlength=groups)
         sums = np.bincount(grp, weights=step.astype(np.float64), minlength=groups)
-        med_step = _grouped_median(step, grp, n)
-        med_first = _grouped_median(first, grp, n)
+        med_step, med_first = _grouped_medians([step, first], grp, n)
         for g in range(groups):
             if n[g]:
                 rows[g] += [med_step[g], float(sums[g]) / n[g], med_first[g]]
@@ -392,27 +431,29 @@ def grouped_summary(
     return rows
 
 
-def _grouped_median(values: Ints, grp: Ints, n: Ints) -> list[float]:
-    """Per group the median of ``values`` (mean of the two middle values for even counts).
-    Few groups: one stable sort by group, then a partition per group; many: one sort by value
-    within group for all of them."""
-    if not len(values):
-        return [float("nan")] * len(n)
+def _grouped_medians(columns: list[Ints], grp: Ints, n: Ints) -> list[list[float]]:
+    """Per column, per group the median of its values (mean of the two middle values for even
+    counts). Few groups: one stable sort by group for all columns, then a partition per group;
+    many: one sort by value within group per column."""
+    if not len(grp):
+        return [[float("nan")] * len(n) for _ in columns]
+    ends = np.cumsum(n)
     if len(n) <= 64:
         order = np.argsort(grp.astype(np.int16), kind="stable")  # radix sort
-        ordered = values[order]
-        ends = np.cumsum(n)
         return [
-            float(np.median(ordered[e - c : e])) if c else float("nan")
-            for c, e in zip(n.tolist(), ends.tolist(), strict=True)
+            [
+                float(np.median(ordered[e - c : e])) if c else float("nan")
+                for c, e in zip(n.tolist(), ends.tolist(), strict=True)
+            ]
+            for ordered in (values[order] for values in columns)
         ]
-    order = np.argsort(values, kind="stable")
-    order = order[np.argsort(grp[order], kind="stable")]
-    ordered = values[order]
-    start = np.r_[0, np.cumsum(n)[:-1]]
-    lo = np.minimum(start + (n - 1) // 2, len(ordered) - 1)
-    hi = np.minimum(start + n // 2, len(ordered) - 1)
-    return ((ordered[lo].astype(np.float64) + ordered[hi]) / 2).tolist()
+    start, top = ends - n, len(grp) - 1
+    lo, hi = np.minimum(start + (n - 1) // 2, top), np.minimum(start + n // 2, top)
+    out = []
+    for values in columns:
+        ordered = values[np.lexsort((values, grp))]
+        out.append(((ordered[lo].astype(np.float64) + ordered[hi]) / 2).tolist())
+    return out
 
 
 def unordered_levels(

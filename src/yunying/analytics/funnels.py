@@ -903,6 +903,10 @@ def _uses_pass(q: FunnelQuery, source: Source) -> bool:
     return q.breakdown is None or q.breakdown_attribution == "first_touch"
 
 
+#: At most this many breakdown values travel as numbers inside the packed values.
+CODED_VALUES = 255
+
+
 def _by_pass(
     source: ArrowSource, project_id: int, q: FunnelQuery
 ) -> tuple[list[Any], list[list[Any]]]:
@@ -910,11 +914,15 @@ def _by_pass(
     with a breakdown one such row per value, led by the value."""
     sql = Sql(source.dialect)
     conds: list[exp.Expr] = [_cond(sql, s.event, s.filters) for s in q.steps]
-    n = len(q.steps)
     if q.order == "unordered":
         return _unordered_by_pass(source, project_id, q, sql, conds), []
     if q.order == "strict":
         return _strict_by_pass(source, project_id, q, sql, conds), []
+    if q.breakdown is not None:
+        done = _coded_by_pass(source, project_id, q, sql, conds)
+        if done is not None:
+            return done
+    n = len(q.steps)
     # the step of each event: conditions are disjoint (distinct event names)
     step = exp.Case(ifs=[exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds)])
     ts = sql.epoch_us(_c("timestamp"))
@@ -964,6 +972,72 @@ def _by_pass(
     group[has] = index
     rows = funnel_pass.grouped_summary(level, times, n, group, len(labels))
     return overall, [[label, *row] for label, row in zip(labels, rows, strict=True)]
+
+
+def _coded_by_pass(
+    source: ArrowSource, project_id: int, q: FunnelQuery, sql: Sql, conds: list[exp.Expr]
+) -> tuple[list[Any], list[list[Any]]] | None:
+    """A first-touch breakdown with few values by the pass, each start carrying its value's
+    number inside its packed integer (times relative to the range's start make room for it):
+    one list per person instead of a second list of (time, uuid, value) per start. The values
+    are read first (one scan of the starts). ``None`` (use the lists of starts) with more than
+    :data:`CODED_VALUES` values, a value that appeared between the two queries, or two starts
+    of one person at one instant with different values (the uuid decides then)."""
+    assert q.breakdown is not None
+    n = len(q.steps)
+    start, end = q.date_range.utc_bounds()
+    value = sql.field_text(q.breakdown)
+    relation = events_from(source, project_id, person=uses_person(q))
+    first = exp.and_(conds[0].copy(), exp.LT(this=_c("timestamp"), expression=sql.ts_literal(end)))
+    where = exp.and_(sql.time_between(start, end), sql.filters(q.filters), first)
+    distinct = exp.select(value.copy()).distinct().from_(relation.copy()).where(where)
+    found = [r[0] for r in run(source, distinct.limit(CODED_VALUES + 2))]
+    names = [v for v in found if v is not None]
+    unknown = len(names) + 1  # a value the first query did not see
+    code_bits = unknown.bit_length()
+    span_us = int((end - start).total_seconds() * 1e6) + q.window_us + 1
+    mult = funnel_pass.multiplier(n)
+    if len(names) > CODED_VALUES or span_us.bit_length() + code_bits + mult.bit_length() > 62:
+        return None
+    position = exp.Anonymous(
+        this="indexOf" if sql.ch else "list_position",
+        expressions=[exp.Array(expressions=[lit(v) for v in names]), value.copy()],
+    )
+    code = exp.Case(
+        ifs=[exp.If(this=exp.Is(this=value.copy(), expression=exp.null()), true=lit(0))],
+        default=exp.Coalesce(
+            this=exp.Nullif(this=position, expression=lit(0)), expressions=[lit(unknown)]
+        ),
+    )
+    ifs = [
+        exp.If(
+            this=conds[0].copy(),
+            true=exp.Add(this=exp.Mul(this=code, expression=lit(mult)), expression=lit(1)),
+        )
+    ]
+    ifs += [exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds) if k]
+    rel_ts = exp.Sub(this=sql.epoch_us(_c("timestamp")), expression=lit(_epoch_us(start)))
+    packed = exp.Add(
+        this=exp.Mul(this=exp.Paren(this=rel_ts), expression=lit(mult << code_bits)),
+        expression=exp.Case(ifs=ifs),
+    )
+    tree = (
+        exp.select(exp.alias_(exp.ArrayAgg(this=packed), "l"))
+        .from_(relation)
+        .where(_ev_where(q, sql, conds, arrays=True))
+        .group_by(_c("person_id"))
+    )
+    offsets, values = funnel_pass.fetch(source.query_arrow(sql.render(tree)).column(0))
+    done = funnel_pass.coded_chains(offsets, values, n, q.window_us, code_bits)
+    if done is None:
+        return None
+    level, times, codes = done
+    if (codes == unknown).any():
+        return None
+    overall = funnel_pass.summary(level, times, n)
+    labels: list[Any] = [None, *names]
+    rows = funnel_pass.grouped_summary(level, times, n, np.where(level > 0, codes, -1), len(labels))
+    return overall, [[label, *row] for label, row in zip(labels, rows, strict=True) if row[0]]
 
 
 def _unordered_by_pass(
