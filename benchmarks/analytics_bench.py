@@ -8,8 +8,8 @@ users) gives about 11M events and 1M persons, the documented run; the default (`
 is 100,000 users, ~1.1M events, so that it stays within a few minutes on 2 cores.
 
 Each analysis (funnels ordered / strict / unordered over install -> sign up -> edit -> export ->
-purchase with a 7-day window, retention, trends, lifecycle, stickiness, paths, metrics) runs once
-on each engine as a warm-up, where the two answers are compared (they must be equal), then
+purchase with a 7-day window, by channel, its time to convert and daily trends; retention,
+trends, lifecycle, stickiness, paths, metrics) runs once on each engine as a warm-up, where the two answers are compared (they must be equal), then
 ``--reps`` times alternating engines; the table gives the median wall time on each engine, the
 process CPU time, and the DuckDB / ClickHouse ratio. Both engines run with ``--threads`` threads
 (DuckDB ``threads``, ClickHouse ``max_threads``).
@@ -56,6 +56,8 @@ from yunying.analytics import (  # noqa: E402
     DateRange,
     FunnelQuery,
     FunnelStep,
+    FunnelTimeToConvertQuery,
+    FunnelTrendsQuery,
     LifecycleQuery,
     PathsQuery,
     RetentionQuery,
@@ -64,6 +66,8 @@ from yunying.analytics import (  # noqa: E402
     TrendsQuery,
     col,
     funnel,
+    funnel_time_to_convert,
+    funnel_trends,
     lifecycle,
     metric,
     paths,
@@ -286,6 +290,12 @@ def analyses(dr: DateRange) -> dict[str, Callable[[Any], Any]]:
         "funnel unordered": lambda s: funnel(s, p, funnel_q("unordered")),
         "funnel ordered, by channel": lambda s: funnel(
             s, p, funnel_q("ordered", breakdown=col("channel"))
+        ),
+        "funnel time to convert": lambda s: funnel_time_to_convert(
+            s, p, FunnelTimeToConvertQuery(funnel_q("ordered"))
+        ),
+        "funnel trends, daily": lambda s: funnel_trends(
+            s, p, FunnelTrendsQuery(funnel_q("ordered"), interval="day")
         ),
         "retention day (install -> open)": lambda s: retention(
             s, p, RetentionQuery("app_install", "app_open", dr, period="day")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,7 @@ from yunying.analytics import (
     funnel_trends,
     prop,
 )
+from yunying.analytics.funnels import _uses_pass
 
 RANGE = DateRange(START, START + timedelta(days=DAYS - 1))
 LO, HI = ref.bounds(RANGE.date_from, RANGE.date_to, TZ)
@@ -129,13 +131,24 @@ def test_strict_step_times_equal_reference(journeys: Dataset, names: list[str]) 
 
 
 @pytest.mark.slow
-def test_time_to_convert_histogram_equals_reference(journeys: Dataset) -> None:
+@pytest.mark.parametrize(
+    ("order", "excluded", "by_pass"),
+    [("ordered", True, False), ("ordered", False, True), ("strict", False, True)],
+)
+def test_time_to_convert_histogram_equals_reference(
+    journeys: Dataset, order: Any, excluded: bool, by_pass: bool
+) -> None:
+    # with a breakdown, which does not change the chains; the numpy pass serves the funnels
+    # without exclusions
+    exclusions = (FunnelExclusion("purchase_membership", (), 0, 1),) if excluded else ()
     fq = FunnelQuery(
-        STEPS, RANGE, window=3, exclusions=(FunnelExclusion("purchase_membership", (), 0, 1),)
+        STEPS, RANGE, window=3, order=order, exclusions=exclusions, breakdown=prop("plan")
     )
+    assert _uses_pass(replace(fq, breakdown=None), journeys.duck) == by_pass
     chains = ref.funnel_chains(
-        journeys.events, MATCHES, LO, HI, timedelta(days=3), [(named("purchase_membership"), 0, 1)]
-    )
+        journeys.events, MATCHES, LO, HI, timedelta(days=3),
+        [(named("purchase_membership"), 0, 1)] if excluded else [], strict=order == "strict",
+    )  # fmt: skip
     for from_step, to_step, bins in [(0, None, 10), (1, 2, 1)]:
         q = FunnelTimeToConvertQuery(fq, from_step, to_step, bins)
         got = both(journeys, funnel_time_to_convert, q)
@@ -161,19 +174,21 @@ def test_time_to_convert_histogram_equals_reference(journeys: Dataset) -> None:
 
 
 @pytest.mark.parametrize("interval", ["day", "week"])
-def test_funnel_trends_equal_reference(journeys: Dataset, interval: Any) -> None:
-    fq = FunnelQuery(
-        STEPS[:2], RANGE, window=6, window_unit="hour",
-        exclusions=(FunnelExclusion("sign_up", (), 0, 1),),
-    )  # fmt: skip
+@pytest.mark.parametrize("excluded", [True, False])  # without exclusions: the numpy pass
+def test_funnel_trends_equal_reference(journeys: Dataset, interval: Any, excluded: bool) -> None:
+    steps = 2 if excluded else 3
+    exclusions = (FunnelExclusion("sign_up", (), 0, 1),) if excluded else ()
+    fq = FunnelQuery(STEPS[:steps], RANGE, window=6, window_unit="hour", exclusions=exclusions)
+    assert _uses_pass(fq, journeys.duck) != excluded
     got = both(journeys, funnel_trends, FunnelTrendsQuery(fq, interval))
     chains = ref.funnel_chains(
-        journeys.events, MATCHES[:2], LO, HI, timedelta(hours=6),
-        [(named("sign_up"), 0, 1)], group=lambda e: ref.bucket(e["timestamp"], TZ, interval),
+        journeys.events, MATCHES[:steps], LO, HI, timedelta(hours=6),
+        [(named("sign_up"), 0, 1)] if excluded else [],
+        group=lambda e: ref.bucket(e["timestamp"], TZ, interval),
     )  # fmt: skip
     labels = ref.buckets(RANGE.date_from, RANGE.date_to, interval)
     entered = [sum(1 for (_, g) in chains if g == b) for b in labels]
-    done = [sum(1 for (_, g), c in chains.items() if g == b and len(c) == 2) for b in labels]
+    done = [sum(1 for (_, g), c in chains.items() if g == b and len(c) == steps) for b in labels]
     assert got.labels == tuple(b.isoformat() for b in labels)
     assert list(got.entered) == entered and list(got.converted) == done
     assert sum(done) > 0

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
@@ -68,8 +68,8 @@ def chains(
     """Every person's chosen chain: its level (0 for a person without a start, else 1..steps)
     and the time of each step (µs), -1 where the chain did not reach it within the window."""
     done = _by_ranges(offsets, packed, threads, lambda o, p: _chains(o, p, steps, window_us))
-    level = np.concatenate([d[0] for d in done])
-    times = [np.concatenate([d[1][k] for d in done]) for k in range(steps)]
+    level = np.concatenate([d.level for d in done])
+    times = [np.concatenate([d.times[k] for d in done]) for k in range(steps)]
     return level, times
 
 
@@ -88,11 +88,38 @@ def coded_chains(
     done = _by_ranges(
         offsets, packed, threads, lambda o, p: _chains(o, p, steps, window_us, code_bits)
     )
-    if any(d[3] for d in done):
+    if any(d.tied for d in done):
         return None
-    level = np.concatenate([d[0] for d in done])
-    times = [np.concatenate([d[1][k] for d in done]) for k in range(steps)]
-    return level, times, np.concatenate([d[2] for d in done])
+    level = np.concatenate([d.level for d in done])
+    times = [np.concatenate([d.times[k] for d in done]) for k in range(steps)]
+    return level, times, np.concatenate([d.codes for d in done])
+
+
+def code_levels(
+    offsets: Ints,
+    packed: Ints,
+    steps: int,
+    window_us: int,
+    code_bits: int,
+    threads: int | None = None,
+) -> tuple[Ints, Ints]:
+    """For each (person, start code) pair, as :func:`coded_chains`' values, the code and the
+    furthest level of the chains from the person's starts with that code: funnel trends, where
+    the code is the start's period and each period keeps its own chosen chain."""
+
+    def work(o: Ints, p: Ints) -> tuple[Ints, Ints]:
+        d = _chains(o, p, steps, window_us, code_bits)
+        who, code, level = d.starts  # persons with several starts: every start
+        # the furthest level per (person, code): sort by pair, then take each pair's maximum
+        order = np.lexsort((level, code, who))
+        who, code, level = who[order], code[order], level[order]
+        last = np.r_[(who[1:] != who[:-1]) | (code[1:] != code[:-1]), True][: len(who)]
+        one = d.level > 0  # persons with one start: one pair each
+        one[who] = False
+        return np.r_[d.codes[one], code[last]], np.r_[d.level[one], level[last]]
+
+    done = _by_ranges(offsets, packed, threads, work)
+    return np.concatenate([d[0] for d in done]), np.concatenate([d[1] for d in done])
 
 
 #: Below this many values one thread is faster than starting several.
@@ -129,11 +156,20 @@ def _by_ranges(
         return list(pool.map(lambda b: part(*b), ranges))
 
 
-def _chains(
-    offsets: Ints, packed: Ints, steps: int, window_us: int, code_bits: int = 0
-) -> tuple[Ints, list[Ints], Ints, bool]:
-    """:func:`chains` / :func:`coded_chains` for one range of persons: level, times, chosen
-    codes and whether a choice between codes was a tie."""
+class _Done(NamedTuple):
+    """:func:`_chains`' answer for one range of persons."""
+
+    level: Ints
+    times: list[Ints]
+    codes: Ints  # the chosen start's code per person (-1 without codes or a start)
+    tied: bool  # a person has starts with different codes at one instant
+    # every start of the persons with several starts: (person, code, level of its chain)
+    starts: tuple[Ints, Ints, Ints]
+
+
+def _chains(offsets: Ints, packed: Ints, steps: int, window_us: int, code_bits: int = 0) -> _Done:
+    """:func:`chains`, :func:`coded_chains` and :func:`code_levels` for one range of
+    persons."""
     bits = multiplier(steps).bit_length() - 1
     step = (packed & ((1 << bits) - 1)).astype(np.int8)
     # arithmetic shift: floor division, right for times before 1970 too
@@ -143,8 +179,9 @@ def _chains(
     level = np.zeros(persons, np.int64)
     times = [np.full(persons, -1, np.int64) for _ in range(steps)]
     codes = np.full(persons, -1, np.int64)
+    none = np.zeros(0, np.int64)
     if not len(packed):
-        return level, times, codes, False
+        return _Done(level, times, codes, False, (none, none, none))
     seg = np.repeat(np.arange(persons, dtype=np.int64), lengths)
     # each step's values in flat (so person) order
     where = [np.flatnonzero(step == k) for k in range(1, steps + 1)]
@@ -157,10 +194,10 @@ def _chains(
     if one.any():
         _single(ts, seg, where, one, window_us, level, times)
     many = np.flatnonzero(starts > 1)
-    tied = False
-    if len(many):
-        tied = _multiple(offsets, step, ts, many, steps, window_us, level, times, code, codes)
-    return level, times, codes, tied
+    if not len(many):
+        return _Done(level, times, codes, False, (none, none, none))
+    tied, each = _multiple(offsets, step, ts, many, steps, window_us, level, times, code, codes)
+    return _Done(level, times, codes, tied, each)
 
 
 def _single(
@@ -208,11 +245,12 @@ def _multiple(
     times: list[Ints],
     code: Ints | None = None,
     codes: Ints | None = None,
-) -> bool:
+) -> tuple[bool, tuple[Ints, Ints, Ints]]:
     """Persons with several starts: sort their values, follow the chain from every start by
     binary search in each step's sorted positions, keep the furthest chain, then the earliest
-    start (same start time, same chain). With start codes, set the chosen one's in ``codes``
-    and say whether a person has starts with different codes at one instant."""
+    start (same start time, same chain). With start codes, set the chosen one's in ``codes``,
+    say whether a person has starts with different codes at one instant, and give every
+    start's (person, code, level)."""
     lengths = offsets[persons + 1] - offsets[persons]
     pos, owner = _positions(offsets, persons)
     order = np.lexsort((step[pos], ts[pos], owner))
@@ -245,11 +283,12 @@ def _multiple(
     for k in range(steps):
         times[k][target] = chain[k][first]
     if code is None or codes is None:
-        return False
+        none = np.zeros(0, np.int64)
+        return False, (none, none, none)
     c = code[pos][order][cand]  # starts in (person, time) order
     codes[target] = c[first]
     same = (who[1:] == who[:-1]) & (t0[1:] == t0[:-1])
-    return bool((same & (c[1:] != c[:-1])).any())
+    return bool((same & (c[1:] != c[:-1])).any()), (persons[who], c, lv)
 
 
 def strict_chains(

@@ -16,11 +16,12 @@ conversion rate per period of the start.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
@@ -31,6 +32,7 @@ from yunying.analytics.common import (
     Field,
     Filter,
     InvalidQuery,
+    Period,
     Source,
     Sql,
     as_float,
@@ -43,6 +45,7 @@ from yunying.analytics.common import (
     uses_person,
 )
 from yunying.analytics.funnel_pass import ArrowSource
+from yunying.analytics.local_periods import LocalPeriods
 from yunying.errors import M_
 
 WINDOW_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86_400, "week": 604_800}
@@ -914,53 +917,36 @@ def _by_pass(
     with a breakdown one such row per value, led by the value."""
     sql = Sql(source.dialect)
     conds: list[exp.Expr] = [_cond(sql, s.event, s.filters) for s in q.steps]
+    n = len(q.steps)
     if q.order == "unordered":
         return _unordered_by_pass(source, project_id, q, sql, conds), []
     if q.order == "strict":
-        return _strict_by_pass(source, project_id, q, sql, conds), []
-    if q.breakdown is not None:
-        done = _coded_by_pass(source, project_id, q, sql, conds)
-        if done is not None:
-            return done
-    n = len(q.steps)
-    # the step of each event: conditions are disjoint (distinct event names)
-    step = exp.Case(ifs=[exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds)])
-    ts = sql.epoch_us(_c("timestamp"))
-    packed = exp.Add(
-        this=exp.Mul(this=ts, expression=lit(funnel_pass.multiplier(n))), expression=step
-    )
-    columns: list[exp.Expr] = [exp.alias_(exp.ArrayAgg(this=packed), "l")]
-    if q.breakdown is not None:  # each start's time, uuid and value
-        # DuckDB hands uuids to Arrow as their 16 bytes, which order as their text
-        uuid = sql.text(_c("uuid")) if sql.ch else _c("uuid")
-        parts = [ts.copy(), uuid, sql.field_text(q.breakdown)]
-        if sql.ch:
-            tup = exp.Anonymous(this="tuple", expressions=parts)
-            starts: exp.Expr = exp.Anonymous(
-                this="groupArrayIf", expressions=[tup, conds[0].copy()]
-            )
-        else:
-            struct = exp.Struct(
-                expressions=[
-                    exp.PropertyEQ(this=exp.to_identifier(name), expression=part)
-                    for name, part in zip("tub", parts, strict=True)
-                ]
-            )
-            starts = exp.Filter(
-                this=exp.ArrayAgg(this=struct), expression=exp.Where(this=conds[0].copy())
-            )
-        columns.append(exp.alias_(starts, "s"))
-    tree = (
-        exp.select(*columns)
-        .from_(events_from(source, project_id, person=uses_person(q)))
-        .where(_ev_where(q, sql, conds, arrays=True))
-        .group_by(_c("person_id"))
-    )
-    table = source.query_arrow(sql.render(tree))
-    offsets, values = funnel_pass.fetch(table.column(0))
-    level, times = funnel_pass.chains(offsets, values, n, q.window_us)
+        return funnel_pass.summary(*_strict_chains(source, project_id, q, sql, conds), n), []
+    if q.breakdown is None:
+        return funnel_pass.summary(*_ordered_lists(source, project_id, q, sql, conds)[1:], n), []
+    done = _coded_by_pass(source, project_id, q, sql, conds)
+    if done is not None:
+        return done
+    # each start's time, uuid and value
+    # DuckDB hands uuids to Arrow as their 16 bytes, which order as their text
+    uuid = sql.text(_c("uuid")) if sql.ch else _c("uuid")
+    parts = [sql.epoch_us(_c("timestamp")), uuid, sql.field_text(q.breakdown)]
+    if sql.ch:
+        tup = exp.Anonymous(this="tuple", expressions=parts)
+        starts: exp.Expr = exp.Anonymous(this="groupArrayIf", expressions=[tup, conds[0].copy()])
+    else:
+        struct = exp.Struct(
+            expressions=[
+                exp.PropertyEQ(this=exp.to_identifier(name), expression=part)
+                for name, part in zip("tub", parts, strict=True)
+            ]
+        )
+        starts = exp.Filter(
+            this=exp.ArrayAgg(this=struct), expression=exp.Where(this=conds[0].copy())
+        )
+    table, level, times = _ordered_lists(source, project_id, q, sql, conds, exp.alias_(starts, "s"))
     overall = funnel_pass.summary(level, times, n)
-    if q.breakdown is None or not table.num_rows:
+    if not table.num_rows:
         return overall, []
     chosen, has = funnel_pass.chosen_starts(table.column(1).combine_chunks(), times[0], level)
     codes = pc.dictionary_encode(chosen)
@@ -974,15 +960,47 @@ def _by_pass(
     return overall, [[label, *row] for label, row in zip(labels, rows, strict=True)]
 
 
+def _packed(sql: Sql, step: exp.Expr, steps: int) -> exp.Expr:
+    """An event as one integer, ``time_us * M + step`` (``M``: :func:`funnel_pass.multiplier`)."""
+    mult = lit(funnel_pass.multiplier(steps))
+    return exp.Add(
+        this=exp.Mul(this=sql.epoch_us(_c("timestamp")), expression=mult), expression=step
+    )
+
+
+def _ordered_lists(
+    source: ArrowSource,
+    project_id: int,
+    q: FunnelQuery,
+    sql: Sql,
+    conds: list[exp.Expr],
+    *extra: exp.Expr,
+) -> tuple[pa.Table, funnel_pass.Ints, list[funnel_pass.Ints]]:
+    """Every person's chosen chain of an ordered funnel by the pass: one list of packed step
+    events per person (and the ``extra`` columns), then the chains (level, step times)."""
+    # the step of each event: conditions are disjoint (distinct event names)
+    step = exp.Case(ifs=[exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds)])
+    lists = exp.alias_(exp.ArrayAgg(this=_packed(sql, step, len(conds))), "l")
+    tree = (
+        exp.select(lists, *extra)
+        .from_(events_from(source, project_id, person=uses_person(q)))
+        .where(_ev_where(q, sql, conds, arrays=True))
+        .group_by(_c("person_id"))
+    )
+    table = source.query_arrow(sql.render(tree))
+    offsets, values = funnel_pass.fetch(table.column(0))
+    return table, *funnel_pass.chains(offsets, values, len(conds), q.window_us)
+
+
 def _coded_by_pass(
     source: ArrowSource, project_id: int, q: FunnelQuery, sql: Sql, conds: list[exp.Expr]
 ) -> tuple[list[Any], list[list[Any]]] | None:
     """A first-touch breakdown with few values by the pass, each start carrying its value's
-    number inside its packed integer (times relative to the range's start make room for it):
-    one list per person instead of a second list of (time, uuid, value) per start. The values
-    are read first (one scan of the starts). ``None`` (use the lists of starts) with more than
-    :data:`CODED_VALUES` values, a value that appeared between the two queries, or two starts
-    of one person at one instant with different values (the uuid decides then)."""
+    number (:func:`_coded_lists`): one list per person instead of a second list of (time, uuid,
+    value) per start. The values are read first (one scan of the starts). ``None`` (use the
+    lists of starts) with more than :data:`CODED_VALUES` values, a value that appeared between
+    the two queries, or two starts of one person at one instant with different values (the
+    uuid decides then)."""
     assert q.breakdown is not None
     n = len(q.steps)
     start, end = q.date_range.utc_bounds()
@@ -990,15 +1008,12 @@ def _coded_by_pass(
     relation = events_from(source, project_id, person=uses_person(q))
     first = exp.and_(conds[0].copy(), exp.LT(this=_c("timestamp"), expression=sql.ts_literal(end)))
     where = exp.and_(sql.time_between(start, end), sql.filters(q.filters), first)
-    distinct = exp.select(value.copy()).distinct().from_(relation.copy()).where(where)
+    distinct = exp.select(value.copy()).distinct().from_(relation).where(where)
     found = [r[0] for r in run(source, distinct.limit(CODED_VALUES + 2))]
     names = [v for v in found if v is not None]
-    unknown = len(names) + 1  # a value the first query did not see
-    code_bits = unknown.bit_length()
-    span_us = int((end - start).total_seconds() * 1e6) + q.window_us + 1
-    mult = funnel_pass.multiplier(n)
-    if len(names) > CODED_VALUES or span_us.bit_length() + code_bits + mult.bit_length() > 62:
+    if len(names) > CODED_VALUES:
         return None
+    unknown = len(names) + 1  # a value the first query did not see
     position = exp.Anonymous(
         this="indexOf" if sql.ch else "list_position",
         expressions=[exp.Array(expressions=[lit(v) for v in names]), value.copy()],
@@ -1009,26 +1024,11 @@ def _coded_by_pass(
             this=exp.Nullif(this=position, expression=lit(0)), expressions=[lit(unknown)]
         ),
     )
-    ifs = [
-        exp.If(
-            this=conds[0].copy(),
-            true=exp.Add(this=exp.Mul(this=code, expression=lit(mult)), expression=lit(1)),
-        )
-    ]
-    ifs += [exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds) if k]
-    rel_ts = exp.Sub(this=sql.epoch_us(_c("timestamp")), expression=lit(_epoch_us(start)))
-    packed = exp.Add(
-        this=exp.Mul(this=exp.Paren(this=rel_ts), expression=lit(mult << code_bits)),
-        expression=exp.Case(ifs=ifs),
-    )
-    tree = (
-        exp.select(exp.alias_(exp.ArrayAgg(this=packed), "l"))
-        .from_(relation)
-        .where(_ev_where(q, sql, conds, arrays=True))
-        .group_by(_c("person_id"))
-    )
-    offsets, values = funnel_pass.fetch(source.query_arrow(sql.render(tree)).column(0))
-    done = funnel_pass.coded_chains(offsets, values, n, q.window_us, code_bits)
+    code_bits = unknown.bit_length()
+    lists = _coded_lists(source, project_id, q, sql, conds, code, code_bits)
+    if lists is None:
+        return None
+    done = funnel_pass.coded_chains(*lists, n, q.window_us, code_bits)
     if done is None:
         return None
     level, times, codes = done
@@ -1038,6 +1038,44 @@ def _coded_by_pass(
     labels: list[Any] = [None, *names]
     rows = funnel_pass.grouped_summary(level, times, n, np.where(level > 0, codes, -1), len(labels))
     return overall, [[label, *row] for label, row in zip(labels, rows, strict=True) if row[0]]
+
+
+def _coded_lists(
+    source: ArrowSource,
+    project_id: int,
+    q: FunnelQuery,
+    sql: Sql,
+    conds: list[exp.Expr],
+    code: exp.Expr,
+    code_bits: int,
+) -> tuple[funnel_pass.Ints, funnel_pass.Ints] | None:
+    """Per person one list of ``((time − range start) << code_bits | code) * M + step``, where
+    ``code`` (< ``2**code_bits``) is given for starts (0 for later steps): the lists for
+    :func:`funnel_pass.coded_chains` and :func:`funnel_pass.code_levels`. Times relative to the
+    range's start make room for the code; ``None`` when it does not fit in 62 bits."""
+    n = len(q.steps)
+    start, end = q.date_range.utc_bounds()
+    span_us = _epoch_us(end) - _epoch_us(start) + q.window_us + 1
+    mult = funnel_pass.multiplier(n)
+    if span_us.bit_length() + code_bits + mult.bit_length() > 62:
+        return None
+    coded_start = exp.Add(
+        this=exp.Mul(this=exp.Paren(this=code), expression=lit(mult)), expression=lit(1)
+    )
+    ifs = [exp.If(this=conds[0].copy(), true=coded_start)]
+    ifs += [exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds) if k]
+    since = exp.Sub(this=sql.epoch_us(_c("timestamp")), expression=lit(_epoch_us(start)))
+    packed = exp.Add(
+        this=exp.Mul(this=exp.Paren(this=since), expression=lit(mult << code_bits)),
+        expression=exp.Case(ifs=ifs),
+    )
+    tree = (
+        exp.select(exp.alias_(exp.ArrayAgg(this=packed), "l"))
+        .from_(events_from(source, project_id, person=uses_person(q)))
+        .where(_ev_where(q, sql, conds, arrays=True))
+        .group_by(_c("person_id"))
+    )
+    return funnel_pass.fetch(source.query_arrow(sql.render(tree)).column(0))
 
 
 def _unordered_by_pass(
@@ -1053,13 +1091,8 @@ def _unordered_by_pass(
             for i, c in enumerate(classes)
         ]
     )
-    ts = sql.epoch_us(_c("timestamp"))
-    packed = exp.Add(
-        this=exp.Mul(this=ts, expression=lit(funnel_pass.multiplier(len(classes)))),
-        expression=cls,
-    )
     tree = (
-        exp.select(exp.alias_(exp.ArrayAgg(this=packed), "l"))
+        exp.select(exp.alias_(exp.ArrayAgg(this=_packed(sql, cls, len(classes))), "l"))
         .from_(events_from(source, project_id, person=uses_person(q)))
         .where(_ev_where(q, sql, conds, arrays=False))
         .group_by(_c("person_id"))
@@ -1071,28 +1104,26 @@ def _unordered_by_pass(
     return [int(np.count_nonzero(level >= k + 1)) for k in range(n)] + [None] * (3 * (n - 1))
 
 
-def _strict_by_pass(
+def _strict_chains(
     source: ArrowSource, project_id: int, q: FunnelQuery, sql: Sql, conds: list[exp.Expr]
-) -> list[Any]:
-    """The overall row of a strict funnel by the pass: every event of each person in the range
-    and the window after it, as one list (``time_us * M + step``, step 0 for other events and
-    for step-1 events past the range, which cannot start a chain), sorted by numpy where it is
-    not already. When two events of a person share an instant next to a step, the lists are
-    fetched again in the person's exact order (time, then uuid), sorted by the engine."""
+) -> tuple[funnel_pass.Ints, list[funnel_pass.Ints]]:
+    """Every person's chosen chain of a strict funnel by the pass: every event of the person in
+    the range and the window after it, as one list (``time_us * M + step``, step 0 for other
+    events and for step-1 events past the range, which cannot start a chain), sorted by numpy
+    where it is not already. When two events of a person share an instant next to a step, the
+    lists are fetched again in the person's exact order (time, then uuid), sorted by the
+    engine."""
     n = len(q.steps)
     _, end = q.date_range.utc_bounds()
     first = exp.and_(conds[0].copy(), exp.LT(this=_c("timestamp"), expression=sql.ts_literal(end)))
     ifs = [exp.If(this=first, true=lit(1))]
     ifs += [exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds) if k]
-    step = exp.Case(ifs=ifs, default=lit(0))
-    ts = sql.epoch_us(_c("timestamp"))
-    packed = exp.Add(
-        this=exp.Mul(this=ts, expression=lit(funnel_pass.multiplier(n))), expression=step
-    )
+    packed = _packed(sql, exp.Case(ifs=ifs, default=lit(0)), n)
     by_value = exp.ArrayAgg(this=packed)  # funnel_pass sorts the lists that need it
     if sql.ch:  # sort (time, uuid as text, value) tuples, keep the values
         x = exp.to_identifier("x")
-        tup = exp.Anonymous(this="tuple", expressions=[ts.copy(), sql.text(_c("uuid")), packed])
+        ts = sql.epoch_us(_c("timestamp"))
+        tup = exp.Anonymous(this="tuple", expressions=[ts, sql.text(_c("uuid")), packed.copy()])
         by_order: exp.Expr = exp.Anonymous(
             this="arrayMap",
             expressions=[
@@ -1121,7 +1152,7 @@ def _strict_by_pass(
         if chains is not None:
             break
     assert chains is not None  # the exact lists are always taken
-    return funnel_pass.summary(*chains, n)
+    return chains
 
 
 def funnel(source: Source, project_id: int, query: FunnelQuery) -> FunnelResult:
@@ -1151,10 +1182,30 @@ def funnel_time_to_convert(
 ) -> FunnelTimeToConvertResult:
     """Histogram of the times from ``from_step`` to ``to_step`` on the persons' chosen chains."""
     q = query.funnel
+    chains = _pass_chains(source, project_id, q)
+    if chains is not None:
+        level, times = chains
+        reached = level > query.target
+        gaps = times[query.target][reached] - times[query.from_step][reached]
+        if not len(gaps):
+            return FunnelTimeToConvertResult((), 0, None, None)
+        lo_us, hi_us = int(gaps.min()), int(gaps.max())
+        width = max(1, math.ceil((hi_us - lo_us) / query.bins))
+        index = np.minimum((gaps - lo_us) // width, query.bins - 1)
+        per = dict(enumerate(np.bincount(index, minlength=query.bins).tolist()))
+        return _histogram(
+            query,
+            len(gaps),
+            lo_us,
+            width,
+            per,
+            float(gaps.sum()) / len(gaps),
+            float(np.median(gaps)),
+        )
     sql = Sql(source.dialect)
     ctes = _prepared(source, project_id, q)
     d = exp.Sub(this=_c(f"t{query.target}"), expression=_c(f"t{query.from_step}"))
-    reached = exp.GT(this=_c("level"), expression=lit(query.target))
+    reached_sql = exp.GT(this=_c("level"), expression=lit(query.target))
     stats = (
         exp.select(
             exp.alias_(exp.Count(this=exp.Star()), "n"),
@@ -1164,7 +1215,7 @@ def funnel_time_to_convert(
             exp.alias_(sql.quantile(d.copy(), 0.5), "med"),
         )
         .from_("chosen")
-        .where(reached)
+        .where(reached_sql)
     )
     n, lo, hi, mean, med = run(source, _with(stats, ctes))[0]
     count = as_int(n)
@@ -1179,22 +1230,51 @@ def funnel_time_to_convert(
     hist = (
         exp.select(exp.alias_(index, "i"), exp.alias_(exp.Count(this=exp.Star()), "n"))
         .from_("chosen")
-        .where(reached.copy())
+        .where(reached_sql.copy())
         .group_by(_c("i"))
     )
     per = {
         as_int(i): as_int(c) for i, c in run(source, _with(hist, _prepared(source, project_id, q)))
     }
+    return _histogram(query, count, lo_us, width, per, as_float(mean), as_float(med))
+
+
+def _pass_chains(
+    source: Source, project_id: int, q: FunnelQuery
+) -> tuple[funnel_pass.Ints, list[funnel_pass.Ints]] | None:
+    """The persons' chosen chains by the numpy pass, where it serves the funnel (its breakdown
+    aside: it does not change the chains), else ``None``."""
+    plain = replace(q, breakdown=None, breakdown_attribution="first_touch")
+    if q.order == "unordered" or not _uses_pass(plain, source):
+        return None
+    arrow = cast(ArrowSource, source)
+    sql = Sql(source.dialect)
+    conds: list[exp.Expr] = [_cond(sql, s.event, s.filters) for s in q.steps]
+    if q.order == "strict":
+        return _strict_chains(arrow, project_id, plain, sql, conds)
+    _, level, times = _ordered_lists(arrow, project_id, plain, sql, conds)
+    return level, times
+
+
+def _histogram(
+    query: FunnelTimeToConvertQuery,
+    count: int,
+    lo_us: int,
+    width: int,
+    per: dict[int, int],
+    mean_us: float | None,
+    median_us: float | None,
+) -> FunnelTimeToConvertResult:
+    """The result from the bins' counts (``per``, by bin index) and the statistics in µs."""
     bins = tuple(
         TimeBin((lo_us + i * width) / 1e6, (lo_us + (i + 1) * width) / 1e6, per.get(i, 0))
         for i in range(query.bins)
     )
-    avg, median = as_float(mean), as_float(med)
     return FunnelTimeToConvertResult(
         bins,
         count,
-        None if avg is None else avg / 1e6,
-        None if median is None else median / 1e6,
+        None if mean_us is None else mean_us / 1e6,
+        None if median_us is None else median_us / 1e6,
     )
 
 
@@ -1203,6 +1283,15 @@ def funnel_trends(source: Source, project_id: int, query: FunnelTrendsQuery) -> 
     those starts (the person's chosen chain among the starts of that period) completed it."""
     q = query.funnel
     n = len(q.steps)
+    buckets = periods(q.date_range, query.interval)
+    entered = [0] * len(buckets)
+    converted = [0] * len(buckets)
+    pairs = _period_levels(source, project_id, q, query.interval, buckets)
+    if pairs is not None:
+        code, level = pairs  # code: 1 + the start's bucket
+        entered = np.bincount(code - 1, minlength=len(buckets)).tolist()
+        converted = np.bincount(code[level >= n] - 1, minlength=len(buckets)).tolist()
+        return _trends_result(buckets, entered, converted)
     ctes = _prepared(source, project_id, q, interval=query.interval)
     agg = (
         exp.select(
@@ -1213,14 +1302,17 @@ def funnel_trends(source: Source, project_id: int, query: FunnelTrendsQuery) -> 
         .from_("chosen")
         .group_by(_c("pn"))
     )
-    buckets = periods(q.date_range, query.interval)
     index = {p.number: i for i, p in enumerate(buckets)}
-    entered = [0] * len(buckets)
-    converted = [0] * len(buckets)
     for pn, e, c in run(source, _with(agg, ctes)):
         i = index.get(as_int(pn))
         if i is not None:
             entered[i], converted[i] = as_int(e), as_int(c)
+    return _trends_result(buckets, entered, converted)
+
+
+def _trends_result(
+    buckets: list[Period], entered: list[int], converted: list[int]
+) -> FunnelTrendsResult:
     return FunnelTrendsResult(
         labels=tuple(p.label for p in buckets),
         entered=tuple(entered),
@@ -1229,3 +1321,31 @@ def funnel_trends(source: Source, project_id: int, query: FunnelTrendsQuery) -> 
             c / e if e else None for e, c in zip(entered, converted, strict=True)
         ),
     )
+
+
+def _period_levels(
+    source: Source, project_id: int, q: FunnelQuery, interval: str, buckets: list[Period]
+) -> tuple[funnel_pass.Ints, funnel_pass.Ints] | None:
+    """Funnel trends by the pass, for ordered funnels it serves: each start carries ``1 +`` its
+    bucket as its code; per (person, bucket) the furthest level of that bucket's starts.
+    ``None`` where the pass does not serve the funnel or the codes do not fit."""
+    plain = replace(q, breakdown=None, breakdown_attribution="first_touch")
+    if q.order != "ordered" or not buckets or not _uses_pass(plain, source):
+        return None
+    first = buckets[0].number
+    if buckets[-1].number - first + 1 != len(buckets):  # numbers are consecutive
+        return None
+    arrow = cast(ArrowSource, source)
+    sql = Sql(source.dialect)
+    conds: list[exp.Expr] = [_cond(sql, s.event, s.filters) for s in q.steps]
+    start, end = q.date_range.utc_bounds()  # starts lie inside: integer arithmetic on DuckDB
+    period = LocalPeriods(sql, q.date_range.timezone, start, end).period(_c("timestamp"), interval)
+    code = exp.Sub(this=period, expression=lit(first - 1))
+    code_bits = (len(buckets) + 1).bit_length()
+    lists = _coded_lists(arrow, project_id, plain, sql, conds, code, code_bits)
+    if lists is None:
+        return None
+    codes, level = funnel_pass.code_levels(*lists, len(q.steps), q.window_us, code_bits)
+    if len(codes) and (codes.min() < 1 or codes.max() > len(buckets)):
+        return None  # a start outside the buckets: not expected, but never miscounted
+    return codes, level
