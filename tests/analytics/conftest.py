@@ -18,6 +18,7 @@ from sqlglot import exp
 
 from tests.analytics.reference import assert_close
 from tests.conftest import chdb_url
+from yunying.analytics import funnel_pass
 from yunying.config import load_settings
 from yunying.ingest.model import validate_batch
 from yunying.runtime import Runtime
@@ -270,3 +271,19 @@ def both(ds: Dataset, analysis: Any, q: Any) -> Any:
     ch = analysis(ds.chdb, ds.ch_project_id, q)
     assert_close(duck.as_dict(), ch.as_dict())
     return duck
+
+
+@pytest.fixture
+def coded_outcomes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Records, for each call of ``funnel_pass.coded_chains``, whether it gave an answer (the
+    values travelled as numbers) or ``None`` (the caller fell back to the lists of starts)."""
+    outcomes: list[bool] = []
+    real = funnel_pass.coded_chains
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        done = real(*args, **kw)
+        outcomes.append(done is not None)
+        return done
+
+    monkeypatch.setattr(funnel_pass, "coded_chains", spy)
+    return outcomes

@@ -68,9 +68,15 @@ def chains(
     """Every person's chosen chain: its level (0 for a person without a start, else 1..steps)
     and the time of each step (µs), -1 where the chain did not reach it within the window."""
     done = _by_ranges(offsets, packed, threads, lambda o, p: _chains(o, p, steps, window_us))
+    level, times, _ = _joined(done, steps)
+    return level, times
+
+
+def _joined(done: list[_Done], steps: int) -> tuple[Ints, list[Ints], Ints]:
+    """The ranges' levels, step times and codes, end to end (persons in order)."""
     level = np.concatenate([d.level for d in done])
     times = [np.concatenate([d.times[k] for d in done]) for k in range(steps)]
-    return level, times
+    return level, times, np.concatenate([d.codes for d in done])
 
 
 def coded_chains(
@@ -88,11 +94,7 @@ def coded_chains(
     done = _by_ranges(
         offsets, packed, threads, lambda o, p: _chains(o, p, steps, window_us, code_bits)
     )
-    if any(d.tied for d in done):
-        return None
-    level = np.concatenate([d.level for d in done])
-    times = [np.concatenate([d.times[k] for d in done]) for k in range(steps)]
-    return level, times, np.concatenate([d.codes for d in done])
+    return None if any(d.tied for d in done) else _joined(done, steps)
 
 
 def code_levels(
