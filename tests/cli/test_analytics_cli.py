@@ -104,6 +104,19 @@ def check_answers(run: Any) -> None:
     }
     # a 2-hour window keeps only u1's sign-up (an hour after installing)
     assert [s["count"] for s in run(*FUNNEL, "--window", "2h")["steps"]] == [3, 1, 0]
+    # time to convert: install -> export only u1, 23 h; install -> sign-up u1 1 h, u3 24 h:
+    # two bins of ceil((86,400 - 3,600) / 2) s from 3,600 s
+    ttc = run(*FUNNEL, "--view", "time_to_convert")
+    assert (ttc["converted"], ttc["median_seconds"], len(ttc["bins"])) == (1, 82_800, 10)
+    assert [b["count"] for b in ttc["bins"]] == [1] + [0] * 9
+    ttc = run(*FUNNEL, "--view", "time_to_convert", "--to-step", "2", "--bins", "2")
+    assert [(b["lower_seconds"], b["count"]) for b in ttc["bins"]] == [(3600, 1), (45_000, 1)]
+    assert (ttc["average_seconds"], ttc["median_seconds"]) == (45_000, 45_000)
+    # trends: installs on 03-02 (u1, u2: u1 exports) and 03-03 (u3, no export)
+    tr = run(*FUNNEL, "--view", "trends")
+    assert tr["labels"][:3] == ["2026-03-01", "2026-03-02", "2026-03-03"]
+    assert (tr["entered"], tr["converted"]) == ([0, 2, 1, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0])
+    assert tr["conversion_rate"][:3] == [None, 0.5, 0.0]
 
     r = run(*RETENTION)
     # cohorts by first sign-up: 03-02 u1 (edits on 03-03 and 03-04), 03-03 u4 (never edits),
@@ -175,6 +188,10 @@ def test_tables_for_humans(local_dir: Path) -> None:
     assert out.exit_code == 0 and "[douyin]" in out.stdout and "total" in out.stdout
     out = cli(local_dir, *LIFECYCLE)
     assert out.exit_code == 0 and "resurrecting" in out.stdout and "-2" in out.stdout
+    out = cli(local_dir, *FUNNEL, "--view", "time_to_convert")
+    assert out.exit_code == 0 and "median" in out.stdout and "23h" in out.stdout, out.stdout
+    out = cli(local_dir, *FUNNEL, "--view", "trends")
+    assert out.exit_code == 0 and "2026-03-02" in out.stdout and "50.0%" in out.stdout
 
 
 def test_option_errors_name_the_option_or_field(local_dir: Path) -> None:
@@ -183,6 +200,10 @@ def test_option_errors_name_the_option_or_field(local_dir: Path) -> None:
         ([*FUNNEL, "--order", "sideways"], "field 'order'"),
         ([*FUNNEL, "--from", "March"], "--from"),
         ([*FUNNEL, "--breakdown", "column:city"], "unknown column 'city'"),
+        ([*FUNNEL, "--view", "sideways"], "field 'view'"),
+        ([*FUNNEL, "--view", "time_to_convert", "--to-step", "9"], "--to-step"),
+        ([*FUNNEL, "--view", "time_to_convert", "--from-step", "3"], "from_step < to_step"),
+        ([*FUNNEL, "--view", "trends", "--interval", "year"], "field 'interval'"),
         ([*TREND, "--filter", "amount>lots"], "needs a number"),
         ([*TREND, "--math", "wau", "--interval", "week"], "interval 'day'"),
         ([*RETENTION, "--periods", "3"], "either periods or date_from"),

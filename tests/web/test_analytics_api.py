@@ -7,6 +7,7 @@ come from the analytics code under test.
 from __future__ import annotations
 
 import random
+import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -158,6 +159,54 @@ def test_funnel_counts_match_the_journeys(
         if in_range(p.install) and p.sign_up and p.sign_up - p.install <= timedelta(hours=24)
     ]
     assert one_day.json()["steps"][1]["count"] == len(expected) < overall[1]
+
+
+def test_funnel_views_time_to_convert_and_trends_match_the_journeys(
+    live: LiveServer, project: NewProject, data: list[Person]
+) -> None:
+    body: dict[str, Any] = {
+        "steps": ["app_install", "sign_up", "export_video"],
+        "date_from": START.isoformat(),
+        "date_to": END.isoformat(),
+        "window": 7,
+    }
+    # each person has one install, so their chain is install -> sign up -> export as generated
+    done = [
+        p for p in data
+        if in_range(p.install) and p.sign_up and p.export
+        and p.install <= p.sign_up <= p.export <= p.install + WINDOW
+    ]  # fmt: skip
+    assert len(done) > 3
+    for start, bins in [(0, 5), (1, 3)]:
+        r = post(live, "funnel", {**body, "view": "time_to_convert", "from_step": start,
+                                  "bins": bins}, project.secret_key)  # fmt: skip
+        assert r.status_code == 200, r.text
+        got = r.json()
+        us = [
+            (p.export - (p.install if start == 0 else p.sign_up)) // timedelta(microseconds=1)
+            for p in done
+            if p.export and p.sign_up
+        ]
+        lo, hi = min(us), max(us)
+        width = max(1, -(-(hi - lo) // bins))
+        counts = Counter(min(bins - 1, (d - lo) // width) for d in us)
+        assert [b["count"] for b in got["bins"]] == [counts[i] for i in range(bins)]
+        assert [b["lower_seconds"] for b in got["bins"]] == [(lo + i * width) / 1e6
+                                                             for i in range(bins)]  # fmt: skip
+        assert got["converted"] == len(us)
+        assert got["median_seconds"] == pytest.approx(statistics.median(us) / 1e6)
+        assert got["average_seconds"] == pytest.approx(statistics.fmean(us) / 1e6)
+
+    r = post(live, "funnel", {**body, "view": "trends", "interval": "day"}, project.secret_key)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    days = [START + timedelta(days=i) for i in range((END - START).days + 1)]
+    entered = Counter(day(p.install) for p in data if in_range(p.install))
+    converted = Counter(day(p.install) for p in done)
+    assert got["labels"] == [d.isoformat() for d in days]
+    assert got["entered"] == [entered[d] for d in days]
+    assert got["converted"] == [converted[d] for d in days]
+    assert sum(got["converted"]) == len(done)
 
 
 # -- retention --------------------------------------------------------------------------------------
@@ -322,6 +371,9 @@ BAD_FIELDS: list[tuple[str, Any, str]] = [
     ("funnel", {"steps": ["a"], "windw": 3}, "windw"),
     ("funnel", {"steps": ["a"], "breakdown": {"kind": "column", "name": "city"}}, "breakdown"),
     ("funnel", {"steps": ["a"], "date_from": "yesterday"}, "date_from"),
+    ("funnel", {"steps": ["a", "b"], "view": "histogram"}, "view"),
+    ("funnel", {"steps": ["a", "b"], "view": "time_to_convert", "bins": 0}, "bins"),
+    ("funnel", {"steps": ["a", "b"], "view": "trends", "interval": "year"}, "interval"),
     ("retention", {"return_event": "b"}, "target_event"),
     ("retention", {"target_event": "a", "return_event": "b", "periods": 0}, "periods"),
     ("trends", {"series": [{"event": "a", "math": "mode"}]}, "series.0.math"),
@@ -367,6 +419,13 @@ def test_refused_queries_and_unreadable_bodies_are_400(
     assert r.status_code == 413
     r = post(live, "funnel", ["a", "b"], key)
     assert r.status_code == 422 and "JSON object" in r.json()["error"]
+    ttc = {"steps": ["a", "b"], "view": "time_to_convert", "to_step": 3}
+    r = post(live, "funnel", ttc, key)
+    assert r.status_code == 400 and "from_step < to_step" in r.json()["error"]
+    r = post(live, "funnel", {**ttc, "to_step": None, "order": "unordered"}, key)
+    assert (
+        r.status_code == 400 and "unordered funnels have no conversion times" in r.json()["error"]
+    )
 
 
 def test_openapi_documents_the_request_fields(live: LiveServer) -> None:

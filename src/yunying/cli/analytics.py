@@ -234,6 +234,30 @@ def funnel_tables(result: dict[str, Any]) -> list[Table]:
     return tables
 
 
+def time_to_convert_table(result: dict[str, Any]) -> Table:
+    """One row per bin of conversion times, then the average and median."""
+    table = Table("from", "to", "persons")
+    for b in result["bins"]:
+        table.add_row(
+            duration(b["lower_seconds"]), duration(b["upper_seconds"]), number(b["count"])
+        )
+    table.add_row("average", duration(result["average_seconds"]), "", style="bold")
+    table.add_row("median", duration(result["median_seconds"]), number(result["converted"]),
+                  style="bold")  # fmt: skip
+    return table
+
+
+def funnel_trend_table(result: dict[str, Any]) -> Table:
+    """Per period of step 1: persons who entered, converted, and the rate."""
+    table = Table("period", "entered", "converted", "conversion")
+    for label, e, c, rate in zip(
+        result["labels"], result["entered"], result["converted"], result["conversion_rate"],
+        strict=True,
+    ):  # fmt: skip
+        table.add_row(label, number(e), number(c), pct(rate))
+    return table
+
+
 def retention_table(result: dict[str, Any]) -> Table:
     width = len(result["weighted_mean"])
     table = Table(result["period"], "persons", *[str(n) for n in range(width)])
@@ -365,6 +389,24 @@ def register(app: typer.Typer) -> None:
                 "(numbered from 1; default the first and last step). Repeatable.",
             ),
         ] = None,
+        view: Annotated[
+            str,
+            typer.Option(
+                help="steps (persons per step), time_to_convert (how long from --from-step to "
+                "--to-step, in --bins bins) or trends (entered and converted per --interval)."
+            ),
+        ] = "steps",
+        from_step: Annotated[
+            int, typer.Option(help="time_to_convert: the step timed from (numbered from 1).")
+        ] = 1,
+        to_step: Annotated[
+            int | None,
+            typer.Option(help="time_to_convert: the step timed to (from 1; default the last)."),
+        ] = None,
+        bins: Annotated[int, typer.Option(help="time_to_convert: equal-width bins.")] = 10,
+        interval: Annotated[
+            str, typer.Option(help="trends: hour, day, week or month of step 1.")
+        ] = "day",
         date_from: DateFrom = None,
         date_to: DateTo = None,
         filters: Filters = None,
@@ -374,7 +416,8 @@ def register(app: typer.Typer) -> None:
         events_url: EventsURL = None,
         state_url: StateURL = None,
     ) -> None:
-        """Persons going through steps in order within a conversion window."""
+        """Persons going through steps in order within a conversion window; with --view, the
+        time they took or the conversion per period."""
 
         def make() -> dict[str, Any]:
             count, unit = parse_window(window)
@@ -382,6 +425,9 @@ def register(app: typer.Typer) -> None:
             if not all(names):
                 raise UsageError(f"--steps must be event names separated by commas: {steps!r}")
             how, step = parse_attribution(attribution, len(names))
+            for option, n in (("--from-step", from_step), ("--to-step", to_step)):
+                if n is not None and not 1 <= n <= len(names):
+                    raise UsageError(f"{option} must be a step number from 1 to {len(names)}")
             return {
                 **common_body(project, date_from, date_to, filters),
                 "steps": [event_of(s) for s in names],
@@ -392,10 +438,21 @@ def register(app: typer.Typer) -> None:
                 "breakdown_attribution": how,
                 "attribution_step": step,
                 "exclusions": [parse_exclusion(x, len(names)) for x in exclude or []],
+                "view": view,
+                "from_step": from_step - 1,
+                "to_step": None if to_step is None else to_step - 1,
+                "bins": bins,
+                "interval": interval,
             }
 
         result = execute("funnel", body_of(make), json_out, data_dir, events_url, state_url)
-        if not json_out:
+        if json_out:
+            return
+        if view == "time_to_convert":
+            console.print(time_to_convert_table(result))
+        elif view == "trends":
+            console.print(funnel_trend_table(result))
+        else:
             for table in funnel_tables(result):
                 console.print(table)
 

@@ -41,6 +41,8 @@ from yunying.analytics import (
     FunnelExclusion,
     FunnelQuery,
     FunnelStep,
+    FunnelTimeToConvertQuery,
+    FunnelTrendsQuery,
     InvalidQuery,
     LifecycleQuery,
     PathsQuery,
@@ -49,6 +51,8 @@ from yunying.analytics import (
     Source,
     TrendsQuery,
     funnel,
+    funnel_time_to_convert,
+    funnel_trends,
     lifecycle,
     paths,
     retention,
@@ -271,6 +275,20 @@ class FunnelRequest(AnalysisRequest):
         max_length=20,
         description="Drop persons whose chain has one of these events between two steps.",
     )
+    view: Literal["steps", "time_to_convert", "trends"] = Doc(
+        "steps",
+        description="steps: persons per step (FunnelResult); time_to_convert: how long persons "
+        "took from from_step to to_step, in bins (FunnelTimeToConvertResult); trends: per period "
+        "of step 1, persons who entered and who converted (FunnelTrendsResult).",
+    )
+    from_step: int = Doc(0, ge=0, description="time_to_convert: the 0-based step timed from.")
+    to_step: int | None = Doc(
+        None, ge=1, description="time_to_convert: the 0-based step timed to (default: the last)."
+    )
+    bins: int = Doc(10, ge=1, le=1000, description="time_to_convert: equal-width bins.")
+    interval: Literal["hour", "day", "week", "month"] = Doc(
+        "day", description="trends: the periods of step 1 that persons are counted in."
+    )
 
     def run(self, source: Source, project_id: int, timezone: str, today: date) -> dict[str, Any]:
         query = FunnelQuery(
@@ -285,6 +303,12 @@ class FunnelRequest(AnalysisRequest):
             attribution_step=self.attribution_step,
             exclusions=tuple(x.to_exclusion() for x in self.exclusions),
         )
+        if self.view == "time_to_convert":
+            ttc = FunnelTimeToConvertQuery(query, self.from_step, self.to_step, self.bins)
+            return funnel_time_to_convert(source, project_id, ttc).as_dict()
+        if self.view == "trends":
+            periods = FunnelTrendsQuery(query, self.interval)
+            return funnel_trends(source, project_id, periods).as_dict()
         return funnel(source, project_id, query).as_dict()
 
 
@@ -568,7 +592,8 @@ def analytics_router(runtime: Runtime) -> APIRouter:
 
     @router.post("/funnel")
     async def funnel_endpoint(request: Request, body: FunnelRequest) -> Response:
-        """Persons through ordered steps within a conversion window: FunnelResult.as_dict()."""
+        """Persons through ordered steps within a conversion window: FunnelResult.as_dict(), or
+        with ``view`` FunnelTimeToConvertResult / FunnelTrendsResult.as_dict()."""
         return await answer(request, body)
 
     @router.post("/retention")
