@@ -291,6 +291,11 @@ def analyses(dr: DateRange) -> dict[str, Callable[[Any], Any]]:
         "funnel ordered, by channel": lambda s: funnel(
             s, p, funnel_q("ordered", breakdown=col("channel"))
         ),
+        "funnel strict, by channel (last touch)": lambda s: funnel(
+            s,
+            p,
+            funnel_q("strict", breakdown=col("channel"), breakdown_attribution="last_touch"),
+        ),
         "funnel time to convert": lambda s: funnel_time_to_convert(
             s, p, FunnelTimeToConvertQuery(funnel_q("ordered"))
         ),

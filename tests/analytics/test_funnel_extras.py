@@ -70,25 +70,30 @@ def test_exclusions_equal_reference(journeys: Dataset, order: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("attribution", "step", "order"),
+    ("attribution", "step", "order", "excluded"),
     [
-        ("first_touch", 0, "ordered"), ("last_touch", 0, "ordered"), ("step", 1, "ordered"),
-        ("step", 2, "ordered"), ("first_touch", 0, "strict"), ("last_touch", 0, "strict"),
-        ("step", 1, "strict"),
+        ("first_touch", 0, "ordered", True), ("last_touch", 0, "ordered", True),
+        ("step", 1, "ordered", True), ("step", 2, "ordered", True),
+        ("first_touch", 0, "strict", True), ("last_touch", 0, "strict", True),
+        ("step", 1, "strict", True),
+        # strict without exclusions: the numpy pass, the values' numbers in the lists
+        ("first_touch", 0, "strict", False), ("last_touch", 0, "strict", False),
+        ("step", 1, "strict", False), ("step", 2, "strict", False),
     ],
 )  # fmt: skip
 def test_breakdown_attribution_equals_reference(
-    journeys: Dataset, attribution: Any, step: int, order: Any
+    journeys: Dataset, attribution: Any, step: int, order: Any, excluded: bool
 ) -> None:
-    excl = (FunnelExclusion("sign_up", from_step=0, to_step=1),)
+    excl = (FunnelExclusion("sign_up", from_step=0, to_step=1),) if excluded else ()
     q = FunnelQuery(
         STEPS, RANGE, window=1, breakdown=prop("step"), breakdown_attribution=attribution,
         attribution_step=step, exclusions=excl, order=order,
     )  # fmt: skip
+    assert _uses_pass(q, journeys.duck) != excluded
     got = both(journeys, funnel, q)
     chains = ref.funnel_chains(
-        journeys.events, MATCHES, LO, HI, timedelta(days=1), [(named("sign_up"), 0, 1)],
-        strict=order == "strict",
+        journeys.events, MATCHES, LO, HI, timedelta(days=1),
+        [(named("sign_up"), 0, 1)] if excluded else [], strict=order == "strict",
     )  # fmt: skip
 
     def value(chain: list[ref.Event]) -> str | None:

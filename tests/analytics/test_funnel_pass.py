@@ -68,6 +68,12 @@ def random_people(rng: random.Random, persons: int, steps: int) -> list[list[tup
     return people
 
 
+def small_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranges of about 500 values, worked on by threads: persons cut across ranges too."""
+    monkeypatch.setattr(fp, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(fp, "CHUNK", 500)
+
+
 def packed(people: list[list[tuple[int, int]]], steps: int) -> tuple[Any, Any]:
     m = fp.multiplier(steps)
     values = [t * m + s for events in people for t, s in events]
@@ -82,7 +88,7 @@ def test_chains_equal_the_plain_walk(steps: int, monkeypatch: pytest.MonkeyPatch
     window = 25_000
     offsets, values = packed(people, steps)
     want = [walk(e, steps, window) for e in people]
-    monkeypatch.setattr(fp, "PARALLEL_FROM", 1)  # also split into ranges of persons
+    small_ranges(monkeypatch)
     for threads in (1, 3):
         level, times = fp.chains(offsets, values, steps, window, threads=threads)
         assert level.tolist() == [w[0] for w in want], threads
@@ -110,7 +116,7 @@ def strict_walk(events: list[tuple[int, int]], steps: int, window: int) -> tuple
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 5])
 def test_strict_chains_equal_the_plain_walk(steps: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fp, "PARALLEL_FROM", 1)  # also split into ranges of persons
+    small_ranges(monkeypatch)
     rng = random.Random(100 + steps)
     people = random_people(rng, 3000, steps)
     for events in people:  # other events (step 0) too, distinct times: no ties
@@ -125,11 +131,22 @@ def test_strict_chains_equal_the_plain_walk(steps: int, monkeypatch: pytest.Monk
     offsets, values = packed(people, steps)
     for threads in (1, 3):
         got = fp.strict_chains(offsets, values, steps, window, threads=threads)
-        assert got is not None
+        assert got is not None and got[2] == []
         assert got[0].tolist() == [w[0] for w in want], threads
         for k in range(steps):
             assert got[1][k].tolist() == [w[1][k] for w in want], (threads, k)
     assert max(w[0] for w in want) == steps  # the data reach the last step
+    # every event with a code (its value's number): the chain's events give theirs
+    code_of = [{t: rng.randrange(8) for t, _ in events} for events in people]
+    coded = [
+        [(t << 3 | c[t], s) for t, s in events] for events, c in zip(people, code_of, strict=True)
+    ]
+    got = fp.strict_chains(*packed(coded, steps), steps, window, code_bits=3, threads=3)
+    assert got is not None and got[0].tolist() == [w[0] for w in want]
+    for k in range(steps):
+        assert got[2][k].tolist() == [
+            c[w[1][k]] if w[1][k] != -1 else -1 for w, c in zip(want, code_of, strict=True)
+        ], k
 
 
 def test_sort_within_sorts_each_persons_values_only() -> None:
@@ -159,6 +176,9 @@ def test_strict_chains_refuse_ties_next_to_a_step_unless_exact() -> None:
     assert fp.strict_chains(offsets, values, 2, 100) is None
     assert fp.strict_chains(offsets[:3], values[: offsets[2]], 2, 100) is not None  # 0-0 tie
     assert fp.strict_chains(*packed([[(30, 2), (5, 0), (30, 1)]], 2), 2, 100) is None  # unsorted
+    # with codes between the time and the step, an instant is still an instant
+    tie = [[(30 << 3 | 5, 1), (30 << 3 | 2, 2)]]
+    assert fp.strict_chains(*packed(tie, 2), 2, 100, code_bits=3) is None
     # in the exact order the caller vouches for, B right after A counts
     got = fp.strict_chains(offsets, values, 2, 100, exact=True)
     assert got is not None and got[0].tolist() == [2, 1, 2]
@@ -167,7 +187,8 @@ def test_strict_chains_refuse_ties_next_to_a_step_unless_exact() -> None:
     assert got is not None and got[0].tolist() == [2, 1, 1]
 
 
-def test_coded_chains_carry_the_chosen_starts_code() -> None:
+def test_coded_chains_carry_the_chosen_starts_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    small_ranges(monkeypatch)
     rng = random.Random(11)
     people = random_people(rng, 3000, 3)
     coded: list[list[tuple[int, int]]] = []
@@ -209,7 +230,7 @@ def unordered_walk(events: list[tuple[int, int]], mult: list[int], window: int, 
 def test_unordered_levels_equal_the_plain_walk(
     mult: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fp, "PARALLEL_FROM", 1)  # also split into ranges of persons
+    small_ranges(monkeypatch)
     rng = random.Random(len(mult) * 10 + mult[0])
     people = random_people(rng, 3000, len(mult))
     window, end = 25_000, 40_000
@@ -270,7 +291,7 @@ def test_pass_is_used_for_distinct_named_steps_without_exclusions(journeys: Data
     assert _uses_pass(FunnelQuery(abc, RANGE), journeys.chdb)
     assert _uses_pass(FunnelQuery(abc, RANGE, order="strict"), store)
     strict_by = FunnelQuery(abc, RANGE, order="strict", breakdown=col("channel"))
-    assert not _uses_pass(strict_by, store)
+    assert _uses_pass(strict_by, store)  # the values' numbers in the lists
     assert not _uses_pass(FunnelQuery(abc[:2] + abc[:1], RANGE, order="strict"), store)
     assert _uses_pass(FunnelQuery(abc, RANGE, order="unordered"), store)
     aba = (FunnelStep("A"), FunnelStep("B"), FunnelStep("A"))  # A twice: one class, twice

@@ -300,21 +300,30 @@ def strict_chains(
     window_us: int,
     exact: bool = False,
     threads: int | None = None,
-) -> tuple[Ints, list[Ints]] | None:
+    code_bits: int = 0,
+) -> tuple[Ints, list[Ints], list[Ints]] | None:
     """Strict funnels: as :func:`chains`, from lists of *every* event of each person (``time_us
     * M + step``, 0 for an event matching no step) in the person's order. A start's chain is the
     run of events right after it matching steps 2, 3, ... inside the window; the person keeps
     the furthest, then earliest. ``None`` when two events of one person share an instant and
     one of them is a step: then the order of the lists (by step number within an instant) may
     not be the person's order (by uuid), and the caller must send lists in that order, saying
-    so by ``exact``."""
-    done = _by_ranges(offsets, packed, threads, lambda o, p: _strict(o, p, steps, window_us, exact))
+    so by ``exact``. With ``code_bits``, values are ``(time << code_bits | code) * M + step``
+    and the third list holds, per step, the code of each person's chain event (-1 beyond its
+    level); without, it is empty."""
+    done = _by_ranges(
+        offsets,
+        packed,
+        threads,
+        lambda o, p: _strict(o, p, steps, window_us, exact, code_bits),
+    )
     if any(d is None for d in done):
         return None
-    parts = cast(list[tuple[Ints, list[Ints]]], done)
+    parts = cast(list[tuple[Ints, list[Ints], list[Ints]]], done)
     level = np.concatenate([d[0] for d in parts])
     times = [np.concatenate([d[1][k] for d in parts]) for k in range(steps)]
-    return level, times
+    codes = [np.concatenate([d[2][k] for d in parts]) for k in range(len(parts[0][2]))]
+    return level, times, codes
 
 
 def sort_within(offsets: Ints, packed: Ints, bits: int = 0) -> tuple[Ints, Ints]:
@@ -353,39 +362,42 @@ def _positions(offsets: Ints, persons: Ints) -> tuple[Ints, Ints]:
 
 
 def _strict(
-    offsets: Ints, packed: Ints, steps: int, window_us: int, exact: bool
-) -> tuple[Ints, list[Ints]] | None:
+    offsets: Ints, packed: Ints, steps: int, window_us: int, exact: bool, code_bits: int = 0
+) -> tuple[Ints, list[Ints], list[Ints]] | None:
     """:func:`strict_chains` for one range of persons."""
     persons = len(offsets) - 1
     level = np.zeros(persons, np.int64)
     times = [np.full(persons, -1, np.int64) for _ in range(steps)]
+    codes = [np.full(persons, -1, np.int64) for _ in range(steps if code_bits else 0)]
     if not len(packed):
-        return level, times
+        return level, times, codes
     bits = multiplier(steps).bit_length() - 1
     mask = (1 << bits) - 1
+    shift = bits + code_bits  # the time lies above the code and the step
     if not exact:
-        packed, near = sort_within(offsets, packed, bits)
+        packed, near = sort_within(offsets, packed, shift)
         a, b = packed[near], packed[near + 1]
-        if ((a >> bits == b >> bits) & ((a | b) & mask > 0)).any():
+        if ((a >> shift == b >> shift) & ((a | b) & mask > 0)).any():
             return None  # a step event at the instant of another event of the person
     step = packed & mask
     starts = np.flatnonzero(step == 1)  # in person order, then time order
     if not len(starts):
-        return level, times
+        return level, times, codes
     owner = np.searchsorted(offsets, starts, side="right") - 1
     end = offsets[owner + 1]  # one past the owner's last event
-    t0 = packed[starts] >> bits
+    t0 = packed[starts] >> shift
     deadline = t0 + window_us
     lv = np.ones(len(starts), np.int64)
     alive = np.ones(len(starts), bool)
-    chain = [t0]
+    chain, at = [t0], [starts]
     top = len(packed) - 1
     for k in range(1, steps):
-        at = np.minimum(starts + k, top)
-        t = packed[at] >> bits
-        alive &= (starts + k < end) & (step[at] == k + 1) & (t <= deadline)
+        pos = np.minimum(starts + k, top)
+        t = packed[pos] >> shift
+        alive &= (starts + k < end) & (step[pos] == k + 1) & (t <= deadline)
         lv += alive
         chain.append(np.where(alive, t, -1))
+        at.append(np.where(alive, pos, -1))
     # per person the furthest chain, then the earliest start: the largest level * S - index
     n = len(starts)
     heads = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
@@ -394,7 +406,10 @@ def _strict(
     level[who] = lv[best]
     for k in range(steps):
         times[k][who] = chain[k][best]
-    return level, times
+    for k, c in enumerate(codes):
+        pos = at[k][best]
+        c[who] = np.where(pos >= 0, (packed[pos] >> bits) & ((1 << code_bits) - 1), -1)
+    return level, times, codes
 
 
 def summary(level: Ints, times: list[Ints], steps: int) -> list[Any]:

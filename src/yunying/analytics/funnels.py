@@ -890,8 +890,8 @@ def _uses_pass(q: FunnelQuery, source: Source) -> bool:
     """Whether the numpy pass (:mod:`yunying.analytics.funnel_pass`) computes this funnel: a
     source that returns Arrow, every step a named event, no exclusions; ordered with steps of
     different events and a breakdown (if any) on the first touch, strict with steps of different
-    events and no breakdown, or unordered without a breakdown where the steps of one event share
-    their conditions (so every event is in one class)."""
+    events, or unordered without a breakdown where the steps of one event share their
+    conditions (so every event is in one class)."""
     events = [s.event for s in q.steps]
     if None in events or q.exclusions or not callable(getattr(source, "query_arrow", None)):
         return False
@@ -901,8 +901,8 @@ def _uses_pass(q: FunnelQuery, source: Source) -> bool:
         return q.breakdown is None and len(conds) == len(set(events))
     if len(set(events)) != len(events):
         return False
-    if q.order == "strict":
-        return q.breakdown is None
+    if q.order == "strict":  # breakdowns by the values' numbers (_strict_by_values)
+        return True
     return q.breakdown is None or q.breakdown_attribution == "first_touch"
 
 
@@ -912,16 +912,23 @@ CODED_VALUES = 255
 
 def _by_pass(
     source: ArrowSource, project_id: int, q: FunnelQuery
-) -> tuple[list[Any], list[list[Any]]]:
+) -> tuple[list[Any], list[list[Any]]] | None:
     """The overall row (counts, then median/mean/median-from-first per step) by the pass, and
-    with a breakdown one such row per value, led by the value."""
+    with a breakdown one such row per value, led by the value; ``None`` where the pass does not
+    serve the funnel (the SQL does)."""
+    if not _uses_pass(q, source):
+        return None
     sql = Sql(source.dialect)
     conds: list[exp.Expr] = [_cond(sql, s.event, s.filters) for s in q.steps]
     n = len(q.steps)
     if q.order == "unordered":
         return _unordered_by_pass(source, project_id, q, sql, conds), []
+    if q.order == "strict" and q.breakdown is not None:
+        return _strict_by_values(source, project_id, q, sql, conds)
     if q.order == "strict":
-        return funnel_pass.summary(*_strict_chains(source, project_id, q, sql, conds), n), []
+        chains = _strict_chains(source, project_id, q, sql, conds)
+        assert chains is not None  # without codes the values always fit
+        return funnel_pass.summary(chains[0], chains[1], n), []
     if q.breakdown is None:
         return funnel_pass.summary(*_ordered_lists(source, project_id, q, sql, conds)[1:], n), []
     done = _coded_by_pass(source, project_id, q, sql, conds)
@@ -997,23 +1004,42 @@ def _coded_by_pass(
 ) -> tuple[list[Any], list[list[Any]]] | None:
     """A first-touch breakdown with few values by the pass, each start carrying its value's
     number (:func:`_coded_lists`): one list per person instead of a second list of (time, uuid,
-    value) per start. The values are read first (one scan of the starts). ``None`` (use the
-    lists of starts) with more than :data:`CODED_VALUES` values, a value that appeared between
-    the two queries, or two starts of one person at one instant with different values (the
-    uuid decides then)."""
-    assert q.breakdown is not None
+    value) per start. ``None`` (use the lists of starts) with more than :data:`CODED_VALUES`
+    values, a value that appeared meanwhile, or two starts of one person at one instant with
+    different values (the uuid decides then)."""
     n = len(q.steps)
-    start, end = q.date_range.utc_bounds()
+    _, end = q.date_range.utc_bounds()
+    starts = exp.and_(conds[0].copy(), exp.LT(this=_c("timestamp"), expression=sql.ts_literal(end)))
+    values = _value_codes(source, project_id, q, sql, starts, end)
+    if values is None:
+        return None
+    names, code, code_bits = values
+    lists = _coded_lists(source, project_id, q, sql, conds, code, code_bits)
+    done = None if lists is None else funnel_pass.coded_chains(*lists, n, q.window_us, code_bits)
+    if done is None:
+        return None
+    level, times, codes = done
+    return _value_rows(level, times, n, names, np.where(level > 0, codes, -1))
+
+
+def _value_codes(
+    source: Source, project_id: int, q: FunnelQuery, sql: Sql, which: exp.Expr, until: datetime
+) -> tuple[list[str], exp.Expr, int] | None:
+    """The breakdown values of the events ``which`` selects from the range's start to
+    ``until`` (one ``DISTINCT`` scan), and the expression numbering an event's value: 0 for
+    none, 1.. for the values read, one more for a value that arrived meanwhile; with the bits
+    the numbers need. ``None`` with more than :data:`CODED_VALUES` values."""
+    assert q.breakdown is not None
+    start, _ = q.date_range.utc_bounds()
     value = sql.field_text(q.breakdown)
+    where = exp.and_(sql.time_between(start, until), sql.filters(q.filters), which)
     relation = events_from(source, project_id, person=uses_person(q))
-    first = exp.and_(conds[0].copy(), exp.LT(this=_c("timestamp"), expression=sql.ts_literal(end)))
-    where = exp.and_(sql.time_between(start, end), sql.filters(q.filters), first)
     distinct = exp.select(value.copy()).distinct().from_(relation).where(where)
     found = [r[0] for r in run(source, distinct.limit(CODED_VALUES + 2))]
-    names = [v for v in found if v is not None]
+    names = [str(v) for v in found if v is not None]
     if len(names) > CODED_VALUES:
         return None
-    unknown = len(names) + 1  # a value the first query did not see
+    unknown = len(names) + 1
     position = exp.Anonymous(
         this="indexOf" if sql.ch else "list_position",
         expressions=[exp.Array(expressions=[lit(v) for v in names]), value.copy()],
@@ -1024,20 +1050,57 @@ def _coded_by_pass(
             this=exp.Nullif(this=position, expression=lit(0)), expressions=[lit(unknown)]
         ),
     )
-    code_bits = unknown.bit_length()
-    lists = _coded_lists(source, project_id, q, sql, conds, code, code_bits)
-    if lists is None:
-        return None
-    done = funnel_pass.coded_chains(*lists, n, q.window_us, code_bits)
-    if done is None:
-        return None
-    level, times, codes = done
-    if (codes == unknown).any():
+    return names, code, unknown.bit_length()
+
+
+def _value_rows(
+    level: funnel_pass.Ints,
+    times: list[funnel_pass.Ints],
+    n: int,
+    names: list[str],
+    group: funnel_pass.Ints,
+) -> tuple[list[Any], list[list[Any]]] | None:
+    """The overall row and one row per breakdown value, from each person's value number
+    (``group``: 0 for none, -1 for persons without a start); ``None`` when a value arrived
+    between the queries (its number is one past the values read)."""
+    if (group > len(names)).any():
         return None
     overall = funnel_pass.summary(level, times, n)
     labels: list[Any] = [None, *names]
-    rows = funnel_pass.grouped_summary(level, times, n, np.where(level > 0, codes, -1), len(labels))
+    rows = funnel_pass.grouped_summary(level, times, n, group, len(labels))
     return overall, [[label, *row] for label, row in zip(labels, rows, strict=True) if row[0]]
+
+
+def _coded_packed(
+    sql: Sql,
+    q: FunnelQuery,
+    cases: list[tuple[exp.Expr, int, bool]],
+    code: exp.Expr,
+    code_bits: int,
+    others: bool,
+) -> exp.Expr | None:
+    """An event as ``((time − range start) << code_bits | code) * M + step``: ``cases`` are
+    (condition, step, whether the event carries its ``code``), other events are 0 with
+    ``others`` (strict funnels). Times relative to the range's start make room for the code;
+    ``None`` when the values would not fit in 62 bits."""
+    start, end = q.date_range.utc_bounds()
+    span_us = _epoch_us(end) - _epoch_us(start) + q.window_us + 1
+    mult = funnel_pass.multiplier(len(q.steps))
+    if span_us.bit_length() + code_bits + mult.bit_length() > 62:
+        return None
+
+    def value(step: int, coded: bool) -> exp.Expr:
+        if not coded:
+            return lit(step)
+        at = exp.Mul(this=exp.Paren(this=code.copy()), expression=lit(mult))
+        return exp.Add(this=at, expression=lit(step))
+
+    ifs = [exp.If(this=c.copy(), true=value(k, coded)) for c, k, coded in cases]
+    since = exp.Sub(this=sql.epoch_us(_c("timestamp")), expression=lit(_epoch_us(start)))
+    return exp.Add(
+        this=exp.Mul(this=exp.Paren(this=since), expression=lit(mult << code_bits)),
+        expression=exp.Case(ifs=ifs, default=lit(0) if others else None),
+    )
 
 
 def _coded_lists(
@@ -1049,26 +1112,13 @@ def _coded_lists(
     code: exp.Expr,
     code_bits: int,
 ) -> tuple[funnel_pass.Ints, funnel_pass.Ints] | None:
-    """Per person one list of ``((time − range start) << code_bits | code) * M + step``, where
-    ``code`` (< ``2**code_bits``) is given for starts (0 for later steps): the lists for
-    :func:`funnel_pass.coded_chains` and :func:`funnel_pass.code_levels`. Times relative to the
-    range's start make room for the code; ``None`` when it does not fit in 62 bits."""
-    n = len(q.steps)
-    start, end = q.date_range.utc_bounds()
-    span_us = _epoch_us(end) - _epoch_us(start) + q.window_us + 1
-    mult = funnel_pass.multiplier(n)
-    if span_us.bit_length() + code_bits + mult.bit_length() > 62:
+    """Per person one list of the step events (:func:`_coded_packed`), starts carrying
+    ``code`` (< ``2**code_bits``), later steps 0: the lists for :func:`funnel_pass.coded_chains`
+    and :func:`funnel_pass.code_levels`; ``None`` when the values would not fit."""
+    cases = [(conds[0], 1, True)] + [(c, k + 1, False) for k, c in enumerate(conds) if k]
+    packed = _coded_packed(sql, q, cases, code, code_bits, others=False)
+    if packed is None:
         return None
-    coded_start = exp.Add(
-        this=exp.Mul(this=exp.Paren(this=code), expression=lit(mult)), expression=lit(1)
-    )
-    ifs = [exp.If(this=conds[0].copy(), true=coded_start)]
-    ifs += [exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds) if k]
-    since = exp.Sub(this=sql.epoch_us(_c("timestamp")), expression=lit(_epoch_us(start)))
-    packed = exp.Add(
-        this=exp.Mul(this=exp.Paren(this=since), expression=lit(mult << code_bits)),
-        expression=exp.Case(ifs=ifs),
-    )
     tree = (
         exp.select(exp.alias_(exp.ArrayAgg(this=packed), "l"))
         .from_(events_from(source, project_id, person=uses_person(q)))
@@ -1105,20 +1155,32 @@ def _unordered_by_pass(
 
 
 def _strict_chains(
-    source: ArrowSource, project_id: int, q: FunnelQuery, sql: Sql, conds: list[exp.Expr]
-) -> tuple[funnel_pass.Ints, list[funnel_pass.Ints]]:
+    source: ArrowSource,
+    project_id: int,
+    q: FunnelQuery,
+    sql: Sql,
+    conds: list[exp.Expr],
+    code: exp.Expr | None = None,
+    code_bits: int = 0,
+) -> tuple[funnel_pass.Ints, list[funnel_pass.Ints], list[funnel_pass.Ints]] | None:
     """Every person's chosen chain of a strict funnel by the pass: every event of the person in
     the range and the window after it, as one list (``time_us * M + step``, step 0 for other
     events and for step-1 events past the range, which cannot start a chain), sorted by numpy
     where it is not already. When two events of a person share an instant next to a step, the
     lists are fetched again in the person's exact order (time, then uuid), sorted by the
-    engine."""
+    engine. With ``code``, every step event carries its number (:func:`_coded_packed`) and the
+    codes of the chains' events come back too; ``None`` when they would not fit."""
     n = len(q.steps)
     _, end = q.date_range.utc_bounds()
     first = exp.and_(conds[0].copy(), exp.LT(this=_c("timestamp"), expression=sql.ts_literal(end)))
-    ifs = [exp.If(this=first, true=lit(1))]
-    ifs += [exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds) if k]
-    packed = _packed(sql, exp.Case(ifs=ifs, default=lit(0)), n)
+    cases = [(first, 1, True)] + [(c, k + 1, True) for k, c in enumerate(conds) if k]
+    if code is None:
+        ifs = [exp.If(this=c.copy(), true=lit(k)) for c, k, _ in cases]
+        packed: exp.Expr | None = _packed(sql, exp.Case(ifs=ifs, default=lit(0)), n)
+    else:
+        packed = _coded_packed(sql, q, cases, code, code_bits, others=True)
+    if packed is None:
+        return None
     by_value = exp.ArrayAgg(this=packed)  # funnel_pass sorts the lists that need it
     if sql.ch:  # sort (time, uuid as text, value) tuples, keep the values
         x = exp.to_identifier("x")
@@ -1139,7 +1201,6 @@ def _strict_chains(
         by_order = exp.ArrayAgg(this=exp.Order(this=packed.copy(), expressions=order))
     relation = events_from(source, project_id, person=uses_person(q))
     where = _ev_where(q, sql, conds, arrays=False)
-    chains = None
     for exact, lists in ((False, by_value), (True, by_order)):
         tree = (
             exp.select(exp.alias_(lists, "l"))
@@ -1148,18 +1209,49 @@ def _strict_chains(
             .group_by(_c("person_id"))
         )
         offsets, values = funnel_pass.fetch(source.query_arrow(sql.render(tree)).column(0))
-        chains = funnel_pass.strict_chains(offsets, values, n, q.window_us, exact=exact)
+        chains = funnel_pass.strict_chains(
+            offsets, values, n, q.window_us, exact=exact, code_bits=code_bits
+        )
         if chains is not None:
-            break
-    assert chains is not None  # the exact lists are always taken
-    return chains
+            return chains
+    raise AssertionError("the exact lists are always taken")
+
+
+def _strict_by_values(
+    source: ArrowSource, project_id: int, q: FunnelQuery, sql: Sql, conds: list[exp.Expr]
+) -> tuple[list[Any], list[list[Any]]] | None:
+    """A strict funnel's breakdown by the pass: every step event carries its value's number
+    (:func:`_value_codes`, read from the step events of the range and the window), and the
+    chain's first, last or given step gives each person's value. ``None`` (the SQL) with more
+    than :data:`CODED_VALUES` values or one that arrived meanwhile."""
+    n = len(q.steps)
+    _, end = q.date_range.utc_bounds()
+    steps = exp.Paren(this=exp.or_(*[c.copy() for c in conds]))
+    values = _value_codes(
+        source, project_id, q, sql, steps, end + timedelta(microseconds=q.window_us)
+    )
+    if values is None:
+        return None
+    names, code, code_bits = values
+    chains = _strict_chains(source, project_id, q, sql, conds, code, code_bits)
+    if chains is None:
+        return None
+    level, times, codes = chains
+    if q.breakdown_attribution == "last_touch":
+        value = np.full(len(level), -1, np.int64)
+        for k in range(n):
+            value = np.where(level == k + 1, codes[k], value)
+    else:  # a chain short of the attribution step is in the None group (0)
+        s = q.attribution_step if q.breakdown_attribution == "step" else 0
+        value = np.maximum(codes[s], 0)
+    return _value_rows(level, times, n, names, np.where(level > 0, value, -1))
 
 
 def funnel(source: Source, project_id: int, query: FunnelQuery) -> FunnelResult:
     """Run a funnel on a store (or any :class:`Source`) for one project."""
-    if _uses_pass(query, source):
-        row, rows = _by_pass(cast(ArrowSource, source), project_id, query)
-        overall = [row]
+    done = _by_pass(cast(ArrowSource, source), project_id, query)
+    if done is not None:
+        overall, rows = [done[0]], done[1]
     else:
         overall = run(source, funnel_sql(source, project_id, query))
         if query.breakdown is not None:
@@ -1251,7 +1343,9 @@ def _pass_chains(
     sql = Sql(source.dialect)
     conds: list[exp.Expr] = [_cond(sql, s.event, s.filters) for s in q.steps]
     if q.order == "strict":
-        return _strict_chains(arrow, project_id, plain, sql, conds)
+        chains = _strict_chains(arrow, project_id, plain, sql, conds)
+        assert chains is not None  # without codes the values always fit
+        return chains[0], chains[1]
     _, level, times = _ordered_lists(arrow, project_id, plain, sql, conds)
     return level, times
 
