@@ -211,6 +211,19 @@ def test_first_touch_is_the_value_of_the_chosen_start(
     assert coded_outcomes == [True, True]  # the values travelled as numbers, on both engines
 
 
+@pytest.mark.parametrize("order", ["ordered", "strict"])
+def test_breakdown_by_a_property_nobody_has_is_one_none_group(
+    small: Any, order: Any, coded_outcomes: list[bool]
+) -> None:
+    ds = small([ev("A", "p", T0, 1), ev("B", "p", T0 + timedelta(minutes=1), 2),
+                ev("A", "q", T0, 3)])  # fmt: skip
+    q = FunnelQuery((FunnelStep("A"), FunnelStep("B")), DAY, order=order, breakdown=prop("nope"))
+    got = both(ds, q)
+    assert [(b.value, [s.count for s in b.steps]) for b in got.breakdowns] == [(None, [2, 1])]
+    # an empty list of values is fine on both engines (strict numbers the values its own way)
+    assert coded_outcomes == ([True, True] if order == "ordered" else [])
+
+
 def test_person_merged_mid_journey(small: Any) -> None:
     ds = small(
         [
