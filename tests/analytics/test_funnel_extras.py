@@ -179,16 +179,20 @@ def test_time_to_convert_histogram_equals_reference(
 
 
 @pytest.mark.parametrize("interval", ["day", "week"])
+@pytest.mark.parametrize("order", ["ordered", "strict"])
 @pytest.mark.parametrize("excluded", [True, False])  # without exclusions: the numpy pass
-def test_funnel_trends_equal_reference(journeys: Dataset, interval: Any, excluded: bool) -> None:
+def test_funnel_trends_equal_reference(
+    journeys: Dataset, interval: Any, excluded: bool, order: Any
+) -> None:
     steps = 2 if excluded else 3
     exclusions = (FunnelExclusion("sign_up", (), 0, 1),) if excluded else ()
-    fq = FunnelQuery(STEPS[:steps], RANGE, window=6, window_unit="hour", exclusions=exclusions)
+    fq = FunnelQuery(STEPS[:steps], RANGE, window=6, window_unit="hour", exclusions=exclusions,
+                     order=order)  # fmt: skip
     assert _uses_pass(fq, journeys.duck) != excluded
     got = both(journeys, funnel_trends, FunnelTrendsQuery(fq, interval))
     chains = ref.funnel_chains(
         journeys.events, MATCHES[:steps], LO, HI, timedelta(hours=6),
-        [(named("sign_up"), 0, 1)] if excluded else [],
+        [(named("sign_up"), 0, 1)] if excluded else [], strict=order == "strict",
         group=lambda e: ref.bucket(e["timestamp"], TZ, interval),
     )  # fmt: skip
     labels = ref.buckets(RANGE.date_from, RANGE.date_to, interval)

@@ -319,11 +319,47 @@ def strict_chains(
     )
     if any(d is None for d in done):
         return None
-    parts = cast(list[tuple[Ints, list[Ints], list[Ints]]], done)
-    level = np.concatenate([d[0] for d in parts])
-    times = [np.concatenate([d[1][k] for d in parts]) for k in range(steps)]
-    codes = [np.concatenate([d[2][k] for d in parts]) for k in range(len(parts[0][2]))]
+    parts = cast(list[_StrictDone], done)
+    level = np.concatenate([d.level for d in parts])
+    times = [np.concatenate([d.times[k] for d in parts]) for k in range(steps)]
+    codes = [np.concatenate([d.codes[k] for d in parts]) for k in range(len(parts[0].codes))]
     return level, times, codes
+
+
+def strict_code_levels(
+    offsets: Ints,
+    packed: Ints,
+    steps: int,
+    window_us: int,
+    code_bits: int,
+    exact: bool = False,
+    threads: int | None = None,
+) -> tuple[Ints, Ints] | None:
+    """:func:`code_levels` for strict funnels (values as :func:`strict_chains`' with codes):
+    per (person, start code) pair the code and the furthest level of those starts' chains. The
+    codes must not decrease with time (periods), so each pair's starts are neighbours."""
+    done = _by_ranges(
+        offsets,
+        packed,
+        threads,
+        lambda o, p: _strict(o, p, steps, window_us, exact, code_bits, pairs=True),
+    )
+    if any(d is None for d in done):
+        return None
+    parts = cast(list[_StrictDone], done)
+    return (
+        np.concatenate([d.pairs[0] for d in parts]),
+        np.concatenate([d.pairs[1] for d in parts]),
+    )
+
+
+class _StrictDone(NamedTuple):
+    """:func:`_strict`'s answer for one range of persons."""
+
+    level: Ints
+    times: list[Ints]
+    codes: list[Ints]  # per step, the code of each person's chain event (with code bits)
+    pairs: tuple[Ints, Ints]  # per (person, start code): the code, the furthest level
 
 
 def sort_within(offsets: Ints, packed: Ints, bits: int = 0) -> tuple[Ints, Ints]:
@@ -362,15 +398,23 @@ def _positions(offsets: Ints, persons: Ints) -> tuple[Ints, Ints]:
 
 
 def _strict(
-    offsets: Ints, packed: Ints, steps: int, window_us: int, exact: bool, code_bits: int = 0
-) -> tuple[Ints, list[Ints], list[Ints]] | None:
-    """:func:`strict_chains` for one range of persons."""
+    offsets: Ints,
+    packed: Ints,
+    steps: int,
+    window_us: int,
+    exact: bool,
+    code_bits: int = 0,
+    pairs: bool = False,
+) -> _StrictDone | None:
+    """:func:`strict_chains` (and with ``pairs`` :func:`strict_code_levels`) for one range of
+    persons."""
     persons = len(offsets) - 1
     level = np.zeros(persons, np.int64)
     times = [np.full(persons, -1, np.int64) for _ in range(steps)]
     codes = [np.full(persons, -1, np.int64) for _ in range(steps if code_bits else 0)]
+    none = np.zeros(0, np.int64)
     if not len(packed):
-        return level, times, codes
+        return _StrictDone(level, times, codes, (none, none))
     bits = multiplier(steps).bit_length() - 1
     mask = (1 << bits) - 1
     shift = bits + code_bits  # the time lies above the code and the step
@@ -382,7 +426,7 @@ def _strict(
     step = packed & mask
     starts = np.flatnonzero(step == 1)  # in person order, then time order
     if not len(starts):
-        return level, times, codes
+        return _StrictDone(level, times, codes, (none, none))
     owner = np.searchsorted(offsets, starts, side="right") - 1
     end = offsets[owner + 1]  # one past the owner's last event
     t0 = packed[starts] >> shift
@@ -409,7 +453,12 @@ def _strict(
     for k, c in enumerate(codes):
         pos = at[k][best]
         c[who] = np.where(pos >= 0, (packed[pos] >> bits) & ((1 << code_bits) - 1), -1)
-    return level, times, codes
+    if not pairs:
+        return _StrictDone(level, times, codes, (none, none))
+    # starts in (person, time) order have non-decreasing codes: each pair's starts are a run
+    code = (packed[starts] >> bits) & ((1 << code_bits) - 1)
+    runs = np.flatnonzero(np.r_[True, (owner[1:] != owner[:-1]) | (code[1:] != code[:-1])])
+    return _StrictDone(level, times, codes, (code[runs], np.maximum.reduceat(lv, runs)))
 
 
 def summary(level: Ints, times: list[Ints], steps: int) -> list[Any]:

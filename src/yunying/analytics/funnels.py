@@ -16,9 +16,10 @@ conversion rate per period of the start.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
@@ -1163,17 +1164,44 @@ def _strict_chains(
     code: exp.Expr | None = None,
     code_bits: int = 0,
 ) -> tuple[funnel_pass.Ints, list[funnel_pass.Ints], list[funnel_pass.Ints]] | None:
-    """Every person's chosen chain of a strict funnel by the pass: every event of the person in
-    the range and the window after it, as one list (``time_us * M + step``, step 0 for other
-    events and for step-1 events past the range, which cannot start a chain), sorted by numpy
-    where it is not already. When two events of a person share an instant next to a step, the
-    lists are fetched again in the person's exact order (time, then uuid), sorted by the
-    engine. With ``code``, every step event carries its number (:func:`_coded_packed`) and the
-    codes of the chains' events come back too; ``None`` when they would not fit."""
+    """Every person's chosen chain of a strict funnel by the pass (:func:`_strict_pass`). With
+    ``code``, every step event carries its number and the codes of the chains' events come back
+    too; ``None`` when they would not fit."""
+    n = len(q.steps)
+    return _strict_pass(
+        source, project_id, q, sql, conds, code, code_bits,
+        lambda o, v, exact: funnel_pass.strict_chains(
+            o, v, n, q.window_us, exact=exact, code_bits=code_bits
+        ),
+    )  # fmt: skip
+
+
+S = TypeVar("S")
+
+
+def _strict_pass(
+    source: ArrowSource,
+    project_id: int,
+    q: FunnelQuery,
+    sql: Sql,
+    conds: list[exp.Expr],
+    code: exp.Expr | None,
+    code_bits: int,
+    kernel: Callable[[funnel_pass.Ints, funnel_pass.Ints, bool], S | None],
+    every_step: bool = True,
+) -> S | None:
+    """A strict funnel's lists through ``kernel(offsets, values, exact)``: every event of the
+    person in the range and the window after it, as one list (``time_us * M + step``, step 0
+    for other events and for step-1 events past the range, which cannot start a chain; with
+    ``code``, :func:`_coded_packed` with the code on every step event, or on the starts only
+    without ``every_step``), sorted by numpy where
+    it is not already. When two events of a person share an instant next to a step (the kernel
+    answers ``None``), the lists are fetched again in the person's exact order (time, then
+    uuid), sorted by the engine. ``None`` when coded values would not fit."""
     n = len(q.steps)
     _, end = q.date_range.utc_bounds()
     first = exp.and_(conds[0].copy(), exp.LT(this=_c("timestamp"), expression=sql.ts_literal(end)))
-    cases = [(first, 1, True)] + [(c, k + 1, True) for k, c in enumerate(conds) if k]
+    cases = [(first, 1, True)] + [(c, k + 1, every_step) for k, c in enumerate(conds) if k]
     if code is None:
         ifs = [exp.If(this=c.copy(), true=lit(k)) for c, k, _ in cases]
         packed: exp.Expr | None = _packed(sql, exp.Case(ifs=ifs, default=lit(0)), n)
@@ -1209,11 +1237,9 @@ def _strict_chains(
             .group_by(_c("person_id"))
         )
         offsets, values = funnel_pass.fetch(source.query_arrow(sql.render(tree)).column(0))
-        chains = funnel_pass.strict_chains(
-            offsets, values, n, q.window_us, exact=exact, code_bits=code_bits
-        )
-        if chains is not None:
-            return chains
+        done = kernel(offsets, values, exact)
+        if done is not None:
+            return done
     raise AssertionError("the exact lists are always taken")
 
 
@@ -1420,11 +1446,12 @@ def _trends_result(
 def _period_levels(
     source: Source, project_id: int, q: FunnelQuery, interval: str, buckets: list[Period]
 ) -> tuple[funnel_pass.Ints, funnel_pass.Ints] | None:
-    """Funnel trends by the pass, for ordered funnels it serves: each start carries ``1 +`` its
-    bucket as its code; per (person, bucket) the furthest level of that bucket's starts.
-    ``None`` where the pass does not serve the funnel or the codes do not fit."""
+    """Funnel trends by the pass, for the ordered and strict funnels it serves: each start
+    carries ``1 +`` its bucket as its code; per (person, bucket) the furthest level of that
+    bucket's starts. ``None`` where the pass does not serve the funnel or the codes do not
+    fit."""
     plain = replace(q, breakdown=None, breakdown_attribution="first_touch")
-    if q.order != "ordered" or not buckets or not _uses_pass(plain, source):
+    if q.order == "unordered" or not buckets or not _uses_pass(plain, source):
         return None
     first = buckets[0].number
     if buckets[-1].number - first + 1 != len(buckets):  # numbers are consecutive
@@ -1436,10 +1463,24 @@ def _period_levels(
     period = LocalPeriods(sql, q.date_range.timezone, start, end).period(_c("timestamp"), interval)
     code = exp.Sub(this=period, expression=lit(first - 1))
     code_bits = (len(buckets) + 1).bit_length()
-    lists = _coded_lists(arrow, project_id, plain, sql, conds, code, code_bits)
-    if lists is None:
+    n = len(q.steps)
+    pairs: tuple[funnel_pass.Ints, funnel_pass.Ints] | None
+    if q.order == "strict":  # the period's code on the starts (later steps may be past it)
+        pairs = _strict_pass(
+            arrow, project_id, plain, sql, conds, code, code_bits,
+            lambda o, v, exact: funnel_pass.strict_code_levels(
+                o, v, n, q.window_us, code_bits, exact=exact
+            ),
+            every_step=False,
+        )  # fmt: skip
+    else:
+        lists = _coded_lists(arrow, project_id, plain, sql, conds, code, code_bits)
+        pairs = (
+            None if lists is None else funnel_pass.code_levels(*lists, n, q.window_us, code_bits)
+        )
+    if pairs is None:
         return None
-    codes, level = funnel_pass.code_levels(*lists, len(q.steps), q.window_us, code_bits)
+    codes, level = pairs
     if len(codes) and (codes.min() < 1 or codes.max() > len(buckets)):
         return None  # a start outside the buckets: not expected, but never miscounted
     return codes, level
