@@ -14,6 +14,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 from datetime import datetime
 
+import orjson
 import pytest
 
 from tests.ingest.identity_harness import (
@@ -251,6 +252,17 @@ def _props_after(runtime: Runtime, pid: int, *ops: dict) -> dict:
 def test_set_overwrites(runtime: Runtime, pid: int) -> None:
     ops = [{"$set": {"plan": "free", "city": "杭州"}}, {"$set": {"plan": "pro"}}]
     assert _props_after(runtime, pid, *ops) == {"plan": "pro", "city": "杭州"}
+
+
+def test_set_replaces_a_value_python_calls_equal(runtime: Runtime, pid: int) -> None:
+    # [true] == [1.0] and {"x": 1} == {"x": true} in Python, not in JSON: the $set must land
+    ops = [
+        {"$set": {"c": [1.0], "d": {"x": 1}, "e": [[0]]}},
+        {"$set": {"c": [True], "d": {"x": True}, "e": [[False]]}},
+        {"$union": {"c": 1}},  # true is not 1: a second element
+    ]
+    got = orjson.dumps(_props_after(runtime, pid, *ops), option=orjson.OPT_SORT_KEYS)
+    assert got == b'{"c":[true,1],"d":{"x":true},"e":[[false]]}'
 
 
 def test_set_once_only_fills_absent_names(runtime: Runtime, pid: int) -> None:

@@ -50,8 +50,15 @@ def person_id_for(project_id: int, distinct_id: str) -> str:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """JSON equality: ``true`` is not ``1`` and ``1`` is not ``1.0`` here, unlike in Python."""
-    return type(a) is type(b) and a == b
+    """JSON equality: ``true`` is not ``1`` and ``1`` is not ``1.0`` here, unlike in Python,
+    inside lists and objects too (``[true]`` is not ``[1.0]``)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
 
 
 def _values(value: Any) -> list[Any]:
