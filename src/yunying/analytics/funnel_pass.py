@@ -107,18 +107,16 @@ def code_levels(
 ) -> tuple[Ints, Ints]:
     """For each (person, start code) pair, as :func:`coded_chains`' values, the code and the
     furthest level of the chains from the person's starts with that code: funnel trends, where
-    the code is the start's period and each period keeps its own chosen chain."""
+    the code is the start's period and each period keeps its own chosen chain. The codes must
+    not decrease with time (periods), so each pair's starts are neighbours."""
 
     def work(o: Ints, p: Ints) -> tuple[Ints, Ints]:
         d = _chains(o, p, steps, window_us, code_bits)
-        who, code, level = d.starts  # persons with several starts: every start
-        # the furthest level per (person, code): sort by pair, then take each pair's maximum
-        order = np.lexsort((level, code, who))
-        who, code, level = who[order], code[order], level[order]
-        last = np.r_[(who[1:] != who[:-1]) | (code[1:] != code[:-1]), True][: len(who)]
+        who, code, level = d.starts  # persons with several starts: every start, in time order
+        pair_code, pair_level = _pair_levels(who, code, level)
         one = d.level > 0  # persons with one start: one pair each
         one[who] = False
-        return np.r_[d.codes[one], code[last]], np.r_[d.level[one], level[last]]
+        return np.r_[d.codes[one], pair_code], np.r_[d.level[one], pair_level]
 
     done = _by_ranges(offsets, packed, threads, work)
     return np.concatenate([d[0] for d in done]), np.concatenate([d[1] for d in done])
@@ -455,10 +453,17 @@ def _strict(
         c[who] = np.where(pos >= 0, (packed[pos] >> bits) & ((1 << code_bits) - 1), -1)
     if not pairs:
         return _StrictDone(level, times, codes, (none, none))
-    # starts in (person, time) order have non-decreasing codes: each pair's starts are a run
     code = (packed[starts] >> bits) & ((1 << code_bits) - 1)
-    runs = np.flatnonzero(np.r_[True, (owner[1:] != owner[:-1]) | (code[1:] != code[:-1])])
-    return _StrictDone(level, times, codes, (code[runs], np.maximum.reduceat(lv, runs)))
+    return _StrictDone(level, times, codes, _pair_levels(owner, code, lv))
+
+
+def _pair_levels(who: Ints, code: Ints, level: Ints) -> tuple[Ints, Ints]:
+    """Starts in (person, time) order, with codes that do not decrease with time: each (person,
+    code) pair's starts are a run, so its code and the run's furthest level."""
+    if not len(who):
+        return code, level
+    runs = np.flatnonzero(np.r_[True, (who[1:] != who[:-1]) | (code[1:] != code[:-1])])
+    return code[runs], np.maximum.reduceat(level, runs)
 
 
 def summary(level: Ints, times: list[Ints], steps: int) -> list[Any]:
