@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from tests.analytics import reference as ref
@@ -377,3 +378,73 @@ def test_first_touch_breakdown_by_the_pass_equals_the_reference(
         assert coded_outcomes == []
     elif by == "channel":  # one value per person: never a tie between values
         assert coded_outcomes == [True, True]  # DuckDB and ClickHouse
+
+
+# -- rows in person order: person_runs ---------------------------------------------------------------
+
+
+def grouped(offsets: Any, values: Any, keys: list[bytes]) -> dict[bytes, list[int]]:
+    """Each list's values, sorted, under the key of its rows (every list one key)."""
+    out: dict[bytes, list[int]] = {}
+    for i in range(len(offsets) - 1):
+        out[keys[i]] = sorted(int(v) for v in values[offsets[i] : offsets[i + 1]])
+    return out
+
+
+def id_keys(rng: random.Random, persons: int) -> list[bytes]:
+    """Sorted 16-byte ids; some pairs share their first 8 bytes, to need the second half."""
+    keys = {rng.getrandbits(128).to_bytes(16, "big") for _ in range(persons)}
+    twins = {k[:8] + rng.getrandbits(64).to_bytes(8, "big") for k in list(keys)[: persons // 5]}
+    return sorted(keys | twins)
+
+
+LAYOUTS = ("person order", "two months", "appended rows", "shuffled chunks", "shuffled")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("seed", range(3))
+def test_person_runs_give_each_person_one_list_of_its_values(layout: str, seed: int) -> None:
+    rng = random.Random(seed)
+    keys = id_keys(rng, 200)
+    rows = [(k, rng.randrange(1 << 40)) for k in keys for _ in range(rng.randrange(1, 6))]
+    if layout == "two months":  # each month in person order
+        half = [r for r in rows if r[1] % 2], [r for r in rows if not r[1] % 2]
+        rows = half[0] + half[1]
+    elif layout == "appended rows":
+        tail = [(rng.choice(keys), rng.randrange(1 << 40)) for _ in range(40)]
+        rows = rows + tail
+    elif layout == "shuffled chunks":
+        chunks = [rows[i : i + 7] for i in range(0, len(rows), 7)]
+        rng.shuffle(chunks)
+        rows = [r for c in chunks for r in c]
+    elif layout == "shuffled":
+        rng.shuffle(rows)
+    want: dict[bytes, list[int]] = {}
+    for k, v in rows:
+        want.setdefault(k, []).append(v)
+    ids = pa.array([k for k, _ in rows], pa.binary(16))
+    for column in (ids, pa.ExtensionArray.from_storage(pa.uuid(), ids), pa.chunked_array([ids])):
+        offsets, values = fp.person_runs(column, np.array([v for _, v in rows], np.int64))
+        assert offsets[0] == 0 and offsets[-1] == len(rows) == len(values)
+        assert np.all(np.diff(offsets) > 0)
+        firsts = [rows_key for rows_key in _keys_of(offsets, values, rows)]
+        assert len(set(firsts)) == len(firsts) == len(want)  # one list per person
+        assert grouped(offsets, values, firsts) == {k: sorted(v) for k, v in want.items()}
+    if layout == "person order":  # runs in ascending order: the rows stay where they are
+        assert values.tolist() == [v for _, v in rows]
+
+
+def _keys_of(offsets: Any, values: Any, rows: list[tuple[bytes, int]]) -> list[bytes]:
+    """The key of each list, by its first value (values are unique per key here)."""
+    owner = {v: k for k, v in rows}
+    return [owner[int(values[offsets[i]])] for i in range(len(offsets) - 1)]
+
+
+def test_person_runs_of_no_rows_and_bad_keys() -> None:
+    offsets, values = fp.person_runs(pa.array([], pa.binary(16)), np.zeros(0, np.int64))
+    assert offsets.tolist() == [0] and not len(values)
+    with pytest.raises(TypeError, match="16-byte"):
+        fp.person_runs(pa.array(["a", "b"]), np.zeros(2, np.int64))
+    sliced = pa.array([b"\x01" * 16, b"\x02" * 16, b"\x02" * 16, b"\x01" * 16], pa.binary(16))[1:]
+    offsets, values = fp.person_runs(sliced, np.array([5, 6, 7]))
+    assert offsets.tolist() == [0, 1, 3] and values.tolist() == [7, 5, 6]

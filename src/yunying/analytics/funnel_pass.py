@@ -62,6 +62,48 @@ def fetch(column: pa.ChunkedArray) -> tuple[Ints, Ints]:
     return offsets - offsets[0], values[offsets[0] : offsets[-1]]
 
 
+def person_runs(keys: pa.Array | pa.ChunkedArray, values: Ints) -> tuple[Ints, Ints]:
+    """Rows (person key, value) grouped into per-person lists, as :func:`fetch` gives them: the
+    list offsets and the values, each person's values together. ``keys`` are 16-byte person ids
+    (``arrow.uuid``). A store kept in person order hands the rows over as runs of one person in
+    ascending key order, which is the whole answer when no key comes back; otherwise (time
+    buckets, rows appended since, an unordered join) the runs are put in key order (numpy's
+    stable sort merges ascending stretches cheaply) and the runs of one person joined, their
+    values in run order, so lists need :func:`sort_within` like an engine's lists."""
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    if isinstance(keys, pa.ExtensionArray):
+        keys = keys.storage
+    if keys.type != pa.binary(16) or keys.null_count:
+        raise TypeError(f"person keys must be 16-byte ids without nulls, not {keys.type}")
+    n = len(keys)
+    if not n:
+        return np.zeros(1, np.int64), np.zeros(0, np.int64)
+    raw = np.frombuffer(keys.buffers()[1], np.uint64)[2 * keys.offset : 2 * (keys.offset + n)]
+    a, b = raw[0::2], raw[1::2]
+    change = np.empty(n, np.bool_)
+    change[0] = True
+    np.not_equal(a[1:], a[:-1], out=change[1:])
+    change[1:] |= b[1:] != b[:-1]
+    starts = np.flatnonzero(change)
+    # the ids' byte order is their sort order: compare as big-endian numbers
+    hi, lo = a[starts].byteswap(), b[starts].byteswap()
+    if (hi[1:] > hi[:-1]).sum() + ((hi[1:] == hi[:-1]) & (lo[1:] > lo[:-1])).sum() == len(hi) - 1:
+        return np.append(starts, n), values  # one run per person: nothing to move
+    order = np.argsort(hi, kind="stable")
+    same = hi[order][1:] == hi[order][:-1]
+    if (same & (lo[order][1:] != lo[order][:-1])).any():  # two ids share their first 8 bytes
+        order = np.lexsort((lo, hi))
+        same = hi[order][1:] == hi[order][:-1]
+    lengths = np.diff(np.append(starts, n))[order]
+    at = np.cumsum(lengths) - lengths  # where each run lands
+    rows = np.repeat(starts[order] - at, lengths)
+    rows += np.arange(n, dtype=np.int64)
+    first = np.ones(len(order), np.bool_)
+    first[1:] = ~(same & (lo[order][1:] == lo[order][:-1]))
+    return np.append(at[first], n), values[rows]
+
+
 def chains(
     offsets: Ints, packed: Ints, steps: int, window_us: int, threads: int | None = None
 ) -> tuple[Ints, list[Ints]]:

@@ -954,6 +954,7 @@ def _by_pass(
         )
     table, level, times = _ordered_lists(source, project_id, q, sql, conds, exp.alias_(starts, "s"))
     overall = funnel_pass.summary(level, times, n)
+    assert table is not None  # extra columns come in a table
     if not table.num_rows:
         return overall, []
     chosen, has = funnel_pass.chosen_starts(table.column(1).combine_chunks(), times[0], level)
@@ -983,21 +984,70 @@ def _ordered_lists(
     sql: Sql,
     conds: list[exp.Expr],
     *extra: exp.Expr,
-) -> tuple[pa.Table, funnel_pass.Ints, list[funnel_pass.Ints]]:
+) -> tuple[pa.Table | None, funnel_pass.Ints, list[funnel_pass.Ints]]:
     """Every person's chosen chain of an ordered funnel by the pass: one list of packed step
-    events per person (and the ``extra`` columns), then the chains (level, step times)."""
+    events per person (and the ``extra`` columns, in a table of one row per person), then the
+    chains (level, step times)."""
     # the step of each event: conditions are disjoint (distinct event names)
     step = exp.Case(ifs=[exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds)])
-    lists = exp.alias_(exp.ArrayAgg(this=_packed(sql, step, len(conds))), "l")
+    packed = _packed(sql, step, len(conds))
+    where = _ev_where(q, sql, conds, arrays=True)
+    if not extra:
+        offsets, values = _person_lists(source, project_id, q, sql, packed, where)
+        return None, *funnel_pass.chains(offsets, values, len(conds), q.window_us)
     tree = (
-        exp.select(lists, *extra)
+        exp.select(exp.alias_(exp.ArrayAgg(this=packed), "l"), *extra)
         .from_(events_from(source, project_id, person=uses_person(q)))
-        .where(_ev_where(q, sql, conds, arrays=True))
+        .where(where)
         .group_by(_c("person_id"))
     )
     table = source.query_arrow(sql.render(tree))
     offsets, values = funnel_pass.fetch(table.column(0))
     return table, *funnel_pass.chains(offsets, values, len(conds), q.window_us)
+
+
+def _person_lists(
+    source: ArrowSource,
+    project_id: int,
+    q: FunnelQuery,
+    sql: Sql,
+    packed: exp.Expr,
+    where: exp.Expr,
+    exact: bool = False,
+) -> tuple[funnel_pass.Ints, funnel_pass.Ints]:
+    """Each person's list of ``packed`` over the events ``where`` selects, as list offsets and
+    values (in no promised order, unless ``exact``: then ordered by time, then uuid). Where the
+    store keeps events in person order (``person_ordered``: DuckDB after ``compact_events``),
+    the rows come as runs of one person (:func:`funnel_pass.person_runs`), sparing the engine
+    its ``GROUP BY``; else one ``ARRAY_AGG`` per person."""
+    relation = events_from(source, project_id, person=uses_person(q))
+    ordered = getattr(source, "person_ordered", None)
+    if not exact and callable(ordered) and ordered(project_id):
+        rows = exp.select(_c("person_id"), exp.alias_(packed, "v")).from_(relation).where(where)
+        table = source.query_arrow(sql.render(rows))
+        values = table.column(1).to_numpy().astype(np.int64, copy=False)
+        return funnel_pass.person_runs(table.column(0), values)
+    if exact and sql.ch:  # sort (time, uuid as text, value) tuples, keep the values
+        x = exp.to_identifier("x")
+        ts = sql.epoch_us(_c("timestamp"))
+        tup = exp.Anonymous(this="tuple", expressions=[ts, sql.text(_c("uuid")), packed.copy()])
+        lists: exp.Expr = exp.Anonymous(
+            this="arrayMap",
+            expressions=[
+                exp.Lambda(
+                    this=exp.Anonymous(this="tupleElement", expressions=[x, lit(3)]),
+                    expressions=[x.copy()],
+                ),
+                exp.Anonymous(this="arraySort", expressions=[exp.ArrayAgg(this=tup)]),
+            ],
+        )
+    elif exact:  # DuckDB orders uuids as their text
+        order = [exp.Ordered(this=_c("timestamp")), exp.Ordered(this=_c("uuid"))]
+        lists = exp.ArrayAgg(this=exp.Order(this=packed.copy(), expressions=order))
+    else:
+        lists = exp.ArrayAgg(this=packed)
+    tree = exp.select(exp.alias_(lists, "l")).from_(relation).where(where).group_by(_c("person_id"))
+    return funnel_pass.fetch(source.query_arrow(sql.render(tree)).column(0))
 
 
 def _coded_by_pass(
@@ -1120,13 +1170,7 @@ def _coded_lists(
     packed = _coded_packed(sql, q, cases, code, code_bits, others=False)
     if packed is None:
         return None
-    tree = (
-        exp.select(exp.alias_(exp.ArrayAgg(this=packed), "l"))
-        .from_(events_from(source, project_id, person=uses_person(q)))
-        .where(_ev_where(q, sql, conds, arrays=True))
-        .group_by(_c("person_id"))
-    )
-    return funnel_pass.fetch(source.query_arrow(sql.render(tree)).column(0))
+    return _person_lists(source, project_id, q, sql, packed, _ev_where(q, sql, conds, arrays=True))
 
 
 def _unordered_by_pass(
@@ -1142,13 +1186,9 @@ def _unordered_by_pass(
             for i, c in enumerate(classes)
         ]
     )
-    tree = (
-        exp.select(exp.alias_(exp.ArrayAgg(this=_packed(sql, cls, len(classes))), "l"))
-        .from_(events_from(source, project_id, person=uses_person(q)))
-        .where(_ev_where(q, sql, conds, arrays=False))
-        .group_by(_c("person_id"))
-    )
-    offsets, values = funnel_pass.fetch(source.query_arrow(sql.render(tree)).column(0))
+    packed = _packed(sql, cls, len(classes))
+    where = _ev_where(q, sql, conds, arrays=False)
+    offsets, values = _person_lists(source, project_id, q, sql, packed, where)
     _, end = q.date_range.utc_bounds()
     level = funnel_pass.unordered_levels(offsets, values, mult, q.window_us, _epoch_us(end))
     n = len(q.steps)
@@ -1209,35 +1249,9 @@ def _strict_pass(
         packed = _coded_packed(sql, q, cases, code, code_bits, others=True)
     if packed is None:
         return None
-    by_value = exp.ArrayAgg(this=packed)  # funnel_pass sorts the lists that need it
-    if sql.ch:  # sort (time, uuid as text, value) tuples, keep the values
-        x = exp.to_identifier("x")
-        ts = sql.epoch_us(_c("timestamp"))
-        tup = exp.Anonymous(this="tuple", expressions=[ts, sql.text(_c("uuid")), packed.copy()])
-        by_order: exp.Expr = exp.Anonymous(
-            this="arrayMap",
-            expressions=[
-                exp.Lambda(
-                    this=exp.Anonymous(this="tupleElement", expressions=[x, lit(3)]),
-                    expressions=[x.copy()],
-                ),
-                exp.Anonymous(this="arraySort", expressions=[exp.ArrayAgg(this=tup)]),
-            ],
-        )
-    else:  # DuckDB orders uuids as their text
-        order = [exp.Ordered(this=_c("timestamp")), exp.Ordered(this=_c("uuid"))]
-        by_order = exp.ArrayAgg(this=exp.Order(this=packed.copy(), expressions=order))
-    relation = events_from(source, project_id, person=uses_person(q))
     where = _ev_where(q, sql, conds, arrays=False)
-    for exact, lists in ((False, by_value), (True, by_order)):
-        tree = (
-            exp.select(exp.alias_(lists, "l"))
-            .from_(relation.copy())
-            .where(where.copy())
-            .group_by(_c("person_id"))
-        )
-        offsets, values = funnel_pass.fetch(source.query_arrow(sql.render(tree)).column(0))
-        done = kernel(offsets, values, exact)
+    for exact in (False, True):  # funnel_pass sorts the lists that need it; exact on a tie
+        done = kernel(*_person_lists(source, project_id, q, sql, packed, where, exact), exact)
         if done is not None:
             return done
     raise AssertionError("the exact lists are always taken")
