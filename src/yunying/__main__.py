@@ -1,3 +1,3 @@
-from yunying.cli.main import app
+from yunying.cli.main import main
 
-app()
+main()

@@ -457,6 +457,9 @@ def demo(
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    from yunying.analytics.memory import keep_freed_memory
+
+    keep_freed_memory()  # big analysis arrays stay mapped between queries
     app()
 
 
