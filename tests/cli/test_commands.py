@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -93,6 +94,46 @@ def test_sql_needs_project_when_there_are_several(tmp_path: Path) -> None:
     assert cli(d, "sql", "SELECT 1", "--project", "b").exit_code == 0
 
 
+def test_compact_puts_events_in_person_order_and_keeps_them(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    key = orjson.loads(cli(d, "project", "create", "a", "--json").stdout)["write_key"]
+    from yunying.config import load_settings
+    from yunying.ingest.model import validate_batch
+    from yunying.runtime import Runtime
+
+    rt = Runtime.open(load_settings(data_dir=d))
+    raws = [
+        {
+            "event": "edit_video",
+            "distinct_id": f"u{i % 3}",
+            "timestamp": f"2024-03-0{1 + i}T10:00:00Z",
+        }
+        for i in range(6)
+    ]
+    rt.writer.write(1, validate_batch(raws).events)
+    rt.close()
+    assert key
+    before = cli(d, "sql", "SELECT distinct_id, timestamp FROM events", "--json")
+    out = cli(d, "compact", "--json")
+    assert out.exit_code == 0, out.output
+    assert orjson.loads(out.stdout) == {
+        "compacted": True,
+        "rows": 6,
+        "seconds": pytest.approx(0, abs=30),
+    }
+    after = cli(d, "sql", "SELECT distinct_id, timestamp FROM events", "--json")
+    rows = orjson.loads(after.stdout)["rows"]
+    assert sorted(rows) == sorted(orjson.loads(before.stdout)["rows"])
+
+    def runs(rows: list[list[Any]]) -> int:
+        return len([who for who, _ in itertools.groupby(r[0] for r in rows)])
+
+    assert runs(orjson.loads(before.stdout)["rows"]) == 6  # as written: in time order
+    assert runs(rows) == 3  # each person's events together
+    plain = cli(d, "compact")
+    assert plain.exit_code == 0 and "compacted 6 events" in plain.output
+
+
 def _yunying(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "yunying", *args], capture_output=True, text=True, timeout=120, **kw
@@ -103,9 +144,8 @@ def _yunying(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
 def test_commands_go_through_a_running_server(tmp_path: Path) -> None:
     """DuckDB allows one writer process: with `serve` running, sql and import use its API."""
     d = str(tmp_path / "d")
-    key = orjson.loads(_yunying("project", "create", "app", "--json", "--data-dir", d).stdout)[
-        "write_key"
-    ]
+    project = orjson.loads(_yunying("project", "create", "app", "--json", "--data-dir", d).stdout)
+    key = project["write_key"]
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "yunying", "serve", "--port", str(port), "--data-dir", d],
@@ -149,6 +189,14 @@ def test_commands_go_through_a_running_server(tmp_path: Path) -> None:
         )
         assert out.returncode == 0, out.stderr
         assert orjson.loads(out.stdout)["rows"] == [["app_open", 1], ["edit_video", 10]]
+        compacted = _yunying("compact", "--json", "--data-dir", d)  # through the server too
+        assert compacted.returncode == 0, compacted.stderr
+        assert orjson.loads(compacted.stdout)["rows"] == 11
+        secret = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/admin/compact",
+            headers={"Authorization": f"Bearer {project['secret_key']}"},
+        )
+        assert secret.status_code == 403 and "admin token" in secret.text
         second = _yunying("serve", "--port", str(free_port()), "--data-dir", d)
         assert second.returncode == 1 and "already runs" in second.stderr
     finally:

@@ -257,6 +257,40 @@ def sql(
     err.print(f"{len(rows)} row(s)")
 
 
+@app.command()
+def compact(
+    json_out: JSONOut = False,
+    data_dir: DataDir = None,
+    events_url: EventsURL = None,
+    state_url: StateURL = None,
+) -> None:
+    """Rewrite the stored events in person order, so funnels read each person's events as one
+    run instead of grouping them (DuckDB; run it nightly, or after big imports)."""
+    from yunying.cli.remote import find_server
+
+    settings = settings_of(data_dir, events_url, state_url)
+    server = find_server(settings)
+    try:
+        if server is not None:
+            out = server.call("POST", "/api/v1/admin/compact")
+        else:
+            from yunying.store import compact_events
+
+            rt = open_runtime(settings)
+            try:
+                out = compact_events(rt.store)
+            finally:
+                rt.close()
+    except YunyingError as exc:
+        fail(str(exc))
+    if json_out:
+        print_json(out)
+    elif out["compacted"]:
+        console.print(f"compacted {out['rows']:,} events in {out['seconds']:.1f} s")
+    else:
+        console.print(f"nothing to do: {out['reason']}")
+
+
 @app.command("import")
 def import_(
     file: Annotated[

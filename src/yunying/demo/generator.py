@@ -38,7 +38,7 @@ from yunying.demo.tables import (
 )
 from yunying.errors import NotFound, YunyingError
 from yunying.state import Project, create_project, get_project
-from yunying.store import EventStore
+from yunying.store import EventStore, compact_events
 
 if TYPE_CHECKING:
     from yunying.runtime import Runtime
@@ -223,9 +223,7 @@ def generate_demo(
         if pending is not None:
             pending.result()
     rt.store.refresh_overrides()  # the bulk load bypassed the writer's person overrides
-    checkpoint = getattr(rt.store, "checkpoint", None)
-    if callable(checkpoint):
-        checkpoint()
+    compact_events(rt.store)  # person order for funnels (and a checkpoint), as `yunying compact`
     elapsed = clock.perf_counter() - started
     stats = tally.per_channel()
     return {

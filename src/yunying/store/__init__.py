@@ -20,11 +20,27 @@ __all__ = [
     "EventTransaction",
     "PersonRecord",
     "QueryResult",
+    "compact_events",
     "open_event_store",
     "person_values_table",
     "rewrite",
     "run_readonly_sql",
 ]
+
+
+def compact_events(store: EventStore) -> dict[str, object]:
+    """Put the stored events in person order where the engine needs it done
+    (:meth:`DuckDBEventStore.compact_events`): ``compacted``, ``rows`` and ``seconds``, or why
+    not. ClickHouse keeps its own order: MergeTree merges its parts in the background."""
+    compact = getattr(store, "compact_events", None)
+    if not callable(compact):
+        return {
+            "compacted": False,
+            "rows": 0,
+            "seconds": 0.0,
+            "reason": "ClickHouse keeps events in order itself (MergeTree merges its parts)",
+        }
+    return {"compacted": True, **compact()}
 
 
 def open_event_store(url: str) -> EventStore:

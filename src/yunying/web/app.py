@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from yunying import __version__
 from yunying.errors import ReadOnlyViolation
 from yunying.runtime import Runtime
-from yunying.store import run_readonly_sql
+from yunying.store import compact_events, run_readonly_sql
 from yunying.web.activities_api import activities_router
 from yunying.web.analytics_api import analytics_router
 from yunying.web.audience_api import audience_router
@@ -145,6 +145,17 @@ def create_app(runtime: Runtime) -> FastAPI:
         except Exception as exc:  # engine errors (bad column...) are the user's to fix
             raise HTTPProblem(400, f"query failed: {exc}") from None
         return json_response({"columns": result.columns, "rows": result.rows})
+
+    @app.post("/api/v1/admin/compact")
+    async def compact(request: Request) -> Response:
+        """Rewrite the stored events in person order (DuckDB), for per-person analyses to read
+        runs of rows; every project's events, so the local admin token only. Ingestion waits
+        meanwhile: about 1.5 min per 10M events on 2 cores."""
+        if auth.principal(request) is not None:
+            raise HTTPProblem(
+                403, "compaction rewrites every project's events: use the admin token"
+            )
+        return json_response(await asyncio.to_thread(compact_events, runtime.store))
 
     for router in (
         analytics_router,
