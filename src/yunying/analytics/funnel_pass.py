@@ -88,19 +88,26 @@ def person_runs(keys: pa.Array | pa.ChunkedArray, values: Ints) -> tuple[Ints, I
     starts = np.flatnonzero(change)
     # the ids' byte order is their sort order: compare as big-endian numbers
     hi, lo = a[starts].byteswap(), b[starts].byteswap()
-    if (hi[1:] > hi[:-1]).sum() + ((hi[1:] == hi[:-1]) & (lo[1:] > lo[:-1])).sum() == len(hi) - 1:
+    up = hi[1:] > hi[:-1]
+    if up.all() or (up | ((hi[1:] == hi[:-1]) & (lo[1:] > lo[:-1]))).all():
         return np.append(starts, n), values  # one run per person: nothing to move
     order = np.argsort(hi, kind="stable")
-    same = hi[order][1:] == hi[order][:-1]
-    if (same & (lo[order][1:] != lo[order][:-1])).any():  # two ids share their first 8 bytes
+    ho, lo_ = hi[order], lo[order]
+    same = ho[1:] == ho[:-1]
+    if (same & (lo_[1:] != lo_[:-1])).any():  # two ids share their first 8 bytes
         order = np.lexsort((lo, hi))
-        same = hi[order][1:] == hi[order][:-1]
+        ho, lo_ = hi[order], lo[order]
+        same = ho[1:] == ho[:-1]
+    begin = starts[order]
     lengths = np.diff(np.append(starts, n))[order]
     at = np.cumsum(lengths) - lengths  # where each run lands
-    rows = np.repeat(starts[order] - at, lengths)
-    rows += np.arange(n, dtype=np.int64)
+    # the rows to take, in order: +1 inside a run, a jump to the next run's first row
+    rows = np.ones(n, np.int64)
+    rows[0] = begin[0]
+    rows[at[1:]] = begin[1:] - (begin[:-1] + lengths[:-1]) + 1
+    np.cumsum(rows, out=rows)
     first = np.ones(len(order), np.bool_)
-    first[1:] = ~(same & (lo[order][1:] == lo[order][:-1]))
+    first[1:] = ~(same & (lo_[1:] == lo_[:-1]))
     return np.append(at[first], n), values[rows]
 
 
