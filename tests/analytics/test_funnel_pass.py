@@ -424,7 +424,8 @@ def test_person_runs_give_each_person_one_list_of_its_values(layout: str, seed: 
         want.setdefault(k, []).append(v)
     ids = pa.array([k for k, _ in rows], pa.binary(16))
     for column in (ids, pa.ExtensionArray.from_storage(pa.uuid(), ids), pa.chunked_array([ids])):
-        offsets, values = fp.person_runs(column, np.array([v for _, v in rows], np.int64))
+        offsets, values, heads = fp.person_runs(column, np.array([v for _, v in rows], np.int64))
+        assert [rows[h][0] for h in heads] == _keys_of(offsets, values, rows)  # each list's id
         assert offsets[0] == 0 and offsets[-1] == len(rows) == len(values)
         assert np.all(np.diff(offsets) > 0)
         firsts = [rows_key for rows_key in _keys_of(offsets, values, rows)]
@@ -441,10 +442,11 @@ def _keys_of(offsets: Any, values: Any, rows: list[tuple[bytes, int]]) -> list[b
 
 
 def test_person_runs_of_no_rows_and_bad_keys() -> None:
-    offsets, values = fp.person_runs(pa.array([], pa.binary(16)), np.zeros(0, np.int64))
-    assert offsets.tolist() == [0] and not len(values)
+    offsets, values, heads = fp.person_runs(pa.array([], pa.binary(16)), np.zeros(0, np.int64))
+    assert offsets.tolist() == [0] and not len(values) and not len(heads)
     with pytest.raises(TypeError, match="16-byte"):
         fp.person_runs(pa.array(["a", "b"]), np.zeros(2, np.int64))
     sliced = pa.array([b"\x01" * 16, b"\x02" * 16, b"\x02" * 16, b"\x01" * 16], pa.binary(16))[1:]
-    offsets, values = fp.person_runs(sliced, np.array([5, 6, 7]))
+    offsets, values, heads = fp.person_runs(sliced, np.array([5, 6, 7]))
     assert offsets.tolist() == [0, 1, 3] and values.tolist() == [7, 5, 6]
+    assert heads.tolist() == [2, 0]

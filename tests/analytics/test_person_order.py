@@ -6,9 +6,10 @@ compaction, persons merged after it, and journeys across a month boundary."""
 from __future__ import annotations
 
 import random
+import sys
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from tests.analytics.conftest import (
 from tests.analytics.test_funnels import window_funnel
 from yunying.analytics import (
     DateRange,
+    Filter,
     FunnelQuery,
     FunnelStep,
     FunnelTimeToConvertQuery,
@@ -36,8 +38,11 @@ from yunying.analytics import (
     funnel,
     funnel_time_to_convert,
     funnel_trends,
+    paths,
+    prop,
 )
 from yunying.analytics import funnel_pass as fp
+from yunying.analytics.paths import PathsQuery
 from yunying.ingest.model import validate_batch
 from yunying.runtime import Runtime
 
@@ -230,3 +235,83 @@ def test_clickhouse_groups_its_lists(compacted: Any, runs: list[int]) -> None:
     ds = compacted[0]
     assert funnel(ds.chdb, ds.ch_project_id, query()).counts[0] > 0
     assert not runs
+
+
+# -- paths: every event of the person, read as runs ---------------------------------------------------
+
+PATH_QUERIES = [
+    PathsQuery(RANGE, start_event="sign_up", steps=4),
+    PathsQuery(RANGE, end_event="purchase_membership", steps=3),
+    PathsQuery(RANGE, "app_install", "export_video", steps=5),
+    PathsQuery(RANGE, steps=6, exclude_events=("edit_video",)),
+    PathsQuery(RANGE, start_event="edit_video", steps=3, filters=(Filter(prop("plan"), "eq", "pro"),)),
+]  # fmt: skip
+
+
+@pytest.fixture
+def path_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many persons each paths-by-runs call left to the exact window query."""
+    module = sys.modules["yunying.analytics.paths"]
+    calls: list[int] = []
+    real = module.path_counts
+
+    def spy(*args: Any) -> Any:
+        counted, unsure = real(*args)
+        calls.append(len(unsure))
+        return counted, unsure
+
+    monkeypatch.setattr(module, "path_counts", spy)
+    return calls
+
+
+@pytest.mark.parametrize("q", PATH_QUERIES, ids=["start", "end", "between", "first", "filtered"])
+def test_paths_by_runs_equal_the_window_query_and_the_reference(
+    compacted: Any, path_runs: list[int], monkeypatch: pytest.MonkeyPatch, q: PathsQuery
+) -> None:
+    ds = compacted[0]
+    got = both(ds, paths, q)
+    assert path_runs  # read as runs
+    module = sys.modules["yunying.analytics.paths"]
+    monkeypatch.setattr(module, "_quick", lambda *a: None)
+    assert paths(ds.duck, ds.project_id, q) == got  # the window query over every event
+    if q.between or q.filters:
+        return  # the reference walks neither
+    lo, hi = ref.bounds(RANGE.date_from, RANGE.date_to, TZ)
+    anchor = q.start_event or q.end_event
+    nodes, edges = ref.paths(
+        ds.events, lo, hi, lambda e: e["event"] not in q.exclude_events,
+        None if anchor is None else (lambda e, a=anchor: e["event"] == a), q.backwards, q.steps,
+    )  # fmt: skip
+    assert {(n.step, n.event): n.persons for n in got.nodes} == nodes
+    assert len(edges) > 10
+
+
+def test_paths_by_runs_leave_events_at_one_instant_to_the_uuid(
+    small: Any, path_runs: list[int]
+) -> None:
+    t = datetime(2024, 3, 5, 2)
+
+    def e(name: str, who: str, sec: int, uid: int) -> dict[str, Any]:
+        return {"event": name, "distinct_id": who, "timestamp": iso(t + timedelta(seconds=sec)),
+                "uuid": f"00000000-0000-4000-8000-{uid:012d}"}  # fmt: skip
+
+    ds = small(
+        [
+            # p's B and A at one instant: B's uuid is the smaller, so B comes first (the keys,
+            # which hold the names' codes, would put A first)
+            e("S", "p", 0, 5), e("B", "p", 1, 8), e("A", "p", 1, 9),
+            e("S", "q", 0, 1), e("A", "q", 1, 2), e("B", "q", 2, 3),
+            e("S", "q", 5, 4), e("X", "r", 0, 6),
+        ]
+    )  # fmt: skip
+    ds.duck.compact_events()
+    day = DateRange(date(2024, 3, 5), date(2024, 3, 5))
+    got = both(ds, paths, PathsQuery(day, start_event="S", steps=3))
+    assert path_runs == [1]  # p goes to the window query
+    assert {(x.step, x.source, x.target): x.persons for x in got.edges} == {
+        (0, "S", "A"): 1, (1, "A", "B"): 1, (0, "S", "B"): 1, (1, "B", "A"): 1,
+    }  # fmt: skip
+    back = both(ds, paths, PathsQuery(day, end_event="B", steps=2))
+    assert {(x.step, x.source, x.target): x.persons for x in back.edges} == {
+        (-1, "S", "B"): 1, (-1, "A", "B"): 1,
+    }  # fmt: skip

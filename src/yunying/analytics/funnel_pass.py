@@ -62,9 +62,17 @@ def fetch(column: pa.ChunkedArray) -> tuple[Ints, Ints]:
     return offsets - offsets[0], values[offsets[0] : offsets[-1]]
 
 
-def person_runs(keys: pa.Array | pa.ChunkedArray, values: Ints) -> tuple[Ints, Ints]:
+class Runs(NamedTuple):
+    """Per-person lists from rows (:func:`person_runs`)."""
+
+    offsets: Ints  # list i is values[offsets[i]:offsets[i + 1]]
+    values: Ints
+    heads: Ints  # the row (in the input) of each list's first value: where its key is
+
+
+def person_runs(keys: pa.Array | pa.ChunkedArray, values: Ints) -> Runs:
     """Rows (person key, value) grouped into per-person lists, as :func:`fetch` gives them: the
-    list offsets and the values, each person's values together. ``keys`` are 16-byte person ids
+    list offsets and the values, each person's values together (and where each list's key is). ``keys`` are 16-byte person ids
     (``arrow.uuid``). A store kept in person order hands the rows over as runs of one person in
     ascending key order, which is the whole answer when no key comes back; otherwise (time
     buckets, rows appended since, an unordered join) the runs are put in key order (numpy's
@@ -78,7 +86,7 @@ def person_runs(keys: pa.Array | pa.ChunkedArray, values: Ints) -> tuple[Ints, I
         raise TypeError(f"person keys must be 16-byte ids without nulls, not {keys.type}")
     n = len(keys)
     if not n:
-        return np.zeros(1, np.int64), np.zeros(0, np.int64)
+        return Runs(np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
     raw = np.frombuffer(keys.buffers()[1], np.uint64)[2 * keys.offset : 2 * (keys.offset + n)]
     a, b = raw[0::2], raw[1::2]
     change = np.empty(n, np.bool_)
@@ -90,7 +98,7 @@ def person_runs(keys: pa.Array | pa.ChunkedArray, values: Ints) -> tuple[Ints, I
     hi, lo = a[starts].byteswap(), b[starts].byteswap()
     up = hi[1:] > hi[:-1]
     if up.all() or (up | ((hi[1:] == hi[:-1]) & (lo[1:] > lo[:-1]))).all():
-        return np.append(starts, n), values  # one run per person: nothing to move
+        return Runs(np.append(starts, n), values, starts)  # one run per person: nothing moves
     order = np.argsort(hi, kind="stable")
     ho, lo_ = hi[order], lo[order]
     same = ho[1:] == ho[:-1]
@@ -108,7 +116,7 @@ def person_runs(keys: pa.Array | pa.ChunkedArray, values: Ints) -> tuple[Ints, I
     np.cumsum(rows, out=rows)
     first = np.ones(len(order), np.bool_)
     first[1:] = ~(same & (lo_[1:] == lo_[:-1]))
-    return np.append(at[first], n), values[rows]
+    return Runs(np.append(at[first], n), values[rows], begin[first])
 
 
 def chains(

@@ -1030,7 +1030,8 @@ def _person_lists(
         rows = exp.select(_c("person_id"), exp.alias_(packed, "v")).from_(relation).where(where)
         table = source.query_arrow(sql.render(rows))
         values = table.column(1).to_numpy().astype(np.int64, copy=False)
-        return funnel_pass.person_runs(table.column(0), values)
+        runs = funnel_pass.person_runs(table.column(0), values)
+        return runs.offsets, runs.values
     if exact and sql.ch:  # sort (time, uuid as text, value) tuples, keep the values
         x = exp.to_identifier("x")
         ts = sql.epoch_us(_c("timestamp"))

@@ -13,11 +13,16 @@ or whose end event is more than ``steps - 1`` events after the start, are not co
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
+import pyarrow as pa
+from numpy.typing import NDArray
 from sqlglot import exp
 
+from yunying.analytics import funnel_pass
 from yunying.analytics.common import (
     DateRange,
     Filter,
@@ -31,6 +36,7 @@ from yunying.analytics.common import (
     run,
     uses_person,
 )
+from yunying.analytics.funnel_pass import ArrowSource, sort_within
 
 MAX_STEPS = 20
 
@@ -412,8 +418,115 @@ def quick_sql(
     return out, remaining
 
 
+def keys_sql(source: Source, project_id: int, q: PathsQuery, names: list[str]) -> exp.Select:
+    """Every event taking part as (person, key), the key as :func:`quick_sql`'s: microseconds
+    since the range start, times 256, plus the code of its name (255: a name not in ``names``)."""
+    sql = Sql(source.dialect)
+    start, _ = q.date_range.utc_bounds()
+    since = exp.Sub(
+        this=sql.epoch_us(_c("timestamp")), expression=sql.epoch_us(sql.ts_literal(start))
+    )
+    position = exp.Anonymous(
+        this="indexOf" if sql.ch else "list_position",
+        expressions=[exp.Array(expressions=[lit(n) for n in names]), _c("event")],
+    )
+    code = exp.func("coalesce", exp.Sub(this=position, expression=lit(1)), lit(MAX_NAMES))
+    key = exp.Add(this=exp.Mul(this=exp.Paren(this=since), expression=lit(256)), expression=code)
+    return (
+        exp.select(_c("person_id"), key.as_("k"))
+        .from_(events_from(source, project_id, person=uses_person(q)))
+        .where(exp.and_(*_conditions(sql, q)))
+    )
+
+
+def path_counts(
+    offsets: NDArray[np.int64], keys: NDArray[np.int64], q: PathsQuery, code: dict[str, int]
+) -> tuple[list[tuple[int, int, int | None, int]], NDArray[np.int64]]:
+    """The paths of persons given as lists of :func:`keys_sql` keys (list i is
+    ``keys[offsets[i]:offsets[i + 1]]``, in any order): rows (step, code, next code or None,
+    persons), and the lists whose path the keys cannot tell -- two events at one instant from
+    just before the path to just after it, whose order the uuid decides -- to count exactly."""
+    keys = sort_within(offsets, keys)[0]
+    begin, end = offsets[:-1], offsets[1:]
+    anchor = q.start_event if q.start_event is not None else q.end_event
+    if anchor is None:  # the first event
+        who = np.flatnonzero(end > begin)
+        a = begin[who]
+    else:
+        rows = np.flatnonzero((keys & 255) == code[anchor])
+        owner = np.searchsorted(offsets, rows, side="right") - 1
+        firsts = np.ones(len(rows), np.bool_)
+        firsts[1:] = owner[1:] != owner[:-1]
+        a, who = rows[firsts], owner[firsts]
+    begin, end = begin[who], end[who]
+    steps = q.steps
+    lo, hi = (-steps, 1) if q.backwards else (-1, steps)
+    sure = np.ones(len(a), np.bool_)
+    for j in range(lo, hi):  # neighbours at one instant: the uuid orders them
+        i = a + j
+        both = (i >= begin) & (i + 1 < end)
+        i = np.where(both, i, 0)
+        sure &= ~both | (keys[i] >> 8 != keys[np.minimum(i + 1, len(keys) - 1)] >> 8)
+    first_at = np.maximum(a - (steps - 1), begin) if q.backwards else a
+    last_at = a if q.backwards else np.minimum(a + steps - 1, end - 1)
+    length = np.where(sure, last_at - first_at + 1, 0)
+    path = np.full((len(a), steps + 1), -1, np.int64)
+    for k in range(steps):
+        inside = k < length
+        path[inside, k] = keys[first_at[inside] + k] & 255
+    if q.between:  # up to the first end event after the start; none within the steps: none
+        assert q.end_event is not None
+        ends = path[:, 1:] == code[q.end_event]
+        found = ends.any(axis=1)
+        length = np.where(found, ends.argmax(axis=1) + 2, 0)
+        path[np.arange(steps + 1) >= length[:, None]] = -1
+    counted: list[tuple[int, int, int | None, int]] = []
+    for k in range(steps):
+        live = np.flatnonzero(k < length)
+        if not len(live):
+            continue
+        step = k - (length[live] - 1) if q.backwards else np.full(len(live), k)
+        pair = (step + steps) * 65_536 + path[live, k] * 256 + (path[live, k + 1] & 255)
+        values, persons = np.unique(pair, return_counts=True)
+        for v, n in zip(values.tolist(), persons.tolist(), strict=True):
+            nxt = v % 256
+            counted.append((v // 65_536 - steps, (v // 256) % 256, None if nxt == 255 else nxt, n))
+    return counted, who[~sure]
+
+
+def _quick_by_runs(
+    source: Source, project_id: int, q: PathsQuery, names: list[str]
+) -> list[list[Any]] | None:
+    """Rows as :func:`paths_sql`'s from every event of the persons read as runs of rows (a store
+    in person order: ``person_ordered``) and :func:`path_counts`; ``None`` where an event name
+    appeared after the names were read."""
+    arrow = cast(ArrowSource, source)
+    table = arrow.query_arrow(Sql(source.dialect).render(keys_sql(source, project_id, q, names)))
+    keys = table.column(1).to_numpy().astype(np.int64, copy=False)
+    if len(keys) and int((keys & 255).max()) >= len(names):
+        return None
+    runs = funnel_pass.person_runs(table.column(0), keys)
+    counted, unsure = path_counts(runs.offsets, runs.values, q, {n: i for i, n in enumerate(names)})
+    # a next event 255 is "none": the names' codes stop below MAX_NAMES
+    rows: list[list[Any]] = [
+        [k, names[e], None if t is None else names[t], n] for k, e, t, n in counted
+    ]
+    if len(unsure):
+        ids = table.column(0).take(pa.array(runs.heads[unsure])).combine_chunks()
+        if isinstance(ids, pa.ExtensionArray):
+            ids = ids.storage
+        persons = exp.Values(
+            expressions=[exp.tuple_(lit(str(uuid.UUID(bytes=b)))) for b in ids.to_pylist()],
+            alias=exp.TableAlias(this=exp.to_identifier("u"), columns=[exp.to_identifier("id")]),
+        )
+        only = exp.select(exp.cast(_c("id"), "UUID")).from_(persons)
+        rows += run(source, paths_sql(source, project_id, q, only=only))
+    return rows
+
+
 def _quick(source: Source, project_id: int, q: PathsQuery) -> list[list[Any]] | None:
-    """Rows as :func:`paths_sql`'s, counted by :func:`quick_sql` (DuckDB) where it applies."""
+    """Rows as :func:`paths_sql`'s, counted by :func:`quick_sql` (DuckDB) where it applies, or
+    from runs of rows where the store keeps events in person order."""
     if source.dialect != "duckdb":
         return None
     names = sorted(str(r[0]) for r in run(source, events_sql(source, project_id, q)))
@@ -421,6 +534,9 @@ def _quick(source: Source, project_id: int, q: PathsQuery) -> list[list[Any]] | 
         return None
     if any(e is not None and e not in names for e in (q.start_event, q.end_event)):
         return []  # no anchor (or no end) among the events: no paths
+    ordered = getattr(source, "person_ordered", None)
+    if callable(ordered) and ordered(project_id):
+        return _quick_by_runs(source, project_id, q, names)
     counting, remaining = quick_sql(source, project_id, q, names)
     rows: list[list[Any]] = []
     rest = 0
