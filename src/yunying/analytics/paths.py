@@ -247,6 +247,8 @@ def paths_sql(
 
 #: Events a person's list keeps beyond the steps (DuckDB's quick paths, below).
 SLACK = 3
+#: Anchors whose windows :func:`path_counts` reads at a time.
+CHUNK = 1 << 15
 #: Event names the quick paths can number (one byte of the sort key, 255 marks an unknown one).
 MAX_NAMES = 255
 
@@ -460,37 +462,38 @@ def path_counts(
         a, who = rows[firsts], owner[firsts]
     begin, end = begin[who], end[who]
     steps = q.steps
-    lo, hi = (-steps, 1) if q.backwards else (-1, steps)
-    sure = np.ones(len(a), np.bool_)
-    for j in range(lo, hi):  # neighbours at one instant: the uuid orders them
-        i = a + j
-        both = (i >= begin) & (i + 1 < end)
-        i = np.where(both, i, 0)
-        sure &= ~both | (keys[i] >> 8 != keys[np.minimum(i + 1, len(keys) - 1)] >> 8)
-    first_at = np.maximum(a - (steps - 1), begin) if q.backwards else a
-    last_at = a if q.backwards else np.minimum(a + steps - 1, end - 1)
-    length = np.where(sure, last_at - first_at + 1, 0)
-    path = np.full((len(a), steps + 1), -1, np.int64)
-    for k in range(steps):
-        inside = k < length
-        path[inside, k] = keys[first_at[inside] + k] & 255
+    # each anchor's events from just before its path to just after it: the path's are
+    # columns 1..steps (after the anchor at column 1, or before it at column ``steps``); in
+    # ranges of anchors small enough for the temporaries to stay in the cache
+    around = np.arange(-steps if q.backwards else -1, 2 if q.backwards else steps + 1)
+    path = np.empty((len(a), steps), np.int32)
+    sure = np.empty(len(a), np.bool_)
+    last = max(len(keys) - 1, 0)
+    for lo in range(0, len(a), CHUNK):
+        hi = lo + CHUNK
+        pos = a[lo:hi, None] + around
+        valid = (pos >= begin[lo:hi, None]) & (pos < end[lo:hi, None])
+        near = keys[np.clip(pos, 0, last)]
+        # neighbours at one instant: the uuid orders them, the keys do not say how
+        ts = near >> 8
+        sure[lo:hi] = ~(valid[:, :-1] & valid[:, 1:] & (ts[:, :-1] == ts[:, 1:])).any(axis=1)
+        codes = np.where(valid & sure[lo:hi, None], near & 255, -1)
+        path[lo:hi] = codes[:, 1 : steps + 1]
     if q.between:  # up to the first end event after the start; none within the steps: none
         assert q.end_event is not None
         ends = path[:, 1:] == code[q.end_event]
-        found = ends.any(axis=1)
-        length = np.where(found, ends.argmax(axis=1) + 2, 0)
-        path[np.arange(steps + 1) >= length[:, None]] = -1
+        cut = np.where(ends.any(axis=1), ends.argmax(axis=1) + 2, 0)
+        path[np.arange(steps) >= cut[:, None]] = -1
     counted: list[tuple[int, int, int | None, int]] = []
     for k in range(steps):
-        live = np.flatnonzero(k < length)
-        if not len(live):
-            continue
-        step = k - (length[live] - 1) if q.backwards else np.full(len(live), k)
-        pair = (step + steps) * 65_536 + path[live, k] * 256 + (path[live, k + 1] & 255)
-        values, persons = np.unique(pair, return_counts=True)
-        for v, n in zip(values.tolist(), persons.tolist(), strict=True):
-            nxt = v % 256
-            counted.append((v // 65_536 - steps, (v // 256) % 256, None if nxt == 255 else nxt, n))
+        event = path[:, k]
+        target = path[:, k + 1] & 255 if k + 1 < steps else np.full(len(event), 255)
+        there = event >= 0
+        persons = np.bincount(event[there] * 256 + target[there], minlength=256 * 256)
+        step = k - (steps - 1) if q.backwards else k
+        for pair in np.flatnonzero(persons).tolist():
+            t = pair % 256
+            counted.append((step, pair // 256, None if t == 255 else t, int(persons[pair])))
     return counted, who[~sure]
 
 
