@@ -71,13 +71,14 @@ class Runs(NamedTuple):
 
 
 def person_runs(keys: pa.Array | pa.ChunkedArray, values: Ints) -> Runs:
-    """Rows (person key, value) grouped into per-person lists, as :func:`fetch` gives them: the
-    list offsets and the values, each person's values together (and where each list's key is). ``keys`` are 16-byte person ids
-    (``arrow.uuid``). A store kept in person order hands the rows over as runs of one person in
-    ascending key order, which is the whole answer when no key comes back; otherwise (time
-    buckets, rows appended since, an unordered join) the runs are put in key order (numpy's
-    stable sort merges ascending stretches cheaply) and the runs of one person joined, their
-    values in run order, so lists need :func:`sort_within` like an engine's lists."""
+    """Rows (person key, value) grouped into per-person lists, as :func:`fetch` gives them (the
+    list offsets and the values, each person's values together), with the row of each list's
+    key. ``keys`` are 16-byte person ids (``arrow.uuid``). A store kept in person order hands
+    the rows over as runs of one person in ascending key order, which is the whole answer when
+    no key comes back; otherwise (month blocks, rows appended since, an unordered join) the runs
+    are put in key order (numpy's stable sort merges ascending stretches cheaply) and the runs
+    of one person joined, their values in run order, so lists need :func:`sort_within` like an
+    engine's lists."""
     if isinstance(keys, pa.ChunkedArray):
         keys = keys.combine_chunks()
     if isinstance(keys, pa.ExtensionArray):

@@ -259,32 +259,46 @@ def sql(
 
 @app.command()
 def compact(
+    status: Annotated[
+        bool, typer.Option("--status", help="Only show each project's order; change nothing.")
+    ] = False,
     json_out: JSONOut = False,
     data_dir: DataDir = None,
     events_url: EventsURL = None,
     state_url: StateURL = None,
 ) -> None:
-    """Rewrite the stored events in person order, so funnels read each person's events as one
-    run instead of grouping them (DuckDB; run it nightly, or after big imports)."""
+    """Rewrite the stored events in person order, so funnels and paths read each person's
+    events as one run instead of grouping them (DuckDB; `yunying serve` does it by itself once a
+    tenth of a project's events arrived since)."""
     from yunying.cli.remote import find_server
 
     settings = settings_of(data_dir, events_url, state_url)
     server = find_server(settings)
     try:
         if server is not None:
-            out = server.call("POST", "/api/v1/admin/compact")
+            out = server.call("GET" if status else "POST", "/api/v1/admin/compact")
         else:
-            from yunying.store import compact_events
+            from yunying.store import compact_events, event_layout
 
             rt = open_runtime(settings)
             try:
-                out = compact_events(rt.store)
+                out = {"projects": event_layout(rt.store)} if status else compact_events(rt.store)
             finally:
                 rt.close()
     except YunyingError as exc:
         fail(str(exc))
     if json_out:
         print_json(out)
+    elif status:
+        table = Table("project", "events", "in person order at compaction", "in person order")
+        for p in out["projects"]:
+            table.add_row(
+                str(p["project_id"]),
+                f"{p['events']:,}",
+                f"{p['ordered_events']:,}",
+                "yes" if p["person_ordered"] else "no",
+            )
+        console.print(table)
     elif out["compacted"]:
         console.print(f"compacted {out['rows']:,} events in {out['seconds']:.1f} s")
     else:

@@ -21,6 +21,8 @@ __all__ = [
     "PersonRecord",
     "QueryResult",
     "compact_events",
+    "compact_if_needed",
+    "event_layout",
     "open_event_store",
     "person_values_table",
     "rewrite",
@@ -41,6 +43,24 @@ def compact_events(store: EventStore) -> dict[str, object]:
             "reason": "ClickHouse keeps events in order itself (MergeTree merges its parts)",
         }
     return {"compacted": True, **compact()}
+
+
+def compact_if_needed(store: EventStore, min_events: int) -> dict[str, object] | None:
+    """:func:`compact_events` when a project with at least ``min_events`` events is no longer
+    in person order (DuckDB); ``None`` when none is (or the engine keeps its own order)."""
+    layout = getattr(store, "event_layout", None)
+    if not callable(layout):
+        return None
+    if not any(p["events"] >= min_events and not p["person_ordered"] for p in layout()):
+        return None
+    return compact_events(store)
+
+
+def event_layout(store: EventStore) -> list[dict[str, object]]:
+    """Per project: events, events in person order at the last compaction, and whether it
+    counts as in person order now; empty on ClickHouse (it keeps its own order)."""
+    layout = getattr(store, "event_layout", None)
+    return list(layout()) if callable(layout) else []
 
 
 def open_event_store(url: str) -> EventStore:

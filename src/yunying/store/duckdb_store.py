@@ -10,6 +10,7 @@ id map (see docs/architecture.md, "Persons on events").
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -152,6 +153,15 @@ SELECT e.* FROM raw_events e
 LEFT JOIN person_overrides d ON d.project_id = e.project_id AND d.distinct_id = e.distinct_id
 ORDER BY e.project_id, date_trunc('month', e.timestamp), coalesce(d.person_id, e.person_id),
          e.timestamp, e.uuid
+"""
+#: The events stored while :data:`COMPACT_EVENTS` ran, added after the sorted ones (events are
+#: only ever added meanwhile: a project's reset waits for the compaction).
+COMPACT_NEWER = """
+INSERT INTO raw_events_compacted
+SELECT e.* FROM raw_events e
+WHERE NOT EXISTS (
+    SELECT 1 FROM raw_events_compacted c WHERE c.project_id = e.project_id AND c.uuid = e.uuid
+)
 """
 #: Share of a project's events that may have arrived since its compaction for its events to
 #: count as in person order (:meth:`DuckDBEventStore.person_ordered`).
@@ -454,6 +464,11 @@ def _project_filter(project_id: int, table: str | None = None) -> exp.Expression
     return exp.column("project_id", table=table).eq(exp.Literal.number(project_id))
 
 
+def _ordered(ordered: int, events: int) -> bool:
+    """Whether ``events`` of which ``ordered`` were compacted count as in person order."""
+    return ordered > 0 and events - ordered <= UNORDERED_SHARE * events
+
+
 class DuckDBEventStore:
     """:class:`~yunying.store.base.EventStore` on an embedded DuckDB file."""
 
@@ -474,6 +489,7 @@ class DuckDBEventStore:
         )
         self._con.execute(SCHEMA)
         self._write_lock = threading.Lock()
+        self._compact_lock = threading.Lock()  # one compaction at a time, no reset during one
         #: overrides must be rebuilt before the next read or write (bulk load, older file); kept
         #: in the file too, since the demo loads in one process and the server reads in another
         self._stale_flag = bool(
@@ -558,34 +574,65 @@ class DuckDBEventStore:
 
     def compact_events(self) -> dict[str, Any]:
         """Rewrite ``raw_events`` in person order (:data:`COMPACT_EVENTS`), as ClickHouse's
-        merges keep its parts; one transaction, writers wait, readers go on. The same rows,
-        values and ids: only their order changes. Returns the rows and seconds taken."""
+        merges keep its parts. The sort reads a snapshot while ingestion goes on; then, with
+        writers held for a moment, the events stored meanwhile are added and the tables
+        swapped. The same rows, values and ids: only their order changes. Returns the rows and
+        the seconds taken, and how long writers waited."""
         started = perf_counter()
         self.refresh_overrides(only_if_stale=True)
-        with self._write_lock:
+        with self._compact_lock:
             con = self._con.cursor()
             try:
+                con.execute("DROP TABLE IF EXISTS raw_events_compacted")
                 con.execute("BEGIN TRANSACTION")
-                try:
-                    con.execute("DROP TABLE IF EXISTS raw_events_compacted")
-                    con.execute(EVENTS_TABLE.format(name="raw_events_compacted"))
-                    con.execute(COMPACT_EVENTS)
-                    con.execute("DROP TABLE raw_events")
-                    con.execute("ALTER TABLE raw_events_compacted RENAME TO raw_events")
-                    con.execute("DELETE FROM event_layout")
-                    con.execute(
-                        "INSERT INTO event_layout "
-                        "SELECT project_id, count(*) FROM raw_events GROUP BY project_id"
-                    )
-                    rows = con.execute("SELECT sum(ordered_rows) FROM event_layout").fetchall()
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
+                con.execute(EVENTS_TABLE.format(name="raw_events_compacted"))
+                con.execute(COMPACT_EVENTS)
                 con.execute("COMMIT")
+                with self._write_lock:
+                    held = perf_counter()
+                    con.execute("BEGIN TRANSACTION")
+                    try:
+                        con.execute(COMPACT_NEWER)
+                        con.execute("DROP TABLE raw_events")
+                        con.execute("ALTER TABLE raw_events_compacted RENAME TO raw_events")
+                        con.execute("DELETE FROM event_layout")
+                        con.execute(
+                            "INSERT INTO event_layout "
+                            "SELECT project_id, count(*) FROM raw_events GROUP BY project_id"
+                        )
+                        rows = con.execute("SELECT sum(ordered_rows) FROM event_layout").fetchall()
+                    except BaseException:
+                        con.execute("ROLLBACK")
+                        raise
+                    con.execute("COMMIT")
+                    waited = perf_counter() - held
             finally:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("DROP TABLE IF EXISTS raw_events_compacted")
                 con.close()
         self.checkpoint()
-        return {"rows": int(rows[0][0] or 0), "seconds": round(perf_counter() - started, 3)}
+        return {
+            "rows": int(rows[0][0] or 0),
+            "seconds": round(perf_counter() - started, 3),
+            "writers_waited_seconds": round(waited, 3),
+        }
+
+    def event_layout(self) -> list[dict[str, Any]]:
+        """Per project: its events, how many were in person order at its last compaction, and
+        whether it counts as in person order now (:meth:`person_ordered`)."""
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT c.project_id, c.n, coalesce(l.ordered_rows, 0) FROM "
+                "(SELECT project_id, count(*) AS n FROM raw_events GROUP BY project_id) AS c "
+                "LEFT JOIN event_layout AS l ON l.project_id = c.project_id ORDER BY 1"
+            )
+            .fetchall()
+        )
+        return [
+            {"project_id": p, "events": n, "ordered_events": o, "person_ordered": _ordered(o, n)}
+            for p, n, o in rows
+        ]
 
     def person_ordered(self, project_id: int) -> bool:
         """Whether the project's events are in person order (compacted, with at most
@@ -600,8 +647,7 @@ class DuckDBEventStore:
             )
             .fetchall()
         )
-        ordered, count = rows[0]
-        return bool(ordered) and count - ordered <= UNORDERED_SHARE * count
+        return _ordered(rows[0][0] or 0, rows[0][1])
 
     def replace_person_values(self, project_id: int, scope: str, data: pa.Table) -> None:
         """Swap the rows of one ``scope`` in ``person_values`` atomically."""
@@ -631,7 +677,7 @@ class DuckDBEventStore:
 
     def delete_project_data(self, project_id: int) -> None:
         """Remove every event, person, distinct id and person value of a project (demo reset)."""
-        with self._write_lock:
+        with self._compact_lock, self._write_lock:
             con = self._con.cursor()
             try:
                 con.execute("BEGIN TRANSACTION")

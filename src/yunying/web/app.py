@@ -7,7 +7,9 @@ Handlers stay thin: they authenticate, read the body within limits, and call pla
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +22,7 @@ from fastapi.responses import Response
 from yunying import __version__
 from yunying.errors import ReadOnlyViolation
 from yunying.runtime import Runtime
-from yunying.store import compact_events, run_readonly_sql
+from yunying.store import compact_events, compact_if_needed, event_layout, run_readonly_sql
 from yunying.web.activities_api import activities_router
 from yunying.web.analytics_api import analytics_router
 from yunying.web.audience_api import audience_router
@@ -48,8 +50,17 @@ def create_app(runtime: Runtime) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.writer  # start the writer before the first request  # noqa: B018
-        yield
-        runtime.writer.close()
+        seconds = float(os.environ.get(COMPACT_SECONDS_ENV, "3600") or 0)
+        min_events = int(os.environ.get(COMPACT_MIN_EVENTS_ENV, "100000") or 0)
+        task = asyncio.create_task(compactor(runtime, seconds, min_events)) if seconds > 0 else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            runtime.writer.close()
 
     app = FastAPI(
         title="Yunying",
@@ -146,16 +157,26 @@ def create_app(runtime: Runtime) -> FastAPI:
             raise HTTPProblem(400, f"query failed: {exc}") from None
         return json_response({"columns": result.columns, "rows": result.rows})
 
+    def admin(request: Request) -> None:
+        if auth.principal(request) is not None:
+            raise HTTPProblem(
+                403, "compaction concerns every project's events: use the admin token"
+            )
+
     @app.post("/api/v1/admin/compact")
     async def compact(request: Request) -> Response:
         """Rewrite the stored events in person order (DuckDB), for per-person analyses to read
-        runs of rows; every project's events, so the local admin token only. Ingestion waits
-        meanwhile: about 1.5 min per 10M events on 2 cores."""
-        if auth.principal(request) is not None:
-            raise HTTPProblem(
-                403, "compaction rewrites every project's events: use the admin token"
-            )
+        runs of rows; every project's events, so the local admin token only. Ingestion goes on
+        but for a moment at the end (docs/engines.md)."""
+        admin(request)
         return json_response(await asyncio.to_thread(compact_events, runtime.store))
+
+    @app.get("/api/v1/admin/compact")
+    async def layout(request: Request) -> Response:
+        """Per project: events, events in person order at the last compaction, whether it counts
+        as in person order now."""
+        admin(request)
+        return json_response({"projects": await asyncio.to_thread(event_layout, runtime.store)})
 
     for router in (
         analytics_router,
@@ -171,6 +192,28 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     include_console(app, runtime)
     return app
+
+
+#: Seconds between the server's checks whether to compact the events (0: never).
+COMPACT_SECONDS_ENV = "YUNYING_COMPACT_SECONDS"
+#: Projects smaller than this are left in arrival order (grouping them is quick anyway).
+COMPACT_MIN_EVENTS_ENV = "YUNYING_COMPACT_MIN_EVENTS"
+
+
+async def compactor(runtime: Runtime, seconds: float, min_events: int) -> None:
+    """Every ``seconds``, compact the events when a project with ``min_events`` or more is no
+    longer in person order (a tenth of its events arrived since), in a thread."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            report = await asyncio.to_thread(compact_if_needed, runtime.store, min_events)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("compacting the events failed")
+            continue
+        if report is not None:
+            log.info("events compacted", extra={"report": orjson.dumps(report).decode()})
 
 
 def parse_events_body(body: bytes) -> list[Any]:
