@@ -286,9 +286,13 @@ def test_paths_by_runs_equal_the_window_query_and_the_reference(
     assert len(edges) > 10
 
 
+@pytest.mark.parametrize("max_unsure", [10_000, 0])
 def test_paths_by_runs_leave_events_at_one_instant_to_the_uuid(
-    small: Any, path_runs: list[int]
+    small: Any, path_runs: list[int], monkeypatch: pytest.MonkeyPatch, max_unsure: int
 ) -> None:
+    """By their ids to the window query, or with too many of them (here: any), the smallest
+    keys' query counts."""
+    monkeypatch.setattr(sys.modules["yunying.analytics.paths"], "MAX_UNSURE", max_unsure)
     t = datetime(2024, 3, 5, 2)
 
     def e(name: str, who: str, sec: int, uid: int) -> dict[str, Any]:

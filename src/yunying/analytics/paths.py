@@ -249,6 +249,9 @@ def paths_sql(
 SLACK = 3
 #: Anchors whose windows :func:`path_counts` reads at a time.
 CHUNK = 1 << 15
+#: At most this many persons whose path :func:`path_counts` cannot tell go to the window query
+#: by their ids; with more (timestamps in whole seconds, say), :func:`quick_sql` counts.
+MAX_UNSURE = 10_000
 #: Event names the quick paths can number (one byte of the sort key, 255 marks an unknown one).
 MAX_NAMES = 255
 
@@ -502,7 +505,8 @@ def _quick_by_runs(
 ) -> list[list[Any]] | None:
     """Rows as :func:`paths_sql`'s from every event of the persons read as runs of rows (a store
     in person order: ``person_ordered``) and :func:`path_counts`; ``None`` where an event name
-    appeared after the names were read."""
+    appeared after the names were read, or too many persons have events at one instant (their
+    ids would travel as literals)."""
     arrow = cast(ArrowSource, source)
     table = arrow.query_arrow(Sql(source.dialect).render(keys_sql(source, project_id, q, names)))
     keys = table.column(1).to_numpy().astype(np.int64, copy=False)
@@ -514,6 +518,8 @@ def _quick_by_runs(
     rows: list[list[Any]] = [
         [k, names[e], None if t is None else names[t], n] for k, e, t, n in counted
     ]
+    if len(unsure) > MAX_UNSURE:
+        return None
     if len(unsure):
         ids = table.column(0).take(pa.array(runs.heads[unsure])).combine_chunks()
         if isinstance(ids, pa.ExtensionArray):
@@ -539,7 +545,9 @@ def _quick(source: Source, project_id: int, q: PathsQuery) -> list[list[Any]] | 
         return []  # no anchor (or no end) among the events: no paths
     ordered = getattr(source, "person_ordered", None)
     if callable(ordered) and ordered(project_id):
-        return _quick_by_runs(source, project_id, q, names)
+        by_runs = _quick_by_runs(source, project_id, q, names)
+        if by_runs is not None:
+            return by_runs
     counting, remaining = quick_sql(source, project_id, q, names)
     rows: list[list[Any]] = []
     rest = 0
