@@ -7,7 +7,6 @@ Handlers stay thin: they authenticate, read the body within limits, and call pla
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -32,6 +31,7 @@ from yunying.web.http import (
     HTTPProblem,
     bearer,
     client_ip,
+    in_background,
     json_response,
     read_body,
     store_events,
@@ -52,14 +52,12 @@ def create_app(runtime: Runtime) -> FastAPI:
         runtime.writer  # start the writer before the first request  # noqa: B018
         seconds = float(os.environ.get(COMPACT_SECONDS_ENV, "3600") or 0)
         min_events = int(os.environ.get(COMPACT_MIN_EVENTS_ENV, "100000") or 0)
-        task = asyncio.create_task(compactor(runtime, seconds, min_events)) if seconds > 0 else None
         try:
-            yield
+            async with in_background(
+                compactor(runtime, seconds, min_events) if seconds > 0 else None
+            ):
+                yield
         finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
             runtime.writer.close()
 
     app = FastAPI(

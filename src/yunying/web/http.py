@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -27,6 +30,20 @@ class HTTPProblem(Exception):
         super().__init__(message)
         self.status = status
         self.body = {"error": message, **extra}
+
+
+@asynccontextmanager
+async def in_background(work: Coroutine[Any, Any, None] | None) -> AsyncIterator[None]:
+    """Run ``work`` (a loop of a scheduler) while the app serves, cancelled at shutdown;
+    ``None`` runs nothing (the scheduler is turned off)."""
+    task = asyncio.create_task(work) if work is not None else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def json_response(body: Any, status: int = 200) -> Response:

@@ -31,7 +31,6 @@ The router also runs the scheduler: every ``YUNYING_SEGMENT_SCHEDULER_SECONDS`` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -54,7 +53,7 @@ from yunying.runtime import Runtime
 from yunying.state import Project
 from yunying.web.analytics_api import validation_problem
 from yunying.web.auth import ManagementAuth
-from yunying.web.http import HTTPProblem, json_response, read_body
+from yunying.web.http import HTTPProblem, in_background, json_response, read_body
 
 log = logging.getLogger("yunying.web")
 
@@ -182,14 +181,8 @@ def segments_router(runtime: Runtime) -> APIRouter:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         seconds = float(os.environ.get(SCHEDULER_ENV, "60") or 0)
-        task = asyncio.create_task(scheduler(runtime, seconds)) if seconds > 0 else None
-        try:
+        async with in_background(scheduler(runtime, seconds) if seconds > 0 else None):
             yield
-        finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     router = APIRouter(
         prefix="/api/v1", tags=["segments"], route_class=SegmentsRoute, lifespan=lifespan
