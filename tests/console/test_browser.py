@@ -29,6 +29,11 @@ PAGES = {
     "dashboard": ("/", ".card[data-kpi=new_users] .value"),
     "trends": ("/trends", "#trends-chart .main-svg"),
     "funnels": ("/funnels", "#funnel-chart .main-svg"),
+    "funnel-time": (
+        "/funnels?step=app_install&step=sign_up&step=edit_video&order=strict&view=time",
+        "#funnel-chart .main-svg",
+    ),
+    "funnel-trend": ("/funnels?view=trends", "#funnel-chart .main-svg"),
     "retention": ("/retention", "#retention-chart .main-svg"),
     "lifecycle": ("/lifecycle", "#lifecycle-chart .main-svg"),
     "project": ("/settings/project", "#write-key"),

@@ -9,7 +9,7 @@ Labels are English message ids marked with :func:`N_`; templates translate them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,6 +21,10 @@ from yunying.analytics import (
     FunnelQuery,
     FunnelResult,
     FunnelStep,
+    FunnelTimeToConvertQuery,
+    FunnelTimeToConvertResult,
+    FunnelTrendsQuery,
+    FunnelTrendsResult,
     LifecycleQuery,
     LifecycleResult,
     RetentionQuery,
@@ -30,6 +34,8 @@ from yunying.analytics import (
     TrendsResult,
     col,
     funnel,
+    funnel_time_to_convert,
+    funnel_trends,
     lifecycle,
     retention,
     trends,
@@ -235,13 +241,35 @@ def trends_page(
 # -- funnels ---------------------------------------------------------------------------------------
 
 
+#: How the steps of a funnel may follow each other (FunnelQuery.order).
+FUNNEL_ORDERS = ("ordered", "strict", "unordered")
+#: What the funnel page shows: persons per step, the time to convert, conversion per period.
+FUNNEL_VIEWS = ("steps", "time", "trends")
+
+
 @dataclass(frozen=True)
 class FunnelPage:
-    """Persons per step, overall and per breakdown value."""
+    """Persons per step, overall and per breakdown value; with the ``time`` view the time from
+    the first to the last step, with ``trends`` the conversion per period of the start."""
 
     result: FunnelResult
+    view: str = "steps"
+    times: FunnelTimeToConvertResult | None = None
+    trend: FunnelTrendsResult | None = None
+    interval: str = "day"
 
     def table(self) -> Table:
+        if self.times is not None:
+            return Table(
+                ("from_seconds", "to_seconds", "persons"),
+                tuple((b.lower_seconds, b.upper_seconds, b.count) for b in self.times.bins),
+            )
+        if self.trend is not None:
+            t = self.trend
+            return Table(
+                (self.interval, "entered", "converted", "conversion_rate"),
+                tuple(zip(t.labels, t.entered, t.converted, t.conversion_rate, strict=True)),
+            )
         rows: list[tuple[Any, ...]] = []
         for s in self.result.steps:
             rows.append(
@@ -268,16 +296,30 @@ def funnel_page(
     steps: Sequence[str],
     window_days: int = 14,
     breakdown: str = "",
+    order: str = "ordered",
+    view: str = "steps",
 ) -> FunnelPage:
-    """An ordered funnel over ``steps`` within ``window_days``."""
+    """A funnel over ``steps`` within ``window_days`` (steps in ``order``), and what ``view``
+    adds: the time from the first step to the last (ordered or strict steps only), or the
+    conversion per day of the start (per week beyond 62 days)."""
     q = FunnelQuery(
         tuple(FunnelStep(s) for s in steps),
         dr,
         window=window_days,
         window_unit="day",
+        order=order,  # type: ignore[arg-type]
         breakdown=col(breakdown) if breakdown else None,
     )
-    return FunnelPage(funnel(store, project.id, q))
+    result = funnel(store, project.id, q)
+    plain = replace(q, breakdown=None)  # one histogram or line for everybody
+    if view == "time":
+        times = funnel_time_to_convert(store, project.id, FunnelTimeToConvertQuery(plain))
+        return FunnelPage(result, view, times=times)
+    if view == "trends":
+        interval = "day" if (dr.date_to - dr.date_from).days < 62 else "week"
+        trend = funnel_trends(store, project.id, FunnelTrendsQuery(plain, interval))  # type: ignore[arg-type]
+        return FunnelPage(result, view, trend=trend, interval=interval)
+    return FunnelPage(result)
 
 
 # -- retention -------------------------------------------------------------------------------------

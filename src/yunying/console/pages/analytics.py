@@ -234,7 +234,12 @@ def register(console: ConsoleApp) -> None:
             raw_window = ctx.param("window", "14")
             breakdown = ctx.param("breakdown")
             breakdown = breakdown if breakdown in d.BREAKDOWNS else ""
-            form = {"steps": steps, "window": raw_window, "breakdown": breakdown}
+            order = ctx.param("order", "ordered")
+            order = order if order in d.FUNNEL_ORDERS else "ordered"
+            view = ctx.param("view", "steps")
+            view = view if view in d.FUNNEL_VIEWS else "steps"
+            form = {"steps": steps, "window": raw_window, "breakdown": breakdown,
+                    "order": order, "view": view}  # fmt: skip
             window = int(raw_window) if raw_window.isascii() and raw_window.isdigit() else 0
             if not 1 <= window <= MAX_WINDOW_DAYS:
                 raise d_invalid(
@@ -243,11 +248,15 @@ def register(console: ConsoleApp) -> None:
                 )  # fmt: skip
             if len(steps) < 2:
                 raise d_invalid(M_("A funnel needs at least two steps."))
+            if order == "unordered" and view == "time":
+                raise d_invalid(
+                    M_("Steps in any order have no time to convert: choose steps in order.")
+                )
             notice = unknown_events(console, ctx, steps)
             result: d.FunnelPage = console.cached(
                 project,
-                ("funnel", dr, tuple(steps), window, breakdown),
-                lambda: d.funnel_page(store, project, dr, steps, window, breakdown),
+                ("funnel", dr, tuple(steps), window, breakdown, order, view),
+                lambda: d.funnel_page(store, project, dr, steps, window, breakdown, order, view),
             )
             names = [f"{s.index + 1}. {s.name}" for s in result.result.steps]
             traces = [
@@ -262,6 +271,29 @@ def register(console: ConsoleApp) -> None:
                      "y": [s.count for s in b.steps], "marker": {"color": PALETTE[(i + 1) % 10]}}
                 )  # fmt: skip
             chart = {"data": traces, "layout": layout(ctx, barmode="group", hovermode="closest")}
+            if result.times is not None:  # persons per bin of hours from the first step
+                bins = result.times.bins
+                chart = {
+                    "data": [
+                        {"type": "bar", "name": ctx.gettext("Users"),
+                         "x": [ctx.fmt.number(b.lower_seconds / 3600, 1) for b in bins],
+                         "y": [b.count for b in bins], "marker": {"color": PALETTE[0]}}
+                    ],
+                    "layout": layout(ctx, bargap=0.05, xaxis={
+                        "gridcolor": "#eaeef2", "type": "category",
+                        "title": {"text": ctx.gettext("Hours from the first step")}}),
+                }  # fmt: skip
+            if result.trend is not None:
+                t = result.trend
+                chart = {
+                    "data": [
+                        {"type": "scatter", "mode": "lines+markers",
+                         "name": ctx.gettext("Conversion"), "x": list(t.labels),
+                         "y": list(t.conversion_rate), "marker": {"color": PALETTE[0]}}
+                    ],
+                    "layout": layout(ctx, yaxis={"gridcolor": "#eaeef2", "rangemode": "tozero",
+                                                 "tickformat": ".0%"}),
+                }  # fmt: skip
             return result, {"chart": chart, "form": form, "notice": notice}
 
         return page(request, "funnels.html", "explore", compute, "funnel")
