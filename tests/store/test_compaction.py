@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 
+from yunying.analytics import DateRange, FunnelQuery, FunnelStep, funnel
 from yunying.config import load_settings
 from yunying.ingest.model import validate_batch
 from yunying.runtime import Runtime
@@ -17,6 +18,7 @@ from yunying.state import create_project
 from yunying.store.duckdb_store import ARROW_EVENTS
 
 T0 = datetime(2024, 3, 1)
+RANGE = DateRange(date(2024, 3, 1), date(2024, 3, 2), "UTC")  # the bulk part only
 
 
 def bulk(project_id: int, n: int, persons: int) -> pa.Table:
@@ -54,11 +56,27 @@ def test_events_written_during_compaction_are_kept(tmp_path: Path) -> None:
             written.extend(r["uuid"] for r in raws)
             i += 1
 
-    writer = threading.Thread(target=keep_writing)
-    writer.start()
+    answers: list[list[int]] = []
+    failures: list[BaseException] = []
+
+    def keep_reading() -> None:  # readers go on while the tables are swapped
+        q = FunnelQuery((FunnelStep("edit_video"), FunnelStep("edit_video")), RANGE, window=1)
+        while not done.is_set():
+            try:
+                answers.append(funnel(store, pid, q).counts)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                failures.append(exc)
+                return
+
+    threads = [threading.Thread(target=keep_writing), threading.Thread(target=keep_reading)]
+    for t in threads:
+        t.start()
     report = store.compact_events()
     done.set()
-    writer.join()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    assert answers and all(a == answers[0] for a in answers)  # the bulk part: same every time
     assert report["rows"] >= 150_000 and report["writers_waited_seconds"] < report["seconds"]
     stored = store.query(
         f"SELECT uuid::VARCHAR, count(*) FROM raw_events WHERE project_id = {pid} GROUP BY 1"

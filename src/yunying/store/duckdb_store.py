@@ -610,7 +610,10 @@ class DuckDBEventStore:
                 with contextlib.suppress(duckdb.Error):
                     con.execute("DROP TABLE IF EXISTS raw_events_compacted")
                 con.close()
-        self.checkpoint()
+        # fold the rewritten table into the file now, unless queries are running: then DuckDB
+        # does it by itself at a later commit (its WAL is past the checkpoint threshold)
+        with contextlib.suppress(duckdb.TransactionException):
+            self.checkpoint()
         return {
             "rows": int(rows[0][0] or 0),
             "seconds": round(perf_counter() - started, 3),
