@@ -352,6 +352,14 @@ class Sql:
             return fn("toUnixTimestamp64Micro", fn("toDateTime64", ts, lit(6), lit("UTC")))
         return fn("epoch_us", ts)
 
+    def position(self, names: list[str], value: exp.Expr) -> exp.Expr:
+        """Where ``value`` is in ``names``, from 1; where it is not, 0 on ClickHouse and NULL
+        on DuckDB (one lookup instead of a ``CASE`` of comparisons)."""
+        return exp.Anonymous(
+            this="indexOf" if self.ch else "list_position",
+            expressions=[exp.Array(expressions=[lit(v) for v in names]), value.copy()],
+        )
+
     def local(self, ts: exp.Expr, tz: str) -> exp.Expr:
         """The wall-clock time in ``tz`` of a naive-UTC timestamp."""
         if self.ch:

@@ -993,7 +993,7 @@ def _ordered_lists(
         ifs=[exp.If(this=c.copy(), true=lit(k + 1)) for k, c in enumerate(conds)]
     )
     if not any(s.filters for s in q.steps):  # the name alone: one lookup, not n comparisons
-        step = _position(sql, [str(s.event) for s in q.steps], _c("event"))
+        step = sql.position([str(s.event) for s in q.steps], _c("event"))
     packed = _packed(sql, step, len(conds))
     where = _ev_where(q, sql, conds, arrays=True)
     if not extra:
@@ -1096,7 +1096,7 @@ def _value_codes(
     if len(names) > CODED_VALUES:
         return None
     unknown = len(names) + 1
-    position = _position(sql, names, value)
+    position = sql.position(names, value)
     code = exp.Case(
         ifs=[exp.If(this=exp.Is(this=value.copy(), expression=exp.null()), true=lit(0))],
         default=exp.Coalesce(
@@ -1104,15 +1104,6 @@ def _value_codes(
         ),
     )
     return names, code, unknown.bit_length()
-
-
-def _position(sql: Sql, names: list[str], value: exp.Expr) -> exp.Expr:
-    """Where ``value`` is in ``names``, from 1; where it is not, 0 on ClickHouse and NULL on
-    DuckDB."""
-    return exp.Anonymous(
-        this="indexOf" if sql.ch else "list_position",
-        expressions=[exp.Array(expressions=[lit(v) for v in names]), value.copy()],
-    )
 
 
 def _value_rows(

@@ -431,10 +431,7 @@ def keys_sql(source: Source, project_id: int, q: PathsQuery, names: list[str]) -
     since = exp.Sub(
         this=sql.epoch_us(_c("timestamp")), expression=sql.epoch_us(sql.ts_literal(start))
     )
-    position = exp.Anonymous(
-        this="indexOf" if sql.ch else "list_position",
-        expressions=[exp.Array(expressions=[lit(n) for n in names]), _c("event")],
-    )
+    position = sql.position(names, _c("event"))
     code = exp.func("coalesce", exp.Sub(this=position, expression=lit(1)), lit(MAX_NAMES))
     key = exp.Add(this=exp.Mul(this=exp.Paren(this=since), expression=lit(256)), expression=code)
     return (
